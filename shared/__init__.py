@@ -1,0 +1,1 @@
+"""Code both the master and the workers import: job specs, settings, storage and stream helpers."""

@@ -1,0 +1,51 @@
+"""One exception tree for trainfarm; the master maps it to HTTP answers in one handler."""
+
+from __future__ import annotations
+
+
+class TrainfarmError(Exception):
+    """Root of every error trainfarm raises on purpose."""
+
+    http_status = 500
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        #: Dotted path of the request field at fault, when one is.
+        self.field = field
+
+
+class NotFound(TrainfarmError):
+    http_status = 404
+
+
+class InvalidRequest(TrainfarmError):
+    http_status = 422
+
+
+class Conflict(TrainfarmError):
+    http_status = 409
+
+
+class RetryableError(TrainfarmError):
+    """A failure that another attempt may not have: a lost worker, storage or Redis unreachable."""
+
+    http_status = 503
+
+
+class StorageUnavailable(RetryableError):
+    pass
+
+
+class FinalError(TrainfarmError):
+    """A failure that would repeat on every attempt: bad spec, missing dataset, user code error."""
+
+    http_status = 422
+
+
+class DatasetMissing(FinalError):
+    pass
+
+
+class TrainingFailed(FinalError):
+    pass

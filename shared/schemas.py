@@ -1,0 +1,93 @@
+"""The job spec and the messages that cross process boundaries, validated on both sides."""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+HyperValue = str | int | float | bool | list[str | int | float | bool]
+
+#: Built-in recipes and the hyperparameters each one cannot run without.
+RECIPES: dict[str, tuple[str, ...]] = {"tabular-classifier": ("target",)}
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class JobSpec(BaseModel):
+    """What a user asks to run: a built-in recipe or a command, on named datasets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Display name")
+    recipe: Literal["tabular-classifier"] | None = Field(default=None, description="Built-in recipe")
+    command: list[str] | None = Field(
+        default=None, min_length=1, description="Command to run instead of a recipe, as argv"
+    )
+    datasets: list[str] = Field(
+        default_factory=list, max_length=32, description="Dataset names, as uploaded to /api/datasets"
+    )
+    hyperparameters: dict[str, HyperValue] = Field(default_factory=dict)
+    queue: Literal["gpu", "cpu"] = "gpu"
+    devices: int = Field(default=1, ge=1, le=64, description="Devices (GPUs, or CPU processes) to use")
+    max_epochs: int = Field(default=10, ge=1, le=1_000_000)
+    priority: int = Field(default=5, ge=0, le=9, description="0 lowest, 9 most urgent")
+    timeout: int | None = Field(default=None, ge=1, le=30 * 86400, description="Seconds per attempt")
+    max_retries: int = Field(default=2, ge=0, le=20)
+    checkpoint_interval: int = Field(default=300, ge=5, le=86400, description="Seconds between uploads")
+    seed: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_entrypoint(self) -> JobSpec:
+        if (self.recipe is None) == (self.command is None):
+            raise ValueError("give exactly one of 'recipe' or 'command'")
+        if self.recipe is not None:
+            for key in RECIPES[self.recipe]:
+                if key not in self.hyperparameters:
+                    raise ValueError(f"hyperparameters.{key} is required by recipe '{self.recipe}'")
+            if not self.datasets:
+                raise ValueError(f"datasets: recipe '{self.recipe}' needs a dataset to train on")
+        return self
+
+
+class DatasetRef(BaseModel):
+    name: str
+    key: str
+    etag: str
+
+
+class TaskMessage(BaseModel):
+    """The Celery task's argument: everything a worker needs, so it never reads the database."""
+
+    job_id: int
+    attempt: int
+    spec: JobSpec
+    datasets: list[DatasetRef] = Field(default_factory=list)
+
+
+class EventKind(StrEnum):
+    STARTED = "started"
+    METRICS = "metrics"
+    ARTIFACT = "artifact"
+    FINISHED = "finished"
+
+
+class Event(BaseModel):
+    """A worker's report about one attempt. `seq` rises by one per event of an attempt, so the
+    master applies each exactly once however often Redis delivers it."""
+
+    job_id: int
+    attempt: int
+    seq: int
+    kind: EventKind
+    node: str
+    ts: float = Field(default_factory=time.time)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class AttemptOutcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"

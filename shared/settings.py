@@ -1,0 +1,105 @@
+"""All configuration, read from `TRAINFARM_*` environment variables in this one place."""
+
+from __future__ import annotations
+
+import socket
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Development credentials of the embedded S3 server; refused outside development.
+DEV_S3_SECRET = "trainfarm-dev-secret"
+
+
+class Settings(BaseSettings):
+    """Settings shared by the master, the workers and the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAINFARM_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Field(default_factory=lambda: Path.home() / ".trainfarm")
+
+    # Master
+    database_url: str = ""
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    #: Base URL the CLI talks to.
+    api_url: str = "http://127.0.0.1:8000"
+
+    # Broker and streams
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Upper bound on entries (each a batch of lines) kept per job log stream in Redis.
+    log_stream_maxlen: int = 200_000
+    log_flush_interval: float = 0.05
+
+    # Object storage
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: str = "trainfarm"
+    s3_secret_key: str = DEV_S3_SECRET
+    s3_bucket: str = "trainfarm"
+    s3_secure: bool = False
+    s3_region: str | None = None
+
+    # Worker
+    node_name: str = Field(default_factory=socket.gethostname)
+    cache_dir: Path | None = None
+    work_dir: Path | None = None
+    heartbeat_interval: float = 2.0
+    node_offline_after: float = 15.0
+    #: Seconds between the graceful stop signal and the kill of a cancelled job's processes.
+    cancel_grace_period: float = 10.0
+
+    @model_validator(mode="after")
+    def _normalise(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'master.db'}"
+        if self.database_url.startswith("postgresql://"):
+            # SQLAlchemy would pick psycopg2; we ship psycopg 3.
+            self.database_url = "postgresql+psycopg://" + self.database_url.removeprefix("postgresql://")
+        if "://" in self.s3_endpoint:
+            parts = urlsplit(self.s3_endpoint)
+            self.s3_secure = parts.scheme == "https"
+            self.s3_endpoint = parts.netloc
+        self.api_url = self.api_url.rstrip("/")
+        self.cache_dir = (self.cache_dir or self.data_dir / "cache").expanduser()
+        self.work_dir = (self.work_dir or self.data_dir / "work").expanduser()
+        if self.environment == "production" and self.s3_secret_key == DEV_S3_SECRET:
+            raise ValueError("TRAINFARM_S3_SECRET_KEY must be set to a real secret in production")
+        return self
+
+    @property
+    def dataset_cache_dir(self) -> Path:
+        assert self.cache_dir is not None
+        return self.cache_dir / "datasets"
+
+    @property
+    def job_work_dir(self) -> Path:
+        assert self.work_dir is not None
+        return self.work_dir
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+class JobContext(BaseSettings):
+    """What a training process learns about its job from the environment the worker gives it."""
+
+    model_config = SettingsConfigDict(env_prefix="TRAINFARM_", extra="ignore")
+
+    job_id: int
+    attempt: int = 1
+    spec_file: Path
+    data_dir: Path
+    output_dir: Path
+    checkpoint_dir: Path
+    #: JSON-lines file the worker tails for metrics and progress; a file so it works without network.
+    events_file: Path
+    devices: int = 1
+    hyperparameters: str = "{}"

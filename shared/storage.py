@@ -1,0 +1,144 @@
+"""S3 object storage for datasets, logs, checkpoints and artifacts (MinIO SDK; any S3 server)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from minio import Minio
+from minio.error import S3Error
+
+from shared.errors import NotFound
+from shared.settings import Settings
+
+#: Multipart part size: big enough for throughput, small enough to bound memory per upload.
+PART_SIZE = 16 * 1024 * 1024
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+    sha256: str | None = None
+
+
+def make_s3_client(settings: Settings) -> Minio:
+    return Minio(
+        settings.s3_endpoint,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key,
+        secure=settings.s3_secure,
+        region=settings.s3_region,
+    )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class HashingReader:
+    """Wraps a readable so the bytes that pass through are counted and hashed on the way."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.size = 0
+        self._digest = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self.size += len(data)
+        self._digest.update(data)
+        return data
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+
+class ArtifactStore:
+    """One bucket of the S3 server; keys are laid out as `datasets/`, `logs/<job>/`, `artifacts/<job>/`."""
+
+    def __init__(self, client: Minio, bucket: str) -> None:
+        self._s3 = client
+        self.bucket = bucket
+
+    def ensure_bucket(self) -> None:
+        if not self._s3.bucket_exists(self.bucket):
+            try:
+                self._s3.make_bucket(self.bucket)
+            except S3Error as exc:  # another process created it between the two calls
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    def put_file(self, key: str, path: Path) -> ObjectInfo:
+        sha = file_sha256(path)
+        result = self._s3.fput_object(
+            self.bucket, key, str(path), metadata={"sha256": sha}, part_size=PART_SIZE
+        )
+        return ObjectInfo(key, path.stat().st_size, result.etag.strip('"'), sha)
+
+    def put_stream(self, key: str, reader: BinaryIO) -> ObjectInfo:
+        """Upload a stream of unknown length part by part: memory stays at one part."""
+        hashing = HashingReader(reader)
+        result = self._s3.put_object(self.bucket, key, hashing, length=-1, part_size=PART_SIZE)  # type: ignore[arg-type]
+        return ObjectInfo(key, hashing.size, result.etag.strip('"'), hashing.sha256)
+
+    def stat(self, key: str) -> ObjectInfo:
+        try:
+            st = self._s3.stat_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                raise NotFound(f"object '{key}' not found") from exc
+            raise
+        meta = st.metadata or {}
+        sha = meta.get("x-amz-meta-sha256") or meta.get("X-Amz-Meta-Sha256") or meta.get("X-Amz-Meta-sha256")
+        return ObjectInfo(key, st.size or 0, (st.etag or "").strip('"'), sha)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.stat(key)
+        except NotFound:
+            return False
+        return True
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        return [
+            ObjectInfo(o.object_name or "", o.size or 0, (o.etag or "").strip('"'))
+            for o in self._s3.list_objects(self.bucket, prefix=prefix, recursive=True)
+        ]
+
+    def download(self, key: str, dest: Path) -> None:
+        """Download next to `dest` and rename into place, so a reader never sees half a file."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+        try:
+            self._s3.fget_object(self.bucket, key, str(partial))
+            os.replace(partial, dest)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def iter_bytes(self, key: str) -> Iterator[bytes]:
+        try:
+            response = self._s3.get_object(self.bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                raise NotFound(f"object '{key}' not found") from exc
+            raise
+        try:
+            yield from response.stream(CHUNK)
+        finally:
+            response.close()
+            response.release_conn()
+
+    def read_text(self, key: str) -> str:
+        return b"".join(self.iter_bytes(key)).decode("utf-8", errors="replace")

@@ -1,0 +1,150 @@
+"""Redis Streams that carry job logs and worker events, with the key names both sides agree on.
+
+Log entries are batches of lines whose stream ID is `<attempt>-<first line index>`: the IDs rise
+by construction, so a repeated write of the same batch is refused by Redis itself, and a reader
+can resume from any line without a separate index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+from redis.exceptions import ResponseError
+
+from shared.schemas import Event
+
+EVENTS_KEY = "tf:events"
+EVENTS_GROUP = "master"
+NODES_KEY = "tf:nodes"
+
+
+def log_key(job_id: int) -> str:
+    return f"tf:logs:{job_id}"
+
+
+def cancel_key(job_id: int) -> str:
+    return f"tf:cancel:{job_id}"
+
+
+@dataclass(frozen=True, order=True)
+class LogPosition:
+    """A line's place in a job's log: attempt number, then line index within that attempt."""
+
+    attempt: int
+    line: int
+
+    @classmethod
+    def parse(cls, text: str) -> LogPosition:
+        attempt, _, line = text.partition("-")
+        return cls(int(attempt), int(line))
+
+    def __str__(self) -> str:
+        return f"{self.attempt}-{self.line}"
+
+
+@dataclass(frozen=True)
+class LogBatch:
+    attempt: int
+    first: int
+    lines: list[str]
+
+    @property
+    def last(self) -> LogPosition:
+        return LogPosition(self.attempt, self.first + len(self.lines) - 1)
+
+    @classmethod
+    def from_entry(cls, entry_id: bytes | str, fields: dict) -> LogBatch:
+        entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        pos = LogPosition.parse(entry)
+        text = fields.get(b"lines", fields.get("lines", b""))
+        text = text.decode() if isinstance(text, bytes) else text
+        return cls(pos.attempt, pos.line, text.split("\n"))
+
+    def after(self, pos: LogPosition | None) -> LogBatch:
+        """The part of this batch that comes after `pos`."""
+        if pos is None or pos < LogPosition(self.attempt, self.first):
+            return self
+        skip = pos.line - self.first + 1 if pos.attempt == self.attempt else len(self.lines)
+        return LogBatch(self.attempt, self.first + skip, self.lines[skip:])
+
+
+class LogStream:
+    """Append and read a job's log lines in Redis (synchronous side, used by workers)."""
+
+    def __init__(self, client: redis.Redis, maxlen: int) -> None:
+        self._redis = client
+        self._maxlen = maxlen
+
+    def append(self, job_id: int, batches: Sequence[LogBatch]) -> None:
+        """Write batches in one round trip; batches Redis already holds are skipped, not doubled."""
+        pipe = self._redis.pipeline(transaction=False)
+        for batch in batches:
+            pipe.xadd(
+                log_key(job_id),
+                {"lines": "\n".join(batch.lines)},
+                id=f"{batch.attempt}-{batch.first}",
+                maxlen=self._maxlen,
+                approximate=True,
+            )
+        for result in pipe.execute(raise_on_error=False):
+            if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
+                raise result
+
+    def read(self, job_id: int, after: LogPosition | None = None, count: int = 1000) -> list[LogBatch]:
+        start = "-"
+        if after is not None:
+            # The batch holding `after` starts at or before it: find its ID, then read on from there.
+            found = self._redis.xrevrange(log_key(job_id), max=str(after), min="-", count=1)
+            start = found[0][0] if found else "-"
+        entries = self._redis.xrange(log_key(job_id), min=start, max="+", count=count)
+        batches = [LogBatch.from_entry(eid, fields).after(after) for eid, fields in entries]
+        return [b for b in batches if b.lines]
+
+
+class EventBus:
+    """Workers publish attempt events to one durable stream; the master reads it as a group."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    def publish(self, event: Event) -> str:
+        return self._redis.xadd(EVENTS_KEY, {"event": event.model_dump_json()})
+
+    def ensure_group(self) -> None:
+        try:
+            # From "0": events published before the master ever ran are still applied.
+            self._redis.xgroup_create(EVENTS_KEY, EVENTS_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read(self, consumer: str, *, pending: bool, count: int, block_ms: int) -> list[tuple[str, Event]]:
+        """Pending entries (delivered before but never acknowledged) first, then new ones."""
+        response = self._redis.xreadgroup(
+            EVENTS_GROUP,
+            consumer,
+            {EVENTS_KEY: "0" if pending else ">"},
+            count=count,
+            block=None if pending else block_ms,
+        )
+        out, vanished = [], []
+        for _stream, entries in response or []:
+            for entry_id, fields in entries:
+                eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                if not fields:  # deleted after delivery: nothing left to apply
+                    vanished.append(eid)
+                    continue
+                raw = fields.get(b"event", fields.get("event"))
+                out.append((eid, Event.model_validate_json(raw)))
+        self.ack(vanished)
+        return out
+
+    def ack(self, entry_ids: Sequence[str]) -> None:
+        if entry_ids:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.xack(EVENTS_KEY, EVENTS_GROUP, *entry_ids)
+            # Acknowledged events are applied in the database; the stream need not keep them.
+            pipe.xdel(EVENTS_KEY, *entry_ids)
+            pipe.execute()

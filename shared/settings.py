@@ -72,6 +72,11 @@ class Settings(BaseSettings):
             raise ValueError("TRAINFARM_S3_SECRET_KEY must be set to a real secret in production")
         return self
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as the environment of a child process (master, worker, flower)."""
+        values = self.model_dump(exclude_none=True)
+        return {f"TRAINFARM_{k.upper()}": str(v) for k, v in values.items()}
+
     @property
     def dataset_cache_dir(self) -> Path:
         assert self.cache_dir is not None

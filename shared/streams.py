@@ -98,9 +98,13 @@ class LogStream:
             # The batch holding `after` starts at or before it: find its ID, then read on from there.
             found = self._redis.xrevrange(log_key(job_id), max=str(after), min="-", count=1)
             start = found[0][0] if found else "-"
-        entries = self._redis.xrange(log_key(job_id), min=start, max="+", count=count)
-        batches = [LogBatch.from_entry(eid, fields).after(after) for eid, fields in entries]
-        return [b for b in batches if b.lines]
+        return batches_after(self._redis.xrange(log_key(job_id), min=start, max="+", count=count), after)
+
+
+def batches_after(entries: list, after: LogPosition | None) -> list[LogBatch]:
+    """Stream entries as batches, cut to the lines that come after `after`."""
+    batches = [LogBatch.from_entry(eid, fields).after(after) for eid, fields in entries]
+    return [b for b in batches if b.lines]
 
 
 class EventBus:

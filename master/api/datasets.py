@@ -1,0 +1,93 @@
+"""Dataset routes: streamed upload into S3 and listing."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+from fastapi import APIRouter, Query, Request
+from sqlmodel import col, select
+
+from master.api.deps import SessionDep, StateDep
+from master.models import Dataset, DatasetPublic, utcnow
+from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.schemas import NAME_PATTERN
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+
+class ChunkReader:
+    """A blocking `read(n)` over chunks that arrive on the event loop, for the S3 SDK's thread.
+
+    Memory held is one S3 part plus a few request chunks, whatever the file size.
+    """
+
+    def __init__(self, chunks: MemoryObjectReceiveStream[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = bytearray()
+        self._done = False
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._done and (n < 0 or len(self._buffer) < n):
+            try:
+                self._buffer += anyio.from_thread.run(self._chunks.receive)
+            except anyio.EndOfStream:
+                self._done = True
+        size = len(self._buffer) if n < 0 else min(n, len(self._buffer))
+        out = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return out
+
+
+@router.post("", status_code=201, response_model=DatasetPublic)
+async def upload_dataset(
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    name: Annotated[str, Query(description="Dataset name, e.g. digits.csv")],
+    overwrite: bool = False,
+) -> Dataset:
+    """Upload a dataset as the raw request body; it is streamed into S3, never held in memory."""
+    if not re.match(NAME_PATTERN, name):
+        raise InvalidRequest("name may hold letters, digits, '.', '_' and '-' (at most 128)", field="name")
+    existing = session.exec(select(Dataset).where(Dataset.name == name)).first()
+    if existing is not None and not overwrite:
+        raise Conflict(f"dataset '{name}' exists; pass overwrite=true to replace it", field="name")
+    key = f"datasets/{name}"
+    send, receive = anyio.create_memory_object_stream[bytes](max_buffer_size=16)
+    reader = ChunkReader(receive)
+    async with anyio.create_task_group() as tg:
+
+        async def pump() -> None:
+            async with send:
+                async for chunk in request.stream():
+                    if chunk:
+                        await send.send(chunk)
+
+        tg.start_soon(pump)
+        info = await anyio.to_thread.run_sync(state.store.put_stream, key, reader)
+    if info.size == 0:
+        raise InvalidRequest("the request body is empty; send the file's bytes", field="body")
+    row = existing or Dataset(name=name, key=key, size=0, sha256="", etag="")
+    row.size, row.sha256, row.etag, row.created_at = info.size, info.sha256 or "", info.etag, utcnow()
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return row
+
+
+@router.get("", response_model=list[DatasetPublic])
+def list_datasets(session: SessionDep) -> list[Dataset]:
+    """All uploaded datasets, by name."""
+    return list(session.exec(select(Dataset).order_by(col(Dataset.name))))
+
+
+@router.get("/{name}", response_model=DatasetPublic)
+def get_dataset(name: str, session: SessionDep) -> Dataset:
+    """One dataset's size and checksum."""
+    row = session.exec(select(Dataset).where(Dataset.name == name)).first()
+    if row is None:
+        raise NotFound(f"dataset '{name}' not found", field="name")
+    return row

@@ -1,0 +1,38 @@
+"""Dependencies routes ask for; routes never build engines or clients themselves."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlmodel import Session
+
+from master.models import Job
+from master.state import MasterState
+from shared.errors import NotFound
+
+
+def get_state(request: Request) -> MasterState:
+    return request.app.state.master
+
+
+StateDep = Annotated[MasterState, Depends(get_state)]
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
+    with Session(state.engine) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_job(job_id: int, session: SessionDep) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found", field="job_id")
+    return job
+
+
+JobDep = Annotated[Job, Depends(get_job)]

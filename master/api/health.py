@@ -1,0 +1,44 @@
+"""Health route: can the master reach its database, Redis and S3?"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from master.api.deps import StateDep
+from master.state import MasterState
+
+router = APIRouter(tags=["health"])
+
+
+def _ping_database(state: MasterState) -> None:
+    with state.engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def _check(state: MasterState) -> dict[str, str]:
+    checks: dict[str, str] = {}
+    probes = {
+        "database": lambda: _ping_database(state),
+        "redis": state.broker.ping,
+        "s3": state.store.ensure_bucket,
+    }
+    for name, probe in probes.items():
+        try:
+            probe()
+            checks[name] = "ok"
+        except Exception as exc:  # reported, not raised: health must answer when parts are down
+            checks[name] = f"error: {exc.__class__.__name__}: {exc}"[:300]
+    return checks
+
+
+@router.get("/health")
+async def health(state: StateDep) -> JSONResponse:
+    """`ok` with 200 when every dependency answers, else 503 naming the one that does not."""
+    checks = await run_in_threadpool(_check, state)
+    healthy = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ok" if healthy else "degraded", **checks}, status_code=200 if healthy else 503
+    )

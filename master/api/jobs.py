@@ -1,0 +1,110 @@
+"""Job routes: submit, list, inspect, cancel, metrics history."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+from sqlmodel import col, select
+
+from master.api.deps import JobDep, SessionDep, StateDep
+from master.lifecycle import cancel_job, submit_jobs
+from master.metrics import JOBS_SUBMITTED
+from master.models import (
+    AttemptPublic,
+    Job,
+    JobAttempt,
+    JobDetail,
+    JobMetric,
+    JobPublic,
+    JobsPublic,
+    MetricPublic,
+)
+from shared.schemas import JobSpec
+from shared.status import JobStatus
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+#: A hyperparameter sweep fits in one request up to this many jobs.
+MAX_BATCH = 1000
+
+
+class JobBatch(BaseModel):
+    jobs: list[JobSpec] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+@router.post("", status_code=201, response_model=JobPublic)
+def submit_job(spec: JobSpec, session: SessionDep, state: StateDep) -> Job:
+    """Validate a job spec, store the job and put it on its queue."""
+    [job] = submit_jobs(session, state.dispatcher, [spec])
+    JOBS_SUBMITTED.labels(spec.queue).inc()
+    return job
+
+
+@router.post("/batch", status_code=201, response_model=list[JobPublic])
+def submit_batch(batch: JobBatch, session: SessionDep, state: StateDep) -> list[Job]:
+    """Submit many jobs at once (a sweep); all are validated before any is stored."""
+    jobs = submit_jobs(session, state.dispatcher, batch.jobs)
+    for spec in batch.jobs:
+        JOBS_SUBMITTED.labels(spec.queue).inc()
+    return jobs
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    session: SessionDep,
+    status: JobStatus | None = None,
+    queue: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: Annotated[int | None, Query(description="Return jobs older than this id (next page)")] = None,
+) -> JobsPublic:
+    """Jobs, newest first, filtered by status and queue, one page at a time."""
+    query = select(Job).order_by(col(Job.id).desc()).limit(limit + 1)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if queue is not None:
+        query = query.where(Job.queue == queue)
+    if before is not None:
+        query = query.where(col(Job.id) < before)
+    rows = list(session.exec(query))
+    page = rows[:limit]
+    more = len(rows) > limit
+    return JobsPublic(
+        items=[JobPublic.model_validate(j) for j in page], next_before=page[-1].id if more else None
+    )
+
+
+@router.get("/{job_id}", response_model=JobDetail)
+def get_job(job: JobDep, session: SessionDep) -> JobDetail:
+    """One job with all its attempts."""
+    attempts = session.exec(
+        select(JobAttempt).where(JobAttempt.job_id == job.id).order_by(col(JobAttempt.number))
+    )
+    return JobDetail.model_validate(
+        job, update={"attempt_list": [AttemptPublic.model_validate(a) for a in attempts]}
+    )
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel(job: JobDep, session: SessionDep, state: StateDep) -> Job:
+    """Cancel a job: a queued one never runs; a running one is stopped within seconds."""
+    return cancel_job(session, state.broker, job)
+
+
+@router.get("/{job_id}/metrics", response_model=list[MetricPublic])
+def metrics_history(
+    job: JobDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[JobMetric]:
+    """Every metrics and progress report of the job, oldest first."""
+    query = (
+        select(JobMetric)
+        .where(JobMetric.job_id == job.id)
+        .order_by(col(JobMetric.id))
+        .offset(offset)
+        .limit(limit)
+    )
+    return list(session.exec(query))

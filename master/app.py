@@ -1,0 +1,90 @@
+"""The master's FastAPI application: `uvicorn master.app:create_app --factory`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from tenacity import retry, stop_after_delay, wait_exponential
+
+from master.api import artifacts, datasets, errors, health, jobs, logs, nodes
+from master.background import start_loops
+from master.db import init_db, make_engine
+from master.events import EventConsumer
+from master.metrics import HTTP_LATENCY, make_registry
+from master.state import MasterState
+from shared.settings import Settings, get_settings
+from shared.streams import EventBus
+
+log = logging.getLogger("trainfarm.master")
+STATIC = Path(__file__).parent / "static"
+
+
+@retry(stop=stop_after_delay(60), wait=wait_exponential(max=5), reraise=True)
+def _ensure_bucket(state: MasterState) -> None:
+    # S3 may still be starting next to us (docker-compose, standalone); give it a minute.
+    state.store.ensure_bucket()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        init_db(engine)
+        state = MasterState.connect(settings, engine)
+        _ensure_bucket(state)
+        app.state.master = state
+        app.state.registry = make_registry(engine, state.broker)
+        consumer = EventConsumer(EventBus(state.broker), engine)
+        loops = start_loops(consumer, state.dispatcher, state.broker, engine)
+        log.info("master ready: database %s, redis %s", engine.url.render_as_string(), settings.redis_url)
+        try:
+            yield
+        finally:
+            for loop in loops:
+                loop.stop()
+            await state.aredis.aclose()
+            state.broker.close()
+            engine.dispose()
+
+    app = FastAPI(
+        title="trainfarm",
+        description="Submit training jobs, watch them live, get the models back.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for module in (jobs, logs, artifacts, datasets, nodes, health):
+        app.include_router(module.router, prefix="/api")
+
+    @app.middleware("http")
+    async def _time_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        HTTP_LATENCY.labels(request.method, route, str(response.status_code)).observe(
+            time.perf_counter() - start
+        )
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics(request: Request) -> Response:
+        return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

@@ -1,0 +1,59 @@
+"""The master's background loops: apply events, publish missed attempts, sync node heartbeats."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from master.dispatch import Dispatcher
+from master.events import EventConsumer
+from master.nodes import sync_nodes
+
+log = logging.getLogger(__name__)
+
+
+class Loop(threading.Thread):
+    """Runs `step` until stopped; an error is logged and retried after `backoff`, never fatal,
+    because Redis or the database being away for a while must not kill the master."""
+
+    def __init__(self, name: str, step: Callable[[], object], interval: float, backoff: float = 1.0) -> None:
+        super().__init__(name=name, daemon=True)
+        self._step = step
+        self._interval = interval
+        self._backoff = backoff
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self._step()
+            except Exception:
+                log.exception("%s failed; retrying in %.1fs", self.name, self._backoff)
+                self.stopping.wait(self._backoff)
+                continue
+            if self._interval:
+                self.stopping.wait(self._interval)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.stopping.set()
+        self.join(timeout)
+
+
+def start_loops(consumer: EventConsumer, dispatcher: Dispatcher, broker, engine: Engine) -> list[Loop]:  # type: ignore[no-untyped-def]
+    def sweep() -> None:
+        with Session(engine) as session:
+            dispatcher.sweep(session)
+
+    loops = [
+        # poll() blocks on Redis for up to half a second, so it needs no sleep of its own.
+        Loop("event-consumer", consumer.poll, interval=0),
+        Loop("dispatch-sweep", sweep, interval=1.0),
+        Loop("node-sync", lambda: sync_nodes(broker, engine), interval=2.0),
+    ]
+    for loop in loops:
+        loop.start()
+    return loops

@@ -1,0 +1,79 @@
+"""Reading a job's log: live lines from Redis, older ones from the archives workers upload to S3."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from starlette.concurrency import run_in_threadpool
+
+from shared.storage import ArtifactStore
+from shared.streams import LogBatch, LogPosition, batches_after, log_key
+
+
+@dataclass(frozen=True)
+class ArchivedLog:
+    attempt: int
+    key: str
+
+
+class LogReader:
+    def __init__(self, client: aioredis.Redis, store: ArtifactStore) -> None:
+        self._redis = client
+        self._store = store
+
+    async def read(
+        self, job_id: int, archives: Sequence[ArchivedLog], after: LogPosition | None, limit: int
+    ) -> list[LogBatch]:
+        """Up to about `limit` lines after `after`, in order, wherever they are kept."""
+        key = log_key(job_id)
+        first = await self._redis.xrange(key, min="-", max="+", count=1)
+        oldest_start = LogPosition.parse(first[0][0].decode()) if first else None
+        batches: list[LogBatch] = []
+        # Lines Redis no longer holds (trimmed, flushed, restarted without persistence) come from S3.
+        if oldest_start is None or after is None or after < oldest_start:
+            batches = await self._from_archives(archives, after, oldest_start, limit)
+        if batches:
+            after = batches[-1].last
+        remaining = limit - sum(len(b.lines) for b in batches)
+        if remaining > 0:
+            start = "-"
+            if after is not None:
+                found = await self._redis.xrevrange(key, max=str(after), min="-", count=1)
+                start = found[0][0] if found else "-"
+            entries = await self._redis.xrange(key, min=start, max="+", count=min(1000, remaining))
+            batches += batches_after(entries, after)
+        return batches
+
+    async def wait(self, job_id: int, after: LogPosition | None, timeout_ms: int) -> None:
+        """Block until the stream has an entry newer than `after`, or the timeout passes."""
+        last = str(after) if after else "0-0"
+        await self._redis.xread({log_key(job_id): last}, count=1, block=timeout_ms)
+
+    async def _from_archives(
+        self,
+        archives: Sequence[ArchivedLog],
+        after: LogPosition | None,
+        until: LogPosition | None,
+        limit: int,
+    ) -> list[LogBatch]:
+        out: list[LogBatch] = []
+        for archive in sorted(archives, key=lambda a: a.attempt):
+            if after is not None and archive.attempt < after.attempt:
+                continue
+            if until is not None and archive.attempt > until.attempt:
+                break
+            text = await run_in_threadpool(self._store.read_text, archive.key)
+            lines = text.split("\n")
+            if lines and lines[-1] == "":
+                lines.pop()
+            if until is not None and archive.attempt == until.attempt:
+                lines = lines[: until.line]
+            batch = LogBatch(archive.attempt, 0, lines).after(after)
+            if batch.lines:
+                out.append(LogBatch(batch.attempt, batch.first, batch.lines[:limit]))
+                limit -= len(out[-1].lines)
+            if limit <= 0:
+                break
+        return out

@@ -1,0 +1,60 @@
+"""Prometheus metrics of the master, served at /metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import redis
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func
+from sqlmodel import Session, select
+
+from master.models import Job
+from shared.celery_config import QUEUES
+from shared.status import JobStatus
+
+EVENTS_APPLIED = Counter("trainfarm_events_applied_total", "Worker events applied to the database", ["kind"])
+JOBS_SUBMITTED = Counter("trainfarm_jobs_submitted_total", "Jobs accepted by the API", ["queue"])
+HTTP_LATENCY = Histogram(
+    "trainfarm_http_request_seconds",
+    "API request latency",
+    ["method", "route", "status"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+
+class FarmCollector(Collector):
+    """Jobs per status and queue depth, read at scrape time so they are never stale."""
+
+    def __init__(self, engine: Engine, broker: redis.Redis) -> None:
+        self._engine = engine
+        self._broker = broker
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        jobs = GaugeMetricFamily("trainfarm_jobs", "Jobs by status", labels=["status"])
+        with Session(self._engine) as session:
+            counts = dict(session.exec(select(Job.status, func.count()).group_by(Job.status)).all())  # type: ignore[call-overload]
+        for status in JobStatus:
+            jobs.add_metric([status.value], counts.get(status.value, 0))
+        yield jobs
+        depth = GaugeMetricFamily(
+            "trainfarm_queue_depth", "Messages waiting in a Celery queue", labels=["queue"]
+        )
+        for queue in QUEUES:
+            # The Redis transport keeps one list per priority step: "gpu", "gpu:1", ... "gpu:9".
+            pipe = self._broker.pipeline(transaction=False)
+            for key in [queue] + [f"{queue}:{p}" for p in range(1, 10)]:
+                pipe.llen(key)
+            depth.add_metric([queue], sum(pipe.execute()))
+        yield depth
+
+
+def make_registry(engine: Engine, broker: redis.Redis) -> CollectorRegistry:
+    """One registry per app: the process-wide counters plus this app's view of the farm."""
+    registry = CollectorRegistry()
+    for collector in (EVENTS_APPLIED, JOBS_SUBMITTED, HTTP_LATENCY):
+        registry.register(collector)
+    registry.register(FarmCollector(engine, broker))
+    return registry

@@ -1,0 +1,199 @@
+"""Tables and their public shapes: jobs, job attempts, metrics, artifacts, datasets, nodes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, Integer, String, Text, UniqueConstraint
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+from shared.status import JobStatus
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class StatusColumn(TypeDecorator[JobStatus]):
+    """A plain string column (no database enum type to migrate) read back as a `JobStatus`."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def process_bind_param(self, value: JobStatus | str | None, dialect: object) -> str | None:
+        return None if value is None else JobStatus(value).value
+
+    def process_result_value(self, value: str | None, dialect: object) -> JobStatus | None:
+        return None if value is None else JobStatus(value)
+
+
+# Jobs ---------------------------------------------------------------------------------------------
+
+
+class JobBase(SQLModel):
+    name: str | None = Field(default=None, max_length=128)
+    queue: str = Field(max_length=32, index=True)
+    priority: int = 5
+    status: JobStatus = Field(default=JobStatus.QUEUED, sa_type=StatusColumn, index=True)  # type: ignore[call-overload]
+
+
+class Job(JobBase, table=True):
+    __tablename__ = "jobs"
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    )
+    spec: dict[str, Any] = Field(sa_type=JSON)
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    #: Number of the newest attempt; the only one whose reports may move the job.
+    attempts: int = 1
+    node: str | None = None
+    error: str | None = Field(default=None, sa_type=Text)
+    log_tail: str | None = Field(default=None, sa_type=Text)
+    cancel_requested: bool = False
+    progress: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class JobPublic(JobBase):
+    id: int
+    spec: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    node: str | None
+    error: str | None
+    log_tail: str | None
+    cancel_requested: bool
+    progress: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+class JobsPublic(SQLModel):
+    items: list[JobPublic]
+    #: Pass as `before` to get the next (older) page; null on the last page.
+    next_before: int | None
+
+
+class AttemptBase(SQLModel):
+    number: int
+    status: JobStatus = Field(default=JobStatus.QUEUED, sa_type=StatusColumn)  # type: ignore[call-overload]
+    node: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    error: str | None = Field(default=None, sa_type=Text)
+    log_key: str | None = None
+
+
+class JobAttempt(AttemptBase, table=True):
+    __tablename__ = "job_attempts"
+    __table_args__ = (UniqueConstraint("job_id", "number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True, sa_type=BigInteger)
+    #: Highest event sequence number applied: replays of older events are recognised and dropped.
+    last_event_seq: int = 0
+    #: Earliest time a retry may be sent (backoff).
+    not_before: datetime | None = None
+    info: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class AttemptPublic(AttemptBase):
+    info: dict[str, Any]
+
+
+class JobDetail(JobPublic):
+    attempt_list: list[AttemptPublic]
+
+
+# Metrics and artifacts ----------------------------------------------------------------------------
+
+
+class JobMetric(SQLModel, table=True):
+    __tablename__ = "job_metrics"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True, sa_type=BigInteger)
+    attempt: int
+    kind: str = Field(max_length=32)
+    epoch: int | None = None
+    step: int | None = None
+    values: dict[str, float] = Field(default_factory=dict, sa_type=JSON)
+    ts: datetime = Field(default_factory=utcnow)
+
+
+class MetricPublic(SQLModel):
+    attempt: int
+    kind: str
+    epoch: int | None
+    step: int | None
+    values: dict[str, float]
+    ts: datetime
+
+
+class ArtifactBase(SQLModel):
+    name: str = Field(max_length=512)
+    size: int = Field(sa_type=BigInteger)
+    sha256: str | None = None
+    attempt: int
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Artifact(ArtifactBase, table=True):
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("job_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True, sa_type=BigInteger)
+    key: str = Field(max_length=1024)
+
+
+class ArtifactPublic(ArtifactBase):
+    pass
+
+
+# Datasets and nodes -------------------------------------------------------------------------------
+
+
+class DatasetBase(SQLModel):
+    name: str = Field(max_length=128, unique=True, index=True)
+    size: int = Field(sa_type=BigInteger)
+    sha256: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Dataset(DatasetBase, table=True):
+    __tablename__ = "datasets"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=1024)
+    etag: str
+
+
+class DatasetPublic(DatasetBase):
+    pass
+
+
+class NodeBase(SQLModel):
+    name: str = Field(primary_key=True, max_length=255)
+    queues: list[str] = Field(default_factory=list, sa_type=JSON)
+    info: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    first_seen: datetime = Field(default_factory=utcnow)
+    last_seen: datetime = Field(default_factory=utcnow)
+
+
+class Node(NodeBase, table=True):
+    __tablename__ = "nodes"
+
+
+class NodePublic(NodeBase):
+    online: bool

@@ -1,0 +1,40 @@
+"""Everything the master connects to, created once at start-up and handed to routes and loops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+import redis.asyncio as aioredis
+from sqlalchemy import Engine
+
+from master.dispatch import Dispatcher, make_publisher
+from master.logs import LogReader
+from shared.settings import Settings
+from shared.storage import ArtifactStore, make_s3_client
+
+
+@dataclass
+class MasterState:
+    settings: Settings
+    engine: Engine
+    broker: redis.Redis
+    aredis: aioredis.Redis
+    store: ArtifactStore
+    dispatcher: Dispatcher
+    logs: LogReader
+
+    @classmethod
+    def connect(cls, settings: Settings, engine: Engine) -> MasterState:
+        broker = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30)
+        aredis = aioredis.Redis.from_url(settings.redis_url, health_check_interval=30)
+        store = ArtifactStore(make_s3_client(settings), settings.s3_bucket)
+        return cls(
+            settings=settings,
+            engine=engine,
+            broker=broker,
+            aredis=aredis,
+            store=store,
+            dispatcher=Dispatcher(make_publisher(settings)),
+            logs=LogReader(aredis, store),
+        )

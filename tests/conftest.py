@@ -1,0 +1,140 @@
+"""Real services for the tests: redis-server, a SeaweedFS S3 server, PostgreSQL, the master under
+uvicorn and Celery workers, each a separate process on 127.0.0.1 and free ports."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+
+from shared.settings import Settings
+from trainfarm.services import PostgresServer, RedisServer, SeaweedS3
+from trainfarm.services.farm import MasterProcess, WorkerProcess
+from trainfarm.services.postgres import available as postgres_available
+
+S3_ACCESS, S3_SECRET = "trainfarm-test", "trainfarm-test-secret"
+ON_CI = os.environ.get("CI") == "true"
+DIGITS = Path(__file__).resolve().parent.parent / "examples" / "datasets" / "digits.csv"
+
+
+@pytest.fixture(scope="session")
+def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("services")
+
+
+@pytest.fixture(scope="session")
+def redis_server(services_dir: Path) -> Iterator[RedisServer]:
+    with RedisServer(services_dir / "redis") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server(services_dir: Path) -> Iterator[SeaweedS3]:
+    with SeaweedS3(services_dir / "s3", S3_ACCESS, S3_SECRET) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server(services_dir: Path) -> Iterator[PostgresServer]:
+    if not postgres_available():
+        message = "PostgreSQL binaries (initdb, postgres) not found"
+        if ON_CI:
+            pytest.fail(message)
+        pytest.skip(f"LOUD SKIP: {message}; PostgreSQL tests did not run")
+    with PostgresServer(services_dir / "postgres") as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test gets an empty database: a fresh SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'master.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    engine = create_engine(server.url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    return server.url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_server: RedisServer, s3_server: SeaweedS3, database_url: str) -> Settings:
+    """A clean farm configuration: flushed Redis, a bucket of its own, an empty database."""
+    redis.Redis.from_url(redis_server.url).flushdb()
+    return Settings(
+        data_dir=tmp_path / "farm",
+        database_url=database_url,
+        redis_url=redis_server.url,
+        s3_endpoint=s3_server.endpoint,
+        s3_access_key=S3_ACCESS,
+        s3_secret_key=S3_SECRET,
+        s3_bucket=f"t-{uuid.uuid4().hex[:12]}",
+        node_offline_after=6.0,
+        heartbeat_interval=1.0,
+        cancel_grace_period=5.0,
+    )
+
+
+@pytest.fixture
+def master(settings: Settings, tmp_path: Path) -> Iterator[MasterProcess]:
+    with MasterProcess(tmp_path / "master", settings) as proc:
+        yield proc
+
+
+@pytest.fixture
+def api(master: MasterProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"{master.url}/api", timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real Celery workers on demand; all are stopped at the end of the test."""
+    started: list[WorkerProcess] = []
+
+    def start(node_name: str = "node-1", **kwargs: object) -> WorkerProcess:
+        proc = WorkerProcess(tmp_path / node_name, settings, node_name=node_name, **kwargs)  # type: ignore[arg-type]
+        started.append(proc.start())
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
+    return start_worker()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 60, interval: float = 0.2, what: str = "") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def wait_status(api: httpx.Client, job_id: int, statuses: set[str], timeout: float = 120) -> dict:
+    def check() -> dict | None:
+        job = api.get(f"/jobs/{job_id}").json()
+        return job if job["status"] in statuses else None
+
+    return wait_for(check, timeout, what=f"job {job_id} to reach {statuses}")  # type: ignore[return-value]
+
+
+def upload_dataset(api: httpx.Client, path: Path, name: str | None = None) -> dict:
+    with path.open("rb") as fh:
+        response = api.post("/datasets", params={"name": name or path.name}, content=fh.read())
+    assert response.status_code == 201, response.text
+    return response.json()

@@ -1,0 +1,135 @@
+"""The REST contract on both database backends, against the in-process app with real Redis and S3.
+No worker runs here, so jobs stay where the API put them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from master.app import create_app
+from shared.celery_config import celery_priority
+from shared.settings import Settings
+from shared.streams import cancel_key
+
+COMMAND = {"command": ["python", "-c", "print(1)"], "queue": "cpu"}
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), base_url="http://testserver/api") as test_client:
+        yield test_client
+
+
+def error_of(response) -> dict:
+    assert response.status_code == 422, response.text
+    return response.json()
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "words"),
+    [
+        ({**COMMAND, "devices": 0}, "devices", "greater than or equal to 1"),
+        ({**COMMAND, "gpus": 1}, "gpus", "unknown field"),
+        ({**COMMAND, "max_epochs": "ten"}, "max_epochs", "valid integer"),
+        ({**COMMAND, "queue": "tpu"}, "queue", "'gpu' or 'cpu'"),
+        ({**COMMAND, "name": "bad name!"}, "name", "pattern"),
+        ({"queue": "cpu"}, "body", "exactly one of 'recipe' or 'command'"),
+        ({"recipe": "tabular-classifier", "datasets": ["x.csv"]}, "body", "hyperparameters.target is required"),
+        ({"recipe": "resnet", "datasets": ["x.csv"]}, "recipe", "tabular-classifier"),
+        ({**COMMAND, "priority": 11}, "priority", "less than or equal to 9"),
+    ],
+)
+def test_invalid_specs_are_rejected_naming_the_field(client, spec, field, words):
+    body = error_of(client.post("/jobs", json=spec))
+    assert body["field"] == field
+    assert words in body["message"]
+    assert client.get("/jobs").json()["items"] == []
+
+
+def test_missing_dataset_is_rejected_with_its_index(client):
+    body = error_of(client.post("/jobs", json={**COMMAND, "datasets": ["nope.csv"]}))
+    assert body["field"] == "datasets[0]"
+    assert "dataset 'nope.csv' not found" in body["message"]
+
+
+def test_unknown_job_is_404(client):
+    response = client.get("/jobs/999999")
+    assert response.status_code == 404
+    assert response.json()["message"] == "job 999999 not found"
+
+
+def test_list_is_newest_first_filtered_and_paginated(client):
+    ids = [client.post("/jobs", json={**COMMAND, "queue": q}).json()["id"] for q in ["cpu", "gpu"] * 3]
+    page = client.get("/jobs", params={"limit": 4}).json()
+    assert [j["id"] for j in page["items"]] == ids[::-1][:4]
+    rest = client.get("/jobs", params={"limit": 4, "before": page["next_before"]}).json()
+    assert [j["id"] for j in rest["items"]] == ids[::-1][4:]
+    assert rest["next_before"] is None
+    gpu = client.get("/jobs", params={"queue": "gpu"}).json()["items"]
+    assert [j["id"] for j in gpu] == ids[1::2][::-1]
+    assert client.get("/jobs", params={"status": "running"}).json()["items"] == []
+    assert error_of(client.get("/jobs", params={"status": "sleeping"}))["field"] == "status"
+    assert error_of(client.get("/jobs", params={"limit": 0}))["field"] == "limit"
+
+
+def test_submit_publishes_to_the_job_queue_with_priority(client, settings):
+    broker = redis.Redis.from_url(settings.redis_url)
+    job = client.post("/jobs", json={**COMMAND, "queue": "gpu", "priority": 9}).json()
+    # Spec priority 9 is most urgent and lands in the list the Redis transport serves first.
+    assert celery_priority(9) == 0
+    assert broker.llen("gpu") == 1 and broker.llen("cpu") == 0
+    detail = client.get(f"/jobs/{job['id']}").json()
+    assert detail["attempt_list"][0]["enqueued_at"] is not None
+
+
+def test_cancel_queued_job_marks_it_and_sets_the_flag(client, settings):
+    job_id = client.post("/jobs", json=COMMAND).json()["id"]
+    cancelled = client.post(f"/jobs/{job_id}/cancel").json()
+    assert cancelled["status"] == "cancelled" and cancelled["cancel_requested"] is True
+    assert redis.Redis.from_url(settings.redis_url).exists(cancel_key(job_id)) == 1
+    again = client.post(f"/jobs/{job_id}/cancel")
+    assert again.status_code == 409 and "already cancelled" in again.json()["message"]
+
+
+def test_batch_submission_is_all_or_nothing(client):
+    ok = client.post("/jobs/batch", json={"jobs": [COMMAND] * 20})
+    assert ok.status_code == 201 and len(ok.json()) == 20
+    bad = client.post("/jobs/batch", json={"jobs": [COMMAND, {**COMMAND, "devices": -1}]})
+    assert error_of(bad)["field"] == "jobs[1].devices"
+    assert len(client.get("/jobs", params={"limit": 500}).json()["items"]) == 20
+
+
+def test_dataset_upload_list_and_conflicts(client):
+    payload = b"a,b\n1,2\n" * 100_000
+    created = client.post("/datasets", params={"name": "tiny.csv"}, content=payload)
+    assert created.status_code == 201, created.text
+    import hashlib
+
+    assert created.json()["size"] == len(payload)
+    assert created.json()["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert [d["name"] for d in client.get("/datasets").json()] == ["tiny.csv"]
+    assert client.post("/datasets", params={"name": "tiny.csv"}, content=b"x").status_code == 409
+    replaced = client.post("/datasets", params={"name": "tiny.csv", "overwrite": "true"}, content=b"x,y\n")
+    assert replaced.status_code == 201 and replaced.json()["size"] == 4
+    assert error_of(client.post("/datasets", params={"name": "../etc"}, content=b"x"))["field"] == "name"
+    assert error_of(client.post("/datasets", params={"name": "empty.csv"}, content=b""))["field"] == "body"
+    assert client.get("/datasets/missing.csv").status_code == 404
+
+
+def test_health_and_prometheus(client):
+    health = client.get("/health").json()
+    assert health == {"status": "ok", "database": "ok", "redis": "ok", "s3": "ok"}
+    client.post("/jobs", json=COMMAND)
+    text = client.get("http://testserver/metrics").text
+    assert 'trainfarm_jobs{status="queued"} 1.0' in text
+    assert 'trainfarm_queue_depth{queue="cpu"} 1.0' in text
+    assert "trainfarm_http_request_seconds_bucket" in text
+
+
+def test_openapi_and_dashboard_are_served(client):
+    assert client.get("http://testserver/openapi.json").json()["info"]["title"] == "trainfarm"
+    assert client.get("http://testserver/docs").status_code == 200
+    assert "trainfarm" in client.get("http://testserver/").text

@@ -1,0 +1,127 @@
+"""The farm's own processes (master, worker, Flower), launched with a given configuration."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import httpx
+
+from shared.settings import Settings
+from trainfarm.services.process import ManagedProcess, free_port
+
+#: Where `master/`, `worker/` and `shared/` live, so children import them from a checkout too.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    # The child inherits our environment (PATH, virtualenv) with the farm's settings on top.
+    env = dict(os.environ)
+    env.update(settings.to_env())
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class MasterProcess(ManagedProcess):
+    """The FastAPI master under uvicorn."""
+
+    name = "master"
+    ready_timeout = 90.0
+
+    def __init__(self, data_dir: Path, settings: Settings, port: int | None = None) -> None:
+        super().__init__(data_dir)
+        self.port = port or free_port()
+        self.settings = settings.model_copy(update={"api_port": self.port})
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _env(self) -> dict[str, str]:
+        return child_env(self.settings)
+
+    def _command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "uvicorn", "master.app:create_app", "--factory",
+            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+            "--timeout-graceful-shutdown", "5",
+        ]  # fmt: skip
+
+    def is_ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/api/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+class WorkerProcess(ManagedProcess):
+    """A Celery worker, exactly as an operator starts one: `celery -A worker worker -Q ...`."""
+
+    name = "worker"
+    ready_timeout = 60.0
+    stop_timeout = 30.0
+
+    def __init__(
+        self,
+        data_dir: Path,
+        settings: Settings,
+        queues: str = "gpu,cpu",
+        concurrency: int = 1,
+        pool: str = "prefork",
+        node_name: str = "node-1",
+    ) -> None:
+        super().__init__(data_dir)
+        self.name = f"worker-{node_name}"
+        self.node_name = node_name
+        self.settings = settings.model_copy(update={"node_name": node_name})
+        self.queues, self.concurrency, self.pool = queues, concurrency, pool
+
+    def _env(self) -> dict[str, str]:
+        return child_env(self.settings)
+
+    def _command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "celery", "-A", "worker", "worker",
+            "-Q", self.queues, "-c", str(self.concurrency), "-P", self.pool,
+            "-n", f"{self.node_name}@%h", "--without-gossip", "--without-mingle", "-l", "info",
+        ]  # fmt: skip
+
+    def is_ready(self) -> bool:
+        try:
+            return "ready." in self.log_path.read_text(errors="replace").split("=== ")[-1]
+        except OSError:
+            return False
+
+
+class FlowerProcess(ManagedProcess):
+    """Flower, the Celery queue inspector, on 127.0.0.1."""
+
+    name = "flower"
+    ready_timeout = 60.0
+
+    def __init__(self, data_dir: Path, settings: Settings, port: int | None = None) -> None:
+        super().__init__(data_dir)
+        self.port = port or free_port()
+        self.settings = settings
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _env(self) -> dict[str, str]:
+        return child_env(self.settings)
+
+    def _command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "celery", "-A", "worker", "flower",
+            "--address=127.0.0.1", f"--port={self.port}", f"--db={self.data_dir / 'flower.db'}",
+            "--persistent=True",
+        ]  # fmt: skip
+
+    def is_ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/healthcheck", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False

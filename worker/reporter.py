@@ -1,0 +1,46 @@
+"""Publishing one attempt's events, numbered so the master applies each exactly once."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import redis
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
+from shared.schemas import Event, EventKind
+from shared.streams import EventBus
+
+
+class AttemptReporter:
+    def __init__(self, bus: EventBus, job_id: int, attempt: int, node: str) -> None:
+        self._bus = bus
+        self._job_id = job_id
+        self._attempt = attempt
+        self._node = node
+        self._seq = 0
+        # One lock over numbering and publishing: stream order must equal sequence order.
+        self._lock = threading.Lock()
+
+    def report(self, kind: EventKind, **data: Any) -> None:
+        with self._lock:
+            self._seq += 1
+            event = Event(
+                job_id=self._job_id,
+                attempt=self._attempt,
+                seq=self._seq,
+                kind=kind,
+                node=self._node,
+                data=data,
+            )
+            self._publish(event)
+
+    # Redis restarting or briefly unreachable must not lose an event: retry for up to ten minutes.
+    @retry(
+        retry=retry_if_exception_type(redis.ConnectionError),
+        wait=wait_exponential_jitter(initial=0.2, max=10),
+        stop=stop_after_delay(600),
+        reraise=True,
+    )
+    def _publish(self, event: Event) -> None:
+        self._bus.publish(event)

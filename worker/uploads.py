@@ -1,0 +1,53 @@
+"""Uploading an attempt's outputs, checkpoints and log; retried through storage outages."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import urllib3
+from minio.error import S3Error
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential_jitter
+
+from shared.schemas import EventKind
+from shared.storage import ArtifactStore, ObjectInfo
+from worker.reporter import AttemptReporter
+
+log = logging.getLogger(__name__)
+
+#: S3 answers that mean "try again later" rather than "this will never work".
+TRANSIENT_S3_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, S3Error):
+        return exc.code in TRANSIENT_S3_CODES
+    return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
+
+
+storage_retry = retry(
+    retry=retry_if_exception(is_transient),
+    wait=wait_exponential_jitter(initial=0.5, max=15),
+    stop=stop_after_delay(900),
+    reraise=True,
+)
+
+
+@storage_retry
+def put_file(store: ArtifactStore, key: str, path: Path) -> ObjectInfo:
+    return store.put_file(key, path)
+
+
+def upload_tree(
+    store: ArtifactStore, reporter: AttemptReporter, root: Path, job_id: int, prefix: str = ""
+) -> int:
+    """Upload every file under `root` as an artifact of the job, reporting each one."""
+    count = 0
+    if not root.is_dir():
+        return 0
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        name = prefix + path.relative_to(root).as_posix()
+        info = put_file(store, f"artifacts/{job_id}/{name}", path)
+        reporter.report(EventKind.ARTIFACT, name=name, key=info.key, size=info.size, sha256=info.sha256)
+        count += 1
+    return count

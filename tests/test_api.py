@@ -37,7 +37,11 @@ def error_of(response) -> dict:
         ({**COMMAND, "queue": "tpu"}, "queue", "'gpu' or 'cpu'"),
         ({**COMMAND, "name": "bad name!"}, "name", "pattern"),
         ({"queue": "cpu"}, "body", "exactly one of 'recipe' or 'command'"),
-        ({"recipe": "tabular-classifier", "datasets": ["x.csv"]}, "body", "hyperparameters.target is required"),
+        (
+            {"recipe": "tabular-classifier", "datasets": ["x.csv"]},
+            "body",
+            "hyperparameters.target is required",
+        ),
         ({"recipe": "resnet", "datasets": ["x.csv"]}, "recipe", "tabular-classifier"),
         ({**COMMAND, "priority": 11}, "priority", "less than or equal to 9"),
     ],

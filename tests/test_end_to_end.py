@@ -16,7 +16,9 @@ from tests.conftest import DIGITS, upload_dataset, wait_for, wait_status
 PY = sys.executable
 
 
-def sse_events(api: httpx.Client, job_id: int, after: str | None = None, timeout: float = 120) -> list[tuple[str, dict]]:
+def sse_events(
+    api: httpx.Client, job_id: int, after: str | None = None, timeout: float = 120
+) -> list[tuple[str, dict]]:
     """Read one SSE stream to its `end` event, returning (event, data) pairs."""
     events: list[tuple[str, dict]] = []
     params = {"after": after} if after else {}
@@ -73,13 +75,17 @@ def test_logs_survive_a_redis_flush_via_the_s3_archive(api, worker, settings):
 
     # Resuming from an offset returns exactly the rest.
     middle = before["lines"][100]
-    rest = api.get(f"/jobs/{job_id}/logs", params={"after": f"{middle['attempt']}-{middle['line']}", "limit": 10000})
+    rest = api.get(
+        f"/jobs/{job_id}/logs", params={"after": f"{middle['attempt']}-{middle['line']}", "limit": 10000}
+    )
     assert rest.json()["lines"] == before["lines"][101:]
 
 
 def test_failing_command_fails_with_exit_code_and_log_tail(api, worker):
     code = "import sys; print('about to fail'); sys.exit(3)"
-    job_id = api.post("/jobs", json={"command": [PY, "-c", code], "queue": "cpu", "max_retries": 0}).json()["id"]
+    job_id = api.post("/jobs", json={"command": [PY, "-c", code], "queue": "cpu", "max_retries": 0}).json()[
+        "id"
+    ]
     job = wait_status(api, job_id, {"failed", "succeeded"})
     assert job["status"] == "failed"
     assert "exited with code 3" in job["error"]
@@ -98,7 +104,7 @@ def test_tabular_recipe_trains_and_uploads_model(api, worker, settings):
     }
     job_id = api.post("/jobs", json=spec).json()["id"]
     events = sse_events(api, job_id, timeout=240)
-    assert events[-1] == ("end", {"status": "succeeded"})
+    assert events[-1] == ("end", {"status": "succeeded"}), api.get(f"/jobs/{job_id}").json()["attempt_list"]
     log_text = "\n".join(program_lines(events))
     assert "val_acc" in log_text
 

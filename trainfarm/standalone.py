@@ -2,13 +2,128 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.panel import Panel
+
+from shared.settings import get_settings
+from trainfarm.supervisor import StandaloneFarm
+
+console = Console(stderr=True)
+DEMO_DATASET = Path(__file__).resolve().parent.parent / "examples" / "datasets" / "digits.csv"
+
+DataDirOption = Annotated[
+    Path | None, typer.Option("--data-dir", help="Where the farm keeps everything (default: ~/.trainfarm)")
+]
+PortOption = Annotated[int | None, typer.Option("--port", help="API and dashboard port (default 8000)")]
+
+
+def _raise_on_sigterm() -> None:
+    # SIGTERM (systemd, docker stop, kill) shuts down as cleanly as Ctrl-C does.
+    def handler(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _banner(farm: StandaloneFarm) -> None:
+    s = farm.settings
+    lines = [
+        f"Dashboard   {s.api_url}/",
+        f"REST API    {s.api_url}/api   (OpenAPI: {s.api_url}/docs)",
+        f"Metrics     {s.api_url}/metrics",
+    ]
+    if farm.flower is not None:
+        lines.append(f"Flower      {farm.flower.url}")
+    lines += [
+        f"S3          http://{s.s3_endpoint}  bucket {s.s3_bucket}  key {s.s3_access_key}",
+        f"Redis       {s.redis_url}",
+        f"Data        {farm.data_dir}",
+        "",
+        f"CLI:        export TRAINFARM_API_URL={s.api_url}",
+        "Workers:    other machines join with `celery -A worker worker -Q gpu` and",
+        "            TRAINFARM_REDIS_URL / TRAINFARM_S3_ENDPOINT pointing here (bind beyond 127.0.0.1 first)",
+    ]
+    console.print(Panel("\n".join(lines), title="trainfarm is running", border_style="green"))
+
+
+def _start(farm: StandaloneFarm) -> None:
+    try:
+        farm.start(say=lambda m: console.print(f"[dim]{m}[/dim]"))
+    except (RuntimeError, OSError) as exc:
+        farm.stop(say=lambda m: console.print(f"[dim]{m}[/dim]"))
+        console.print(f"[red]error:[/red] the farm could not start: {exc}")
+        raise typer.Exit(1) from None
 
 
 def register(app: typer.Typer) -> None:
     """Add the farm-running commands to the CLI."""
 
     @app.command()
-    def standalone() -> None:
-        """Run a complete farm on this machine (placeholder while it is written)."""
-        raise typer.Exit(1)
+    def standalone(
+        data_dir: DataDirOption = None,
+        port: PortOption = None,
+        flower_port: Annotated[int | None, typer.Option(help="Flower port (default 5555)")] = None,
+        concurrency: Annotated[int, typer.Option(help="Jobs the local worker runs at once")] = 1,
+        flower: Annotated[bool, typer.Option(help="Also run Flower")] = True,
+    ) -> None:
+        """Run a complete farm on this machine until Ctrl-C.
+
+        Starts Redis, an S3 server (SeaweedFS), the master (SQLite), one worker on the gpu and cpu
+        queues, and Flower, all on 127.0.0.1, keeping data under one directory. A second start
+        reuses that data.
+        """
+        settings = get_settings()
+        farm = StandaloneFarm(
+            data_dir or settings.data_dir, settings, port, flower_port, concurrency, with_flower=flower
+        )
+        _raise_on_sigterm()
+        _start(farm)
+        _banner(farm)
+        try:
+            dead = farm.wait()
+            console.print(f"[red]{dead.name} stopped unexpectedly[/red]; see {dead.log_path}")
+            code = 1
+        except KeyboardInterrupt:
+            console.print("shutting down ...")
+            code = 0
+        finally:
+            farm.stop(say=lambda m: console.print(f"[dim]{m}[/dim]"))
+        raise typer.Exit(code)
+
+    @app.command()
+    def demo(
+        data_dir: DataDirOption = None,
+        port: PortOption = None,
+        epochs: Annotated[int, typer.Option(help="Training epochs")] = 30,
+        keep: Annotated[bool, typer.Option(help="Leave the farm running afterwards, until Ctrl-C")] = False,
+    ) -> None:
+        """Start a standalone farm and train a real model on it, end to end.
+
+        Uploads the UCI handwritten digits dataset, trains the built-in tabular classifier on the
+        local worker while its log streams here, then shows the final metrics and the artifacts
+        stored in S3.
+        """
+        from trainfarm.demo import run_demo
+
+        settings = get_settings()
+        farm = StandaloneFarm(data_dir or settings.data_dir, settings, port, None, 1, with_flower=False)
+        _raise_on_sigterm()
+        _start(farm)
+        code = 1
+        try:
+            code = run_demo(farm.settings.api_url, DEMO_DATASET, epochs, console)
+            if keep:
+                _banner(farm)
+                farm.wait()
+        except KeyboardInterrupt:
+            console.print("interrupted; shutting down ...")
+            code = 130
+        finally:
+            farm.stop(say=lambda m: console.print(f"[dim]{m}[/dim]"))
+        sys.exit(code)

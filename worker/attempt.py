@@ -94,7 +94,7 @@ class AttemptRunner:
             return ending
         dirs = AttemptDirs.create(self.ctx.settings.job_work_dir, job_id, number)
         pump = LogPump(self.ctx.logs, job_id, number, dirs.log, self.ctx.settings.log_flush_interval)
-        self.reporter.report(EventKind.STARTED, pid=os.getpid())
+        self.reporter.report(EventKind.STARTED, {"pid": os.getpid()})
         pump.note(f"attempt {number} of job {job_id} on {self.ctx.settings.node_name}")
         try:
             ending = self._run(dirs, pump)
@@ -132,7 +132,7 @@ class AttemptRunner:
             how = "cache hit" if item.cached else "downloaded"
             pump.note(f"dataset {item.name}: {item.size} bytes, {how}")
             fetched.append({"name": item.name, "cached": item.cached, "size": item.size})
-        self.reporter.report(EventKind.STARTED, datasets=fetched)
+        self.reporter.report(EventKind.STARTED, {"datasets": fetched})
         dirs.spec.write_text(self.spec.model_dump_json())
         proc = process.start(self._argv(), dirs.root, self._env(dirs))
         pump.follow(proc.stdout)  # type: ignore[arg-type]
@@ -167,7 +167,7 @@ class AttemptRunner:
     def _forward(self, events: EventsFileTail) -> None:
         for item in events.read_new():
             item.setdefault("max_epochs", self.spec.max_epochs)
-            self.reporter.report(EventKind.METRICS, **item)
+            self.reporter.report(EventKind.METRICS, item)
 
     def _cancel_requested(self) -> bool:
         try:
@@ -205,10 +205,12 @@ class AttemptRunner:
     def _finish(self, ending: Ending, log_key: str | None, tail: list[str]) -> None:
         self.reporter.report(
             EventKind.FINISHED,
-            outcome=ending.outcome.value,
-            error=ending.error,
-            retryable=ending.retryable,
-            exit_code=ending.exit_code,
-            log_key=log_key,
-            log_tail="\n".join(tail),
+            {
+                "outcome": ending.outcome.value,
+                "error": ending.error,
+                "retryable": ending.retryable,
+                "exit_code": ending.exit_code,
+                "log_key": log_key,
+                "log_tail": "\n".join(tail),
+            },
         )

@@ -22,7 +22,7 @@ class AttemptReporter:
         # One lock over numbering and publishing: stream order must equal sequence order.
         self._lock = threading.Lock()
 
-    def report(self, kind: EventKind, **data: Any) -> None:
+    def report(self, kind: EventKind, data: dict[str, Any]) -> None:
         with self._lock:
             self._seq += 1
             event = Event(

@@ -48,6 +48,8 @@ def upload_tree(
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         name = prefix + path.relative_to(root).as_posix()
         info = put_file(store, f"artifacts/{job_id}/{name}", path)
-        reporter.report(EventKind.ARTIFACT, name=name, key=info.key, size=info.size, sha256=info.sha256)
+        reporter.report(
+            EventKind.ARTIFACT, {"name": name, "key": info.key, "size": info.size, "sha256": info.sha256}
+        )
         count += 1
     return count

@@ -1,0 +1,195 @@
+// The job detail panel: spec, attempts, metrics and their chart, artifacts, cancel, live log.
+
+import { api, badge, el, fill, fmtBytes, fmtDuration, fmtNum, fmtTime, progressBar, query } from "./api.js";
+import { renderChart, seriesFromHistory } from "./chart.js";
+import { LogView } from "./logs.js";
+
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const METRICS_PAGE = 10000;
+
+export class JobDetail {
+  constructor(root, { onChange, onClose }) {
+    this.root = root;
+    this.onChange = onChange;
+    this.onClose = onClose;
+    this.jobId = null;
+    this.logView = null;
+  }
+
+  open(jobId) {
+    this.close(false);
+    this.jobId = jobId;
+    this.job = null;
+    this.history = [];
+    this.historyDone = false;
+    this.artifactsDone = false;
+    this.title = el("h2", {}, `Job #${jobId}`);
+    this.summary = el("div", { class: "summary" });
+    this.message = el("p", { class: "error", hidden: true, role: "alert" });
+    this.cancelBtn = el("button", { type: "button", class: "danger", onclick: () => this.cancel() }, "Cancel job");
+    this.closeBtn = el("button", { type: "button", class: "small", title: "Close", onclick: () => this.close(true) }, "✕");
+    this.errorBox = el("pre", { class: "job-error", hidden: true });
+    this.metrics = el("div", { class: "kv" });
+    this.chart = el("div", { class: "chart-wrap" });
+    this.attempts = el("tbody");
+    this.artifacts = el("ul", { class: "artifacts" });
+    this.spec = el("pre", { class: "spec" });
+    const logs = el("div", { class: "logs" });
+    fill(
+      this.root,
+      el("div", { class: "detail-head" }, this.title, el("div", { class: "actions" }, this.cancelBtn, this.closeBtn)),
+      this.summary,
+      this.message,
+      this.errorBox,
+      el("div", { class: "detail-grid" },
+        el("section", {}, el("h3", {}, "Latest metrics"), this.metrics, this.chart),
+        el("section", {}, el("h3", {}, "Artifacts"), this.artifacts),
+      ),
+      el("section", {}, el("h3", {}, "Attempts"),
+        el("div", { class: "scroll-x" }, el("table", { class: "compact" },
+          el("thead", {}, el("tr", {}, ["#", "status", "node", "started", "ran", "exit", "error"].map((h) => el("th", {}, h)))),
+          this.attempts))),
+      el("section", {}, el("h3", {}, "Log"), logs),
+      el("details", {}, el("summary", {}, "Spec"), this.spec),
+    );
+    this.root.hidden = false;
+    this.logView = new LogView(logs, jobId);
+    return this.refresh();
+  }
+
+  close(notify) {
+    if (this.logView) this.logView.close();
+    this.logView = null;
+    this.jobId = null;
+    this.root.hidden = true;
+    fill(this.root);
+    if (notify && this.onClose) this.onClose();
+  }
+
+  async refresh() {
+    const jobId = this.jobId;
+    if (jobId === null) return;
+    let job;
+    try {
+      job = await api.get(`/api/jobs/${jobId}`);
+    } catch (err) {
+      if (jobId === this.jobId) this.showMessage(err.message);
+      return;
+    }
+    if (jobId !== this.jobId) return;
+    const first = this.job === null;
+    this.job = job;
+    if (first) this.spec.textContent = JSON.stringify(job.spec, null, 2);
+    this.renderJob(job);
+    await Promise.all([this.refreshHistory(jobId, job), this.refreshArtifacts(jobId, job)]);
+  }
+
+  renderJob(job) {
+    const name = job.name ? ` · ${job.name}` : "";
+    this.title.textContent = `Job #${job.id}${name}`;
+    const what = job.spec.recipe ? `recipe ${job.spec.recipe}` : `command ${(job.spec.command || []).join(" ")}`;
+    fill(
+      this.summary,
+      badge(job.status),
+      job.cancel_requested && !TERMINAL.has(job.status) ? el("span", { class: "muted" }, "cancel requested") : null,
+      el("span", {}, what),
+      el("span", {}, `queue ${job.queue}`),
+      el("span", {}, `priority ${job.priority}`),
+      el("span", {}, `devices ${job.spec.devices ?? 1}`),
+      job.node ? el("span", {}, `node ${job.node}`) : null,
+      el("span", { title: job.created_at }, `submitted ${fmtTime(job.created_at)}`),
+      job.started_at ? el("span", {}, `ran ${fmtDuration(job.started_at, job.finished_at)}`) : null,
+      progressBar(job.progress),
+    );
+    this.cancelBtn.hidden = TERMINAL.has(job.status);
+    this.cancelBtn.disabled = job.cancel_requested;
+    this.errorBox.hidden = !job.error;
+    this.errorBox.textContent = job.error || "";
+    const keys = Object.keys(job.metrics || {}).sort();
+    fill(
+      this.metrics,
+      keys.length ? keys.map((k) => el("div", {}, el("span", { class: "k" }, k), el("span", { class: "v" }, fmtNum(job.metrics[k])))) : el("span", { class: "muted" }, TERMINAL.has(job.status) ? "none" : "none yet"),
+    );
+    fill(
+      this.attempts,
+      job.attempt_list.map((a) =>
+        el("tr", {},
+          el("td", { class: "num" }, String(a.number)),
+          el("td", {}, badge(a.status)),
+          el("td", {}, a.node || ""),
+          el("td", { title: a.started_at || "" }, fmtTime(a.started_at)),
+          el("td", {}, fmtDuration(a.started_at, a.finished_at)),
+          el("td", { class: "num" }, a.exit_code === null ? "" : String(a.exit_code)),
+          el("td", { class: "wrap" }, a.error || ""),
+        )),
+    );
+  }
+
+  // Metric history grows at the end, oldest first: read only what is new since the last call.
+  async refreshHistory(jobId, job) {
+    if (this.historyDone) return;
+    const before = this.history.length;
+    try {
+      for (;;) {
+        const rows = await api.get(`/api/jobs/${jobId}/metrics${query({ offset: this.history.length, limit: METRICS_PAGE })}`);
+        if (jobId !== this.jobId) return;
+        this.history = this.history.concat(rows);
+        if (rows.length < METRICS_PAGE) break;
+      }
+    } catch (err) {
+      this.showMessage(`metrics: ${err.message}`);
+      return;
+    }
+    this.historyDone = TERMINAL.has(job.status);
+    if (before && this.history.length === before) return;
+    fill(this.chart, renderChart(seriesFromHistory(this.history)));
+  }
+
+  async refreshArtifacts(jobId, job) {
+    if (this.artifactsDone) return;
+    let items;
+    try {
+      items = await api.get(`/api/jobs/${jobId}/artifacts`);
+    } catch (err) {
+      this.showMessage(`artifacts: ${err.message}`);
+      return;
+    }
+    if (jobId !== this.jobId) return;
+    this.artifactsDone = TERMINAL.has(job.status);
+    fill(
+      this.artifacts,
+      items.length
+        ? items.map((a) => {
+            const href = `/api/jobs/${jobId}/artifacts/${a.name.split("/").map(encodeURIComponent).join("/")}`;
+            return el("li", {},
+              el("a", { href, download: a.name.split("/").pop() }, a.name),
+              el("span", { class: "muted" }, ` ${fmtBytes(a.size)} · attempt ${a.attempt}`),
+              a.sha256 ? el("code", { class: "sha", title: `SHA-256 ${a.sha256}` }, a.sha256.slice(0, 12)) : null);
+          })
+        : el("li", { class: "muted" }, TERMINAL.has(job.status) ? "none" : "none yet"),
+    );
+  }
+
+  async cancel() {
+    const jobId = this.jobId;
+    this.cancelBtn.disabled = true;
+    this.showMessage("");
+    try {
+      await api.post(`/api/jobs/${jobId}/cancel`);
+    } catch (err) {
+      if (jobId === this.jobId) {
+        this.showMessage(`Cancel failed: ${err.message}`);
+        this.cancelBtn.disabled = false;
+      }
+      return;
+    }
+    await this.refresh();
+    if (this.onChange) this.onChange();
+  }
+
+  showMessage(text) {
+    if (!this.message) return;
+    this.message.hidden = !text;
+    this.message.textContent = text;
+  }
+}

@@ -1,0 +1,121 @@
+// The jobs table: filters, newest first, "older" pagination, refreshed in place.
+
+import { api, badge, el, fill, fmtDuration, fmtTime, progressBar, query, valMetrics } from "./api.js";
+
+const PAGE = 50;
+const MAX_REFRESH = 500;
+export const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
+
+export class JobsTable {
+  constructor({ tbody, statusFilter, queueFilter, olderBtn, info, onSelect }) {
+    this.tbody = tbody;
+    this.statusFilter = statusFilter;
+    this.queueFilter = queueFilter;
+    this.olderBtn = olderBtn;
+    this.info = info;
+    this.onSelect = onSelect;
+    this.items = [];
+    this.nextBefore = null;
+    this.selected = null;
+    this.generation = 0;
+    statusFilter.addEventListener("change", () => this.reset());
+    queueFilter.addEventListener("change", () => this.reset());
+    olderBtn.addEventListener("click", () => this.older());
+  }
+
+  filters() {
+    return { status: this.statusFilter.value, queue: this.queueFilter.value };
+  }
+
+  async reset() {
+    this.items = [];
+    this.nextBefore = null;
+    this.generation += 1;
+    await this.refresh();
+  }
+
+  // Re-read the newest jobs (as many as are shown, up to MAX_REFRESH); older pages stay as loaded.
+  async refresh() {
+    const generation = this.generation;
+    const limit = Math.min(MAX_REFRESH, Math.max(PAGE, this.items.length));
+    const page = await api.get(`/api/jobs${query({ ...this.filters(), limit })}`);
+    if (generation !== this.generation) return;
+    const fresh = page.items;
+    if (page.next_before !== null && fresh.length) {
+      const oldest = fresh[fresh.length - 1].id;
+      const kept = this.items.filter((j) => j.id < oldest);
+      this.items = fresh.concat(kept);
+      if (!kept.length) this.nextBefore = page.next_before;
+    } else {
+      this.items = fresh;
+      this.nextBefore = page.next_before;
+    }
+    this.render();
+  }
+
+  async older() {
+    if (this.nextBefore === null) return;
+    const generation = this.generation;
+    this.olderBtn.disabled = true;
+    try {
+      const page = await api.get(`/api/jobs${query({ ...this.filters(), limit: PAGE, before: this.nextBefore })}`);
+      if (generation !== this.generation) return;
+      const known = new Set(this.items.map((j) => j.id));
+      this.items = this.items.concat(page.items.filter((j) => !known.has(j.id)));
+      this.nextBefore = page.next_before;
+      this.render();
+    } finally {
+      this.olderBtn.disabled = false;
+    }
+  }
+
+  select(id) {
+    this.selected = id;
+    for (const row of this.tbody.rows) row.classList.toggle("selected", Number(row.dataset.id) === id);
+  }
+
+  render() {
+    const rows = this.items.map((job) => {
+      const name = job.name || (job.spec.recipe ? job.spec.recipe : (job.spec.command || []).join(" "));
+      const row = el(
+        "tr",
+        { "data-id": job.id, class: job.id === this.selected ? "selected" : "", tabindex: "0" },
+        el("td", { class: "num" }, `#${job.id}`),
+        el("td", { class: "name", title: name }, name),
+        el("td", {}, badge(job.status), job.cancel_requested && job.status === "running" ? el("span", { class: "muted" }, " cancelling") : null),
+        el("td", {}, job.queue),
+        el("td", { class: "num" }, String(job.priority)),
+        el("td", { class: "progress-cell" }, progressBar(job.progress)),
+        el("td", { class: "metrics" }, valMetrics(job.metrics)),
+        el("td", { class: "hide-narrow" }, job.node || ""),
+        el("td", { class: "hide-narrow", title: job.created_at }, fmtTime(job.created_at)),
+        el("td", { class: "hide-narrow num" }, fmtDuration(job.started_at, job.finished_at)),
+      );
+      const open = () => this.onSelect(job.id);
+      row.addEventListener("click", open);
+      row.addEventListener("keydown", (ev) => {
+        if (ev.key === "Enter" || ev.key === " ") {
+          ev.preventDefault();
+          open();
+        }
+      });
+      return row;
+    });
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 10, class: "empty" }, "No jobs match.")));
+    fill(this.tbody, rows);
+    this.olderBtn.hidden = this.nextBefore === null;
+    this.info.textContent = `${this.items.length} shown`;
+  }
+}
+
+// Counts by status for the header: one small query per status; "500+" past one page.
+export async function statusCounts() {
+  const out = {};
+  await Promise.all(
+    STATUSES.map(async (status) => {
+      const page = await api.get(`/api/jobs${query({ status, limit: MAX_REFRESH })}`);
+      out[status] = page.next_before === null ? String(page.items.length) : `${MAX_REFRESH}+`;
+    }),
+  );
+  return out;
+}

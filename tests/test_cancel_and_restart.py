@@ -1,0 +1,100 @@
+"""Cancellation of queued and running jobs, and a master restart in the middle of a job."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+import redis
+
+from shared.streams import log_key
+from tests.conftest import wait_for, wait_status
+
+PY = sys.executable
+
+#: Prints its pid, then a numbered line every 0.1 s; on SIGTERM says so and exits like a trainer
+#: that saves a checkpoint first.
+SLOW_JOB = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    def stop(*_):
+        print("got SIGTERM, saving", flush=True)
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, stop)
+    print("pid", os.getpid(), flush=True)
+    for i in range(3000):
+        print("tick", i, flush=True)
+        time.sleep(0.1)
+    """
+)
+
+
+def lines_of(api, job_id: int) -> list[str]:
+    return [line["text"] for line in api.get(f"/jobs/{job_id}/logs", params={"limit": 100_000}).json()["lines"]]
+
+
+def test_cancel_running_job_stops_its_processes_and_keeps_the_log(api, worker, settings):
+    job_id = api.post("/jobs", json={"command": [PY, "-c", SLOW_JOB], "queue": "cpu"}).json()["id"]
+    wait_for(lambda: any(t.startswith("tick 5") for t in lines_of(api, job_id)), timeout=60, what="ticks")
+    pid = int(next(t for t in lines_of(api, job_id) if t.startswith("pid ")).split()[1])
+    assert psutil.pid_exists(pid)
+
+    asked = time.monotonic()
+    assert api.post(f"/jobs/{job_id}/cancel").json()["cancel_requested"] is True
+    job = wait_status(api, job_id, {"cancelled", "failed", "succeeded"}, timeout=30)
+    assert job["status"] == "cancelled"
+    assert time.monotonic() - asked < 10
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+    # The partial log, including what the program printed on its way out, is archived in S3.
+    redis.Redis.from_url(settings.redis_url).delete(log_key(job_id))
+    lines = lines_of(api, job_id)
+    assert "got SIGTERM, saving" in lines
+    ticks = [t for t in lines if t.startswith("tick ")]
+    assert ticks == [f"tick {i}" for i in range(len(ticks))] and len(ticks) > 5
+    attempt = api.get(f"/jobs/{job_id}").json()["attempt_list"][0]
+    assert attempt["status"] == "cancelled" and attempt["log_key"]
+
+
+def test_cancelled_queued_job_never_runs(api, start_worker):
+    marker = "this must never print"
+    first = api.post("/jobs", json={"command": [PY, "-c", f"print('{marker}')"], "queue": "cpu"}).json()["id"]
+    assert api.post(f"/jobs/{first}/cancel").json()["status"] == "cancelled"
+    second = api.post("/jobs", json={"command": [PY, "-c", "print('second')"], "queue": "cpu"}).json()["id"]
+
+    start_worker()
+    wait_status(api, second, {"succeeded"})
+    # The worker took the first message before the second (one queue, FIFO) and dropped it.
+    detail = api.get(f"/jobs/{first}").json()
+    assert detail["status"] == "cancelled"
+    assert detail["attempt_list"][0]["started_at"] is None
+    assert marker not in lines_of(api, first)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_master_restart_during_a_job_loses_no_event(api, master, worker):
+    script = textwrap.dedent(
+        """
+        import time
+        from worker.runtime import report
+        for i in range(40):
+            print("step", i, flush=True)
+            report({"loss": 1.0 / (i + 1)}, step=i, epoch=i // 10)
+            time.sleep(0.15)
+        """
+    )
+    job_id = api.post("/jobs", json={"command": [PY, "-c", script], "queue": "cpu"}).json()["id"]
+    wait_status(api, job_id, {"running"})
+    master.stop()
+    time.sleep(10)  # the job finishes while no master runs: events wait in the Redis stream
+    master.start()
+
+    job = wait_status(api, job_id, {"succeeded", "failed"}, timeout=60)
+    assert job["status"] == "succeeded"
+    assert [t for t in lines_of(api, job_id) if t.startswith("step ")] == [f"step {i}" for i in range(40)]
+    history = api.get(f"/jobs/{job_id}/metrics").json()
+    assert [m["step"] for m in history] == list(range(40))
+    assert job["metrics"]["loss"] == pytest.approx(1 / 40)

@@ -52,11 +52,19 @@ def _banner(farm: StandaloneFarm) -> None:
     console.print(Panel("\n".join(lines), title="trainfarm is running", border_style="green"))
 
 
+def _say(message: str) -> None:
+    console.print(f"[dim]{message}[/dim]")
+
+
 def _start(farm: StandaloneFarm) -> None:
     try:
-        farm.start(say=lambda m: console.print(f"[dim]{m}[/dim]"))
+        farm.start(say=_say)
+    except KeyboardInterrupt:
+        console.print("interrupted while starting; shutting down ...")
+        farm.stop(say=_say)
+        raise typer.Exit(130) from None
     except (RuntimeError, OSError) as exc:
-        farm.stop(say=lambda m: console.print(f"[dim]{m}[/dim]"))
+        farm.stop(say=_say)
         console.print(f"[red]error:[/red] the farm could not start: {exc}")
         raise typer.Exit(1) from None
 
@@ -93,14 +101,14 @@ def register(app: typer.Typer) -> None:
             console.print("shutting down ...")
             code = 0
         finally:
-            farm.stop(say=lambda m: console.print(f"[dim]{m}[/dim]"))
+            farm.stop(say=_say)
         raise typer.Exit(code)
 
     @app.command()
     def demo(
         data_dir: DataDirOption = None,
         port: PortOption = None,
-        epochs: Annotated[int, typer.Option(help="Training epochs")] = 30,
+        epochs: Annotated[int, typer.Option(help="Training epochs")] = 15,
         keep: Annotated[bool, typer.Option(help="Leave the farm running afterwards, until Ctrl-C")] = False,
     ) -> None:
         """Start a standalone farm and train a real model on it, end to end.
@@ -125,5 +133,5 @@ def register(app: typer.Typer) -> None:
             console.print("interrupted; shutting down ...")
             code = 130
         finally:
-            farm.stop(say=lambda m: console.print(f"[dim]{m}[/dim]"))
+            farm.stop(say=_say)
         sys.exit(code)

@@ -1,0 +1,89 @@
+"""`trainfarm standalone` as a user runs it: a whole farm from one command, Ctrl-C stops all of it,
+and a second start finds the jobs and datasets of the first."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import wait_for, wait_status
+from trainfarm.services import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_farm(data_dir: Path, api_port: int, flower_port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINFARM_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainfarm.cli", "standalone", "--data-dir", str(data_dir),
+         "--port", str(api_port), "--flower-port", str(flower_port)],
+        cwd=ROOT,
+        env={**env, "TRAINFARM_NODE_NAME": "standalone-node"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def wait_healthy(api_url: str, flower_port: int, farm: subprocess.Popen[bytes]) -> None:
+    def healthy() -> bool:
+        assert farm.poll() is None, farm.stdout.read().decode()  # type: ignore[union-attr]
+        try:
+            api = httpx.get(f"{api_url}/api/health", timeout=2)
+            flower = httpx.get(f"http://127.0.0.1:{flower_port}/healthcheck", timeout=2)
+        except httpx.HTTPError:
+            return False
+        return api.status_code == 200 and flower.status_code == 200
+
+    wait_for(healthy, timeout=120, interval=0.5, what="the standalone farm")
+
+
+def interrupt(farm: subprocess.Popen[bytes]) -> str:
+    farm.send_signal(signal.SIGINT)
+    out, _ = farm.communicate(timeout=90)
+    assert farm.returncode == 0, out.decode()
+    return out.decode()
+
+
+def test_standalone_runs_a_job_stops_cleanly_and_restarts_on_its_data(tmp_path):
+    data_dir, api_port, flower_port = tmp_path / "farm", free_port(), free_port()
+    api_url = f"http://127.0.0.1:{api_port}"
+    farm = start_farm(data_dir, api_port, flower_port)
+    try:
+        wait_healthy(api_url, flower_port, farm)
+        api = httpx.Client(base_url=f"{api_url}/api", timeout=30)
+        assert api.post("/datasets", params={"name": "d.csv"}, content=b"a,b\n1,2\n").status_code == 201
+        job = api.post("/jobs", json={"command": [sys.executable, "-c", "print('hello farm')"]}).json()
+        wait_status(api, job["id"], {"succeeded"})
+        assert "hello farm" in [line["text"] for line in api.get(f"/jobs/{job['id']}/logs").json()["lines"]]
+        nodes = wait_for(lambda: api.get("/nodes").json(), timeout=30, what="node")
+        assert [n["name"] for n in nodes] == ["standalone-node"]  # type: ignore[union-attr]
+    finally:
+        output = interrupt(farm)
+    assert "stopping redis" in output
+    ports = json.loads((data_dir / "ports.json").read_text())
+    for name, port in ports.items():
+        assert not port_open(port), f"{name} still listens on {port} after Ctrl-C"
+
+    farm = start_farm(data_dir, api_port, flower_port)
+    try:
+        wait_healthy(api_url, flower_port, farm)
+        api = httpx.Client(base_url=f"{api_url}/api", timeout=30)
+        assert [j["status"] for j in api.get("/jobs").json()["items"]] == ["succeeded"]
+        assert [d["name"] for d in api.get("/datasets").json()] == ["d.csv"]
+        # The archived log is in the S3 server's data, which survived the restart too.
+        assert "hello farm" in [line["text"] for line in api.get(f"/jobs/{job['id']}/logs").json()["lines"]]
+    finally:
+        interrupt(farm)

@@ -33,7 +33,9 @@ SLOW_JOB = textwrap.dedent(
 
 
 def lines_of(api, job_id: int) -> list[str]:
-    return [line["text"] for line in api.get(f"/jobs/{job_id}/logs", params={"limit": 100_000}).json()["lines"]]
+    return [
+        line["text"] for line in api.get(f"/jobs/{job_id}/logs", params={"limit": 100_000}).json()["lines"]
+    ]
 
 
 def test_cancel_running_job_stops_its_processes_and_keeps_the_log(api, worker, settings):

@@ -8,6 +8,7 @@ import json
 import sys
 
 import httpx
+import pytest
 import redis
 
 from shared.streams import log_key
@@ -146,3 +147,25 @@ def test_node_registers_with_heartbeat(api, worker):
     assert node["name"] == "node-1" and node["online"] is True
     assert sorted(node["queues"]) == ["cpu", "gpu"]
     assert node["info"]["cpu_count"] >= 1
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_two_device_job_trains_with_ddp_through_the_worker(api, worker):
+    upload_dataset(api, DIGITS)
+    spec = {
+        "recipe": "tabular-classifier",
+        "datasets": ["digits.csv"],
+        "hyperparameters": {"target": "digit", "lr": 0.003},
+        "max_epochs": 2,
+        "devices": 2,
+        "queue": "cpu",
+    }
+    job_id = api.post("/jobs", json=spec).json()["id"]
+    events = sse_events(api, job_id, timeout=240)
+    lines = program_lines(events)
+    assert events[-1] == ("end", {"status": "succeeded"}), "\n".join(lines[-30:])
+    assert any("world_size=2" in line for line in lines)
+    # Only rank 0 reports: one metrics event per epoch, one model.
+    history = api.get(f"/jobs/{job_id}/metrics").json()
+    assert [m["epoch"] for m in history if m["kind"] == "metrics"] == [1, 2]
+    assert "model.pt" in {a["name"] for a in api.get(f"/jobs/{job_id}/artifacts").json()}

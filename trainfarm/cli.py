@@ -1,0 +1,87 @@
+"""The `trainfarm` command: the app, its global options and error handling; commands live in
+`cli_jobs` and `cli_data`, the farm-running ones in `standalone`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import click
+import typer
+from pydantic import ValidationError
+from typer.core import TyperGroup
+
+from shared.errors import TrainfarmError
+from shared.settings import get_settings
+from trainfarm import cli_data, cli_jobs
+from trainfarm.client import ApiClient
+
+
+def report(exc: TrainfarmError) -> None:
+    """`error: <message> (field: <field>)` on stderr: what went wrong, never a traceback."""
+    field = f" (field: {exc.field})" if exc.field else ""
+    click.echo(f"error: {exc.message}{field}", err=True)
+
+
+class Commands(TyperGroup):
+    """Every command runs inside this, so expected failures end as a message and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TrainfarmError as exc:
+            report(exc)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=Commands,
+    help="Submit training jobs to a trainfarm, follow their logs and fetch what they produce.",
+    epilog="The master's address comes from --api-url, else TRAINFARM_API_URL, else http://127.0.0.1:8000.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+)
+
+
+@app.callback()
+def connect(
+    ctx: typer.Context,
+    api_url: Annotated[
+        str | None,
+        typer.Option(
+            "--api-url",
+            metavar="URL",
+            help="The master's base URL.  \\[default: $TRAINFARM_API_URL or http://127.0.0.1:8000]",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    # Settings are read only when no URL is given, so `--api-url` works whatever the environment holds.
+    try:
+        url = api_url or get_settings().api_url
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        click.echo(f"error: invalid TRAINFARM_* settings: {problems}; fix them or pass --api-url", err=True)
+        raise typer.Exit(1) from None
+    client = ApiClient(url)
+    ctx.call_on_close(client.close)
+    ctx.obj = client
+
+
+for command in (cli_jobs.submit, cli_jobs.jobs, cli_jobs.show, cli_jobs.logs, cli_jobs.cancel):
+    app.command()(command)
+app.command()(cli_data.artifacts)
+app.add_typer(cli_data.datasets, name="datasets")
+app.command()(cli_data.nodes)
+
+
+def main() -> None:
+    app()
+
+
+from trainfarm.standalone import register  # noqa: E402 - adds the farm-running commands last
+
+register(app)
+
+if __name__ == "__main__":
+    main()

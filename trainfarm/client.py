@@ -1,0 +1,290 @@
+"""A typed wrapper over the master's REST API, one method per route; the CLI's only way in."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from shared.errors import TrainfarmError
+
+#: Called with (bytes done, bytes in all or None when unknown) as a transfer moves on.
+Progress = Callable[[int, int | None], None]
+
+CHUNK = 1024 * 1024
+#: The master sends a keepalive every 15 s, so a silent minute means the stream is dead.
+STREAM_READ_TIMEOUT = 60.0
+
+
+class ApiError(TrainfarmError):
+    """The master answered with an error body: `{"error", "message", "field"}`."""
+
+    def __init__(self, status: int, message: str, field: str | None = None, error: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.status = status
+        self.error = error
+
+
+class ApiUnreachable(TrainfarmError):
+    """No answer from the master at all: refused, timed out, or cut off."""
+
+    def __init__(self, url: str, reason: str = "") -> None:
+        detail = f" ({reason})" if reason else ""
+        super().__init__(
+            f"cannot reach the trainfarm master at {url}{detail}: is the master running? "
+            "set TRAINFARM_API_URL or --api-url"
+        )
+        self.url = url
+
+
+class ChecksumMismatch(TrainfarmError):
+    """A download's bytes do not hash to what the master recorded."""
+
+
+def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str, str | None]]:
+    """Server-Sent Events from text lines: (event name, data, id); comments are skipped."""
+    event, data, event_id = "message", [], None
+    for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data), event_id
+            event, data, event_id = "message", [], None
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)
+        elif field == "id":
+            event_id = value
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    response.read()
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "message" in body:
+        raise ApiError(response.status_code, str(body["message"]), body.get("field"), body.get("error"))
+    # Not the master's error shape: a proxy, or something else listening at that address.
+    text = response.text.strip()
+    detail = f": {text}" if text and "\n" not in text and len(text) < 200 else ""
+    raise ApiError(
+        response.status_code,
+        f"HTTP {response.status_code} {response.reason_phrase} from {response.url}{detail}",
+    )
+
+
+def _file_chunks(path: Path, progress: Progress | None, total: int) -> Iterator[bytes]:
+    # A generator, so httpx sends the file piece by piece and memory stays at one chunk.
+    done = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            done += len(chunk)
+            yield chunk
+            if progress:
+                progress(done, total)
+
+
+class ApiClient:
+    """Talks to one master.
+
+    :param base_url: The master's address, e.g. ``http://127.0.0.1:8000`` (a trailing ``/api`` is
+        accepted too); routes are requested under ``<base_url>/api``.
+    :param timeout: Seconds to wait for a connection and for each read.
+    :param transport: An httpx transport to use instead of the network (tests).
+    """
+
+    def __init__(
+        self, base_url: str, timeout: float = 30, *, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        self.base_url = base_url.rstrip("/").removesuffix("/api")
+        self._http = httpx.Client(base_url=f"{self.base_url}/api", timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Plumbing -------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        try:
+            with self._http.stream(method, path, **kwargs) as response:
+                _raise_for_error(response)
+                yield response
+        except httpx.TransportError as exc:
+            raise ApiUnreachable(self.base_url, f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        with self._stream(method, path, **kwargs) as response:
+            response.read()
+        try:
+            return response.json()
+        except ValueError:
+            # Something answers at that address, but not a trainfarm master.
+            raise ApiError(response.status_code, f"{response.url} did not answer with JSON") from None
+
+    # Jobs -----------------------------------------------------------------------------------------
+
+    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/jobs", json=spec)
+
+    def submit_batch(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self._call("POST", "/jobs/batch", json={"jobs": specs})
+
+    def list_jobs(
+        self, status: str | None = None, queue: str | None = None, limit: int = 50, before: int | None = None
+    ) -> dict[str, Any]:
+        params = {"status": status, "queue": queue, "limit": limit, "before": before}
+        return self._call("GET", "/jobs", params={k: v for k, v in params.items() if v is not None})
+
+    def iter_jobs(
+        self, status: str | None = None, queue: str | None = None, page_size: int = 100
+    ) -> Iterator[dict[str, Any]]:
+        """Every matching job, newest first, following `next_before` from page to page."""
+        before = None
+        while True:
+            page = self.list_jobs(status, queue, page_size, before)
+            yield from page["items"]
+            before = page["next_before"]
+            if before is None:
+                return
+
+    def get_job(self, job_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/jobs/{job_id}")
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        return self._call("POST", f"/jobs/{job_id}/cancel")
+
+    def metrics(self, job_id: int, limit: int = 1000, offset: int = 0) -> list[dict[str, Any]]:
+        return self._call("GET", f"/jobs/{job_id}/metrics", params={"limit": limit, "offset": offset})
+
+    # Logs -----------------------------------------------------------------------------------------
+
+    def logs(self, job_id: int, after: str | None = None, limit: int = 1000) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, **({"after": after} if after else {})}
+        return self._call("GET", f"/jobs/{job_id}/logs", params=params)
+
+    def stream_logs(
+        self, job_id: int, after: str | None = None, reconnect_for: float = 60.0
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """SSE events (`log`, then `end`) until the `end` event.
+
+        A connection that drops before `end` is reopened after the last event id seen, so no line
+        is lost or repeated; after `reconnect_for` seconds without getting through, ApiUnreachable.
+        """
+        timeout = httpx.Timeout(self._http.timeout.connect, read=STREAM_READ_TIMEOUT)
+        connected = False
+        failing_since: float | None = None
+        while True:
+            params = {"after": after} if after else {}
+            try:
+                with self._stream("GET", f"/jobs/{job_id}/logs/stream", params=params, timeout=timeout) as r:
+                    connected = True
+                    for event, data, event_id in parse_sse(r.iter_lines()):
+                        failing_since = None
+                        after = event_id or after
+                        yield event, json.loads(data)
+                        if event == "end":
+                            return
+                error = ApiUnreachable(self.base_url, "the log stream closed before the job's end")
+            except ApiUnreachable as exc:
+                if not connected:  # never got through: say so now rather than retry for a minute
+                    raise
+                error = exc
+            failing_since = failing_since or time.monotonic()
+            if time.monotonic() - failing_since > reconnect_for:
+                raise error
+            time.sleep(0.5)
+
+    # Artifacts ------------------------------------------------------------------------------------
+
+    def list_artifacts(self, job_id: int) -> list[dict[str, Any]]:
+        return self._call("GET", f"/jobs/{job_id}/artifacts")
+
+    def download_artifact(self, job_id: int, name: str, dest: Path, progress: Progress | None = None) -> Path:
+        """Save one artifact at `dest`; a partial or corrupt download never appears there."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        url = f"/jobs/{job_id}/artifacts/{quote(name, safe='/')}"
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            digest, done = hashlib.sha256(), 0
+            with os.fdopen(fd, "wb") as fh, self._stream("GET", url) as response:
+                length = response.headers.get("Content-Length")
+                total = int(length) if length else None
+                for chunk in response.iter_bytes(CHUNK):
+                    fh.write(chunk)
+                    digest.update(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+                expected = response.headers.get("X-Checksum-SHA256")
+            if expected and digest.hexdigest() != expected.lower():
+                raise ChecksumMismatch(
+                    f"artifact '{name}' of job {job_id}: sha256 {digest.hexdigest()} != {expected}"
+                )
+            tmp.replace(dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dest
+
+    # Datasets, nodes, health ----------------------------------------------------------------------
+
+    def upload_dataset(
+        self, path: Path, name: str | None = None, overwrite: bool = False, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Stream a file to the master as a dataset named `name` (default: the file's name)."""
+        size = path.stat().st_size
+        params = {"name": name or path.name, "overwrite": str(overwrite).lower()}
+        # Content-Length instead of chunked encoding: the server and any proxy know the size up front.
+        headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+        timeout = httpx.Timeout(self._http.timeout.connect, read=300.0, write=300.0)
+        return self._call(
+            "POST",
+            "/datasets",
+            params=params,
+            headers=headers,
+            content=_file_chunks(path, progress, size),
+            timeout=timeout,
+        )
+
+    def list_datasets(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/datasets")
+
+    def get_dataset(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/datasets/{quote(name, safe='')}")
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/nodes")
+
+    def health(self) -> dict[str, Any]:
+        """The master's checks; a degraded farm answers 503 with the same body, which is no error here."""
+        try:
+            response = self._http.get("/health")
+        except httpx.TransportError as exc:
+            raise ApiUnreachable(self.base_url, type(exc).__name__) from exc
+        if response.status_code != 503:
+            _raise_for_error(response)
+        return response.json()

@@ -1,0 +1,251 @@
+"""Turning API answers into rich tables and short human strings for the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+STATUS_STYLES = {
+    "queued": "yellow",
+    "running": "cyan",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+}
+
+
+def console(stderr: bool = False) -> Console:
+    # Made per use, not at import: Click's test runner and pipes swap sys.stdout after import, and a
+    # console decides on colour when it is made.
+    out = Console(stderr=stderr, highlight=False)
+    if not out.is_terminal:
+        out.width = 1000  # a pipe or file gets whole rows; only a terminal's width is a limit
+    return out
+
+
+def widest(values: list[str], cap: int = 40) -> int:
+    """A column's min_width, so a narrow terminal cuts the checksum rather than the name."""
+    return min(cap, max((len(v) for v in values), default=0))
+
+
+@contextmanager
+def transfer_bar(description: str) -> Iterator[Callable[[int, int | None], None]]:
+    """A progress bar on stderr; yields the (done, total) callback the client's transfers take."""
+    columns = (
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console(stderr=True)) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value)
+    # SQLite hands times back without a zone; the master writes them all in UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def format_time(value: str | None) -> str:
+    moment = parse_time(value)
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+
+
+def format_ago(value: str | None) -> str:
+    moment = parse_time(value)
+    if moment is None:
+        return "-"
+    return f"{format_duration((datetime.now(UTC) - moment).total_seconds())} ago"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def format_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    if size < 1024:
+        return f"{size} B"
+    value = size / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def add_row(table: Table, *values: str | Text) -> None:
+    # Plain strings would be read as rich markup: a log's "[trainfarm]" or "[red]" would vanish.
+    table.add_row(*(v if isinstance(v, Text) else Text(v) for v in values))
+
+
+def status_text(status: str, text: str | None = None) -> Text:
+    """`text` (default: the status itself) in the status's colour."""
+    return Text(status if text is None else text, style=STATUS_STYLES.get(status, ""))
+
+
+def progress_text(job: dict[str, Any]) -> str:
+    """`epoch/max` from the job's latest progress report; `-` before any."""
+    epoch = job.get("progress", {}).get("epoch")
+    if epoch is None:
+        return "-"
+    total = job["progress"].get("max_epochs") or job.get("spec", {}).get("max_epochs")
+    return f"{epoch}/{total}" if total else str(epoch)
+
+
+def entrypoint(spec: dict[str, Any]) -> str:
+    if spec.get("recipe"):
+        return f"recipe {spec['recipe']}"
+    return " ".join(spec.get("command") or [])
+
+
+def jobs_table(jobs: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in ("ID", "NAME", "STATUS", "QUEUE", "ATTEMPTS", "NODE", "PROGRESS", "CREATED"):
+        table.add_column(column, no_wrap=column in ("ID", "STATUS", "CREATED"))
+    for job in jobs:
+        add_row(
+            table,
+            str(job["id"]),
+            job.get("name") or "-",
+            status_text(job["status"]),
+            job["queue"],
+            str(job["attempts"]),
+            job.get("node") or "-",
+            progress_text(job),
+            format_time(job["created_at"]),
+        )
+    return table
+
+
+def job_summary(job: dict[str, Any]) -> Table:
+    """Key/value lines for `show`."""
+    spec = job["spec"]
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    started, finished = parse_time(job.get("started_at")), parse_time(job.get("finished_at"))
+    duration = (
+        format_duration(((finished or datetime.now(UTC)) - started).total_seconds()) if started else "-"
+    )
+    cancel_note = " (cancel requested)" if job.get("cancel_requested") and job["status"] == "running" else ""
+    rows: list[tuple[str, str | Text]] = [
+        ("job", str(job["id"]) + (f" ({job['name']})" if job.get("name") else "")),
+        ("status", Text.assemble(status_text(job["status"]), cancel_note)),
+        ("runs", entrypoint(spec)),
+        ("queue", f"{job['queue']}, priority {job['priority']}, {spec.get('devices', 1)} device(s)"),
+        ("datasets", ", ".join(spec.get("datasets") or []) or "-"),
+        (
+            "hyperparameters",
+            " ".join(f"{k}={v}" for k, v in (spec.get("hyperparameters") or {}).items()) or "-",
+        ),
+        ("node", job.get("node") or "-"),
+        ("progress", progress_text(job)),
+        ("created", format_time(job["created_at"])),
+        ("started", format_time(job.get("started_at"))),
+        ("finished", format_time(job.get("finished_at"))),
+        ("duration", duration),
+    ]
+    if job.get("error"):
+        rows.append(("error", Text(job["error"], style="red")))
+    for key, value in rows:
+        add_row(table, key, value)
+    return table
+
+
+def attempts_table(attempts: list[dict[str, Any]]) -> Table:
+    table = Table(title="attempts", title_justify="left", box=None, pad_edge=False)
+    for column in ("#", "STATUS", "NODE", "STARTED", "FINISHED", "EXIT", "ERROR"):
+        table.add_column(column, no_wrap=column != "ERROR")
+    for attempt in attempts:
+        exit_code = attempt.get("exit_code")
+        add_row(
+            table,
+            str(attempt["number"]),
+            status_text(attempt["status"]),
+            attempt.get("node") or "-",
+            format_time(attempt.get("started_at")),
+            format_time(attempt.get("finished_at")),
+            "-" if exit_code is None else str(exit_code),
+            attempt.get("error") or "",
+        )
+    return table
+
+
+def metrics_table(metrics: dict[str, Any]) -> Table:
+    table = Table(title="latest metrics", title_justify="left", box=None, pad_edge=False)
+    table.add_column("METRIC", no_wrap=True)
+    table.add_column("VALUE", justify="right")
+    for key, value in sorted(metrics.items()):
+        add_row(table, key, f"{value:.6g}" if isinstance(value, float) else str(value))
+    return table
+
+
+def artifacts_table(artifacts: list[dict[str, Any]], title: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+    names, sizes = [a["name"] for a in artifacts], [format_size(a["size"]) for a in artifacts]
+    table.add_column("NAME", overflow="fold", min_width=widest(names))
+    table.add_column("SIZE", justify="right", no_wrap=True, min_width=widest(sizes))
+    table.add_column("SHA256", no_wrap=True, overflow="ellipsis")
+    for name, size, artifact in zip(names, sizes, artifacts, strict=True):
+        add_row(table, name, size, artifact.get("sha256") or "-")
+    return table
+
+
+def datasets_table(datasets: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    names, sizes = [d["name"] for d in datasets], [format_size(d["size"]) for d in datasets]
+    table.add_column("NAME", no_wrap=True, min_width=widest(names))
+    table.add_column("SIZE", justify="right", no_wrap=True, min_width=widest(sizes))
+    table.add_column("UPLOADED", no_wrap=True, min_width=19)
+    table.add_column("SHA256", no_wrap=True, overflow="ellipsis")
+    for name, size, dataset in zip(names, sizes, datasets, strict=True):
+        add_row(table, name, size, format_time(dataset["created_at"]), dataset["sha256"])
+    return table
+
+
+def nodes_table(nodes: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in ("NAME", "ONLINE", "QUEUES", "CPUS", "MEMORY", "GPUS", "LAST SEEN"):
+        table.add_column(column, no_wrap=True)
+    for node in nodes:
+        info = node.get("info") or {}
+        gpus = info.get("gpus") or []
+        add_row(
+            table,
+            node["name"],
+            Text("yes", style="green") if node["online"] else Text("no", style="red"),
+            ",".join(node.get("queues") or []) or "-",
+            str(info.get("cpu_count") or "-"),
+            format_size(info.get("memory_total")),
+            str(len(gpus)) if isinstance(gpus, list) else str(gpus),
+            format_ago(node.get("last_seen")),
+        )
+    return table

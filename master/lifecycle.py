@@ -54,7 +54,7 @@ def submit_jobs(session: Session, dispatcher: Dispatcher, specs: list[JobSpec]) 
 
 def cancel_job(session: Session, broker: redis.Redis, job: Job) -> Job:
     if job.status.terminal:
-        raise Conflict(f"job {job.id} has already {job.status.value}")
+        raise Conflict(f"job {job.id} has already ended ({job.status.value})")
     # The flag is what workers check, both before starting and while running.
     broker.set(cancel_key(job.id), "1", ex=CANCEL_FLAG_TTL)  # type: ignore[arg-type]
     job.cancel_requested = True

@@ -95,7 +95,7 @@ def test_cancel_queued_job_marks_it_and_sets_the_flag(client, settings):
     assert cancelled["status"] == "cancelled" and cancelled["cancel_requested"] is True
     assert redis.Redis.from_url(settings.redis_url).exists(cancel_key(job_id)) == 1
     again = client.post(f"/jobs/{job_id}/cancel")
-    assert again.status_code == 409 and "already cancelled" in again.json()["message"]
+    assert again.status_code == 409 and "already ended (cancelled)" in again.json()["message"]
 
 
 def test_batch_submission_is_all_or_nothing(client):

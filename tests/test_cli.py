@@ -85,7 +85,7 @@ def test_datasets_upload_and_list(master):
 
     again = cli(master.url, "datasets", "upload", str(DIGITS))
     assert again.exit_code == 1
-    assert "exists; pass overwrite=true to replace it (field: name)" in again.stderr
+    assert "exists; pass overwrite=true (CLI: --overwrite) to replace it (field: name)" in again.stderr
     renamed = cli(master.url, "datasets", "upload", str(DIGITS), "--name", "d2.csv")
     assert renamed.exit_code == 0
     assert cli(master.url, "datasets", "upload", str(DIGITS), "--overwrite").exit_code == 0
@@ -101,7 +101,7 @@ def test_cancel_and_bad_input(master):
     assert cancelled.stdout.strip() == "job 1 cancelled"
     assert "cancelled" in cli(master.url, "show", "1").stdout
     again = cli(master.url, "cancel", "1")
-    assert (again.exit_code, again.stderr.strip()) == (1, "error: job 1 has already cancelled")
+    assert (again.exit_code, again.stderr.strip()) == (1, "error: job 1 has already ended (cancelled)")
 
     bad = cli(master.url, "submit", "--devices", "0", "--", PY, "-c", "pass")
     assert bad.exit_code == 1

@@ -54,7 +54,9 @@ async def upload_dataset(
         raise InvalidRequest("name may hold letters, digits, '.', '_' and '-' (at most 128)", field="name")
     existing = session.exec(select(Dataset).where(Dataset.name == name)).first()
     if existing is not None and not overwrite:
-        raise Conflict(f"dataset '{name}' exists; pass overwrite=true to replace it", field="name")
+        raise Conflict(
+            f"dataset '{name}' exists; pass overwrite=true (CLI: --overwrite) to replace it", field="name"
+        )
     key = f"datasets/{name}"
     send, receive = anyio.create_memory_object_stream[bytes](max_buffer_size=16)
     reader = ChunkReader(receive)

@@ -19,9 +19,11 @@ from master.background import start_loops
 from master.db import init_db, make_engine
 from master.events import EventConsumer
 from master.metrics import HTTP_LATENCY, make_registry
+from master.reaper import LeaseReaper
 from master.state import MasterState
+from shared.leases import Leases
 from shared.settings import Settings, get_settings
-from shared.streams import EventBus
+from shared.streams import EventBus, LogStream
 
 log = logging.getLogger("trainfarm.master")
 STATIC = Path(__file__).parent / "static"
@@ -45,7 +47,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.master = state
         app.state.registry = make_registry(engine, state.broker)
         consumer = EventConsumer(EventBus(state.broker), engine)
-        loops = start_loops(consumer, state.dispatcher, state.broker, engine)
+        reaper = LeaseReaper(
+            engine,
+            Leases(state.broker, settings.lease_ttl),
+            LogStream(state.broker, settings.log_stream_maxlen),
+            grace=settings.lease_grace or 0.0,
+        )
+        loops = start_loops(consumer, reaper, state.dispatcher, state.broker, engine)
         log.info("master ready: database %s, redis %s", engine.url.render_as_string(), settings.redis_url)
         try:
             yield

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from sqlalchemy import Engine
@@ -12,6 +13,7 @@ from sqlmodel import Session
 from master.dispatch import Dispatcher
 from master.events import EventConsumer
 from master.nodes import sync_nodes
+from master.reaper import LeaseReaper
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +45,40 @@ class Loop(threading.Thread):
         self.join(timeout)
 
 
-def start_loops(consumer: EventConsumer, dispatcher: Dispatcher, broker, engine: Engine) -> list[Loop]:  # type: ignore[no-untyped-def]
+#: Seconds between lease checks of running attempts.
+REAP_INTERVAL = 2.0
+
+
+class ConsumeThenReap:
+    """Events first, then leases, in one thread: an attempt whose `finished` event is still
+    waiting in the stream must not be declared lost, and the two never race on a job's row."""
+
+    def __init__(self, consumer: EventConsumer, reaper: LeaseReaper) -> None:
+        self._consumer = consumer
+        self._reaper = reaper
+        self._last_reap = 0.0
+
+    def __call__(self) -> None:
+        backlog = self._consumer.poll() >= self._consumer.batch
+        if not backlog and time.monotonic() - self._last_reap >= REAP_INTERVAL:
+            self._reaper.poll()
+            self._last_reap = time.monotonic()
+
+
+def start_loops(
+    consumer: EventConsumer,
+    reaper: LeaseReaper,
+    dispatcher: Dispatcher,
+    broker,
+    engine: Engine,  # type: ignore[no-untyped-def]
+) -> list[Loop]:
     def sweep() -> None:
         with Session(engine) as session:
             dispatcher.sweep(session)
 
     loops = [
         # poll() blocks on Redis for up to half a second, so it needs no sleep of its own.
-        Loop("event-consumer", consumer.poll, interval=0),
+        Loop("events-and-leases", ConsumeThenReap(consumer, reaper), interval=0),
         Loop("dispatch-sweep", sweep, interval=1.0),
         Loop("node-sync", lambda: sync_nodes(broker, engine), interval=2.0),
     ]

@@ -93,7 +93,15 @@ def _finished(session: Session, job: Job, attempt: JobAttempt, event: Event, cur
     if not current:
         return
     job.log_tail = d.get("log_tail")
-    end_attempt(session, job, attempt, outcome, bool(d.get("retryable")), d.get("error"))
+    end_attempt(
+        session,
+        job,
+        attempt,
+        outcome,
+        retryable=bool(d.get("retryable")),
+        error=d.get("error"),
+        handed_back=bool(d.get("handed_back")),
+    )
 
 
 _HANDLERS = {
@@ -112,13 +120,17 @@ class EventConsumer:
     ones already applied.
     """
 
+    #: Events read per round; a full round means more are waiting.
+    batch = 500
+
     def __init__(self, bus: EventBus, engine: Engine, consumer: str = "master-1") -> None:
         self._bus = bus
         self._engine = engine
         self._consumer = consumer
         self._pending_done = False
 
-    def poll(self, block_ms: int = 500, count: int = 500) -> int:
+    def poll(self, block_ms: int = 500) -> int:
+        count = self.batch
         if not self._pending_done:
             self._bus.ensure_group()
         entries = self._bus.read(
@@ -126,7 +138,7 @@ class EventConsumer:
         )
         if not self._pending_done and not entries:
             self._pending_done = True
-            return 0
+            return self.batch  # not caught up yet: new events come next
         with Session(self._engine) as session:
             for _entry_id, event in entries:
                 apply_event(session, event)

@@ -83,28 +83,31 @@ def end_attempt(
     job: Job,
     attempt: JobAttempt,
     outcome: AttemptOutcome,
+    *,
     retryable: bool,
     error: str | None,
+    handed_back: bool = False,
 ) -> None:
-    """Move the job after its current attempt ended: done, or a new attempt after a backoff."""
+    """Move the job after its current attempt ended: done, or a new attempt (after a backoff)."""
     spec = JobSpec.model_validate(job.spec)
-    if (
-        outcome == AttemptOutcome.FAILED
-        and retryable
-        and not job.cancel_requested
-        and (attempt.number <= spec.max_retries)
-    ):
-        delay = min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2 ** (attempt.number - 1))
-        retry = JobAttempt(
+    failures = attempt.number - job.handbacks - (1 if handed_back else 0)
+    retry = outcome == AttemptOutcome.FAILED and retryable and not job.cancel_requested
+    if retry and (handed_back or failures <= spec.max_retries):
+        delay = 0.0 if handed_back else min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2 ** (failures - 1))
+        nxt = JobAttempt(
             job_id=job.id,  # type: ignore[arg-type]
             number=attempt.number + 1,
+            # Jitter spreads the retries of many jobs hit by the same outage.
             not_before=utcnow() + timedelta(seconds=delay * random.uniform(0.5, 1.0)),
         )
-        session.add(retry)
-        job.attempts = retry.number
+        session.add(nxt)
+        job.attempts = nxt.number
+        job.handbacks += 1 if handed_back else 0
         job.status = JobStatus.QUEUED
-        job.error = f"attempt {attempt.number} failed ({error}); retrying"
+        job.error = f"attempt {attempt.number}: {error}; retrying"
         return
+    if retry:
+        error = f"{error} (no retries left after {failures} failed attempts)"
     new = JobStatus(outcome.value)
     if can_move(job.status, new):
         job.status = new

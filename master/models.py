@@ -56,6 +56,8 @@ class Job(JobBase, table=True):
     error: str | None = Field(default=None, sa_type=Text)
     log_tail: str | None = Field(default=None, sa_type=Text)
     cancel_requested: bool = False
+    #: Attempts that workers gave back on shutdown; they do not count against `max_retries`.
+    handbacks: int = 0
     progress: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     metrics: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
 

@@ -30,7 +30,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "priority_steps": list(range(10)),
             "sep": ":",
             "queue_order_strategy": "priority",
-            "visibility_timeout": 12 * 3600,
+            "visibility_timeout": settings.broker_visibility_timeout,
         },
     }
 

@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     s3_secure: bool = False
     s3_region: str | None = None
 
+    # Reliability
+    #: A worker renews its attempt's lease every third of this; a dead worker's attempt is declared
+    #: lost after the lease expires plus `lease_grace` (default half the TTL).
+    lease_ttl: float = 15.0
+    lease_grace: float | None = None
+    #: Seconds before Redis hands an unacknowledged task message to another worker. Leases, not
+    #: this timeout, keep long jobs from running twice, so it can stay short.
+    broker_visibility_timeout: int = 300
+
     # Worker
     node_name: str = Field(default_factory=socket.gethostname)
     cache_dir: Path | None = None
@@ -66,6 +75,8 @@ class Settings(BaseSettings):
             self.s3_secure = parts.scheme == "https"
             self.s3_endpoint = parts.netloc
         self.api_url = self.api_url.rstrip("/")
+        if self.lease_grace is None:
+            self.lease_grace = self.lease_ttl / 2
         self.cache_dir = (self.cache_dir or self.data_dir / "cache").expanduser()
         self.work_dir = (self.work_dir or self.data_dir / "work").expanduser()
         if self.environment == "production" and self.s3_secret_key == DEV_S3_SECRET:

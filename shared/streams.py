@@ -28,6 +28,16 @@ def cancel_key(job_id: int) -> str:
     return f"tf:cancel:{job_id}"
 
 
+def drain_key(node: str) -> str:
+    """Set while a node shuts down: its running attempts checkpoint and hand themselves back."""
+    return f"tf:drain:{node}"
+
+
+def node_attempts_key(node: str) -> str:
+    """Hash of the attempts running on a node, for its heartbeat."""
+    return f"tf:node-attempts:{node}"
+
+
 @dataclass(frozen=True, order=True)
 class LogPosition:
     """A line's place in a job's log: attempt number, then line index within that attempt."""
@@ -91,6 +101,13 @@ class LogStream:
         for result in pipe.execute(raise_on_error=False):
             if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
                 raise result
+
+    def next_line(self, job_id: int, attempt: int) -> int:
+        """Index the next line of `attempt` would get (for notes written after its worker died)."""
+        found = self._redis.xrevrange(
+            log_key(job_id), max=f"{attempt}-{2**63 - 1}", min=f"{attempt}-0", count=1
+        )
+        return LogBatch.from_entry(*found[0]).last.line + 1 if found else 0
 
     def read(self, job_id: int, after: LogPosition | None = None, count: int = 1000) -> list[LogBatch]:
         start = "-"

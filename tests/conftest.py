@@ -82,6 +82,10 @@ def settings(tmp_path: Path, redis_server: RedisServer, s3_server: SeaweedS3, da
         node_offline_after=6.0,
         heartbeat_interval=1.0,
         cancel_grace_period=5.0,
+        # Short leases so lost-worker tests finish in seconds; production defaults are 15 s.
+        lease_ttl=4.0,
+        lease_grace=2.0,
+        broker_visibility_timeout=60,
     )
 
 

@@ -2,26 +2,43 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, signals
 
 from shared.celery_config import celery_config
 from shared.settings import get_settings
+from shared.streams import drain_key
+
+log = logging.getLogger(__name__)
 
 app = Celery("trainfarm-worker", include=["worker.tasks"])
 app.conf.update(celery_config(get_settings()))
 
+#: How long a drain flag may outlive a worker that never came back to clear it.
+DRAIN_FLAG_SECONDS = 3600
+
 
 @signals.worker_ready.connect
-def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+def _on_ready(sender: Any = None, **_: Any) -> None:
+    from worker import context
     from worker.heartbeat import start_heartbeat
 
+    # A previous shutdown of this node left its drain flag; this run takes work again.
+    context.current().redis.delete(drain_key(get_settings().node_name))
     start_heartbeat(sender)
 
 
 @signals.worker_shutting_down.connect
-def _stop_heartbeat(**_: Any) -> None:
+def _on_shutdown(**_: Any) -> None:
+    from worker import context
     from worker.heartbeat import stop_heartbeat
 
+    # Running attempts see the flag, checkpoint, and hand their job back to the queue, so a
+    # deploy or reboot costs the job minutes of progress at most, not the whole run.
+    try:
+        context.current().redis.set(drain_key(get_settings().node_name), "1", ex=DRAIN_FLAG_SECONDS)
+    except Exception as exc:  # shutting down regardless; the lease expiry then recovers the job
+        log.error("could not flag the shutdown to running attempts: %s", exc)
     stop_heartbeat()

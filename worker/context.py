@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import redis
 
+from shared.leases import Leases
 from shared.settings import Settings, get_settings
 from shared.storage import ArtifactStore, make_s3_client
 from shared.streams import EventBus, LogStream
@@ -22,6 +23,7 @@ class WorkerContext:
     bus: EventBus
     logs: LogStream
     datasets: DatasetCache
+    leases: Leases
 
     @classmethod
     def connect(cls, settings: Settings) -> WorkerContext:
@@ -34,6 +36,7 @@ class WorkerContext:
             bus=EventBus(client),
             logs=LogStream(client, settings.log_stream_maxlen),
             datasets=DatasetCache(store, settings.dataset_cache_dir),
+            leases=Leases(client, settings.lease_ttl),
         )
 
 

@@ -21,5 +21,6 @@ def run_attempt(self: Any, message: dict[str, Any]) -> str:
     task = TaskMessage.model_validate(message)
     log.info("job %s attempt %s: starting", task.job_id, task.attempt)
     ending = AttemptRunner(context.current(), task).run()
-    log.info("job %s attempt %s: %s", task.job_id, task.attempt, ending.outcome.value)
-    return ending.outcome.value
+    outcome = ending.outcome.value if ending else "duplicate"
+    log.info("job %s attempt %s: %s", task.job_id, task.attempt, outcome)
+    return outcome

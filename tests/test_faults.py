@@ -1,0 +1,183 @@
+"""Injected faults against the real processes: duplicate deliveries, killed and stopped workers,
+timeouts, final failures. Nothing may be lost, and no attempt may run twice."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from master.dispatch import make_publisher
+from shared.celery_config import RUN_ATTEMPT_TASK
+from shared.schemas import JobSpec, TaskMessage
+from tests.conftest import DIGITS, upload_dataset, wait_for, wait_status
+
+PY = sys.executable
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+TICKER = textwrap.dedent(
+    """
+    import os, time
+    print("pid", os.getpid(), flush=True)
+    for i in range(60):
+        print("tick", i, flush=True)
+        time.sleep(0.1)
+    """
+)
+
+RECIPE = {
+    "recipe": "tabular-classifier",
+    "datasets": ["digits.csv"],
+    "hyperparameters": {"target": "digit", "lr": 0.003},
+    "max_epochs": 40,
+    "checkpoint_interval": 5,
+    "queue": "cpu",
+    "seed": 3,
+}
+
+
+def texts(api, job_id: int) -> list[str]:
+    return [
+        line["text"] for line in api.get(f"/jobs/{job_id}/logs", params={"limit": 100_000}).json()["lines"]
+    ]
+
+
+def kill_tree(pid: int) -> None:
+    """kill -9 of a worker and everything under it: what a power cut does."""
+    root = psutil.Process(pid)
+    procs = [root, *root.children(recursive=True)]
+    for proc in procs:
+        proc.kill()
+    psutil.wait_procs(procs, timeout=10)
+
+
+def test_redelivered_task_message_does_not_start_a_second_run(api, start_worker, settings):
+    a, b = start_worker("node-a"), start_worker("node-b")
+    job = api.post("/jobs", json={"command": [PY, "-c", TICKER], "queue": "cpu"}).json()
+    wait_status(api, job["id"], {"running"})
+    message = TaskMessage(job_id=job["id"], attempt=1, spec=JobSpec.model_validate(job["spec"]))
+    publisher = make_publisher(settings)
+    for _ in range(2):  # what a visibility-timeout redelivery or a manual re-send looks like
+        publisher.send_task(
+            RUN_ATTEMPT_TASK, kwargs={"message": message.model_dump(mode="json")}, queue="cpu"
+        )
+    wait_status(api, job["id"], {"succeeded"})
+    # Once the attempt is over, a late copy is refused too.
+    publisher.send_task(RUN_ATTEMPT_TASK, kwargs={"message": message.model_dump(mode="json")}, queue="cpu")
+
+    def dropped() -> int:
+        return sum(p.log_path.read_text().count("duplicate dropped") for p in (a, b))
+
+    wait_for(lambda: dropped() == 3, timeout=30, what="three dropped duplicates")
+    lines = texts(api, job["id"])
+    assert sum(t.startswith("pid ") for t in lines) == 1
+    assert [t for t in lines if t.startswith("tick ")] == [f"tick {i}" for i in range(60)]
+    assert len(api.get(f"/jobs/{job['id']}").json()["attempt_list"]) == 1
+
+
+def test_killed_worker_job_resumes_elsewhere_from_its_checkpoint(api, start_worker):
+    upload_dataset(api, DIGITS)
+    # The reference: the same job, never interrupted.
+    first = start_worker("node-a")
+    reference = api.post("/jobs", json=RECIPE).json()["id"]
+    wait_status(api, reference, {"succeeded"}, timeout=240)
+
+    job_id = api.post("/jobs", json=RECIPE).json()["id"]
+
+    def checkpoint_uploaded() -> bool:
+        names = {a["name"] for a in api.get(f"/jobs/{job_id}/artifacts").json()}
+        return "checkpoints/last.ckpt" in names
+
+    wait_for(checkpoint_uploaded, timeout=120, what="a periodic checkpoint upload")
+    killed_at = time.time()
+    kill_tree(first.pid)  # type: ignore[arg-type]
+    start_worker("node-b")
+    job = wait_status(api, job_id, {"succeeded", "failed"}, timeout=240)
+    assert job["status"] == "succeeded", job["error"]
+
+    lost, resumed = job["attempt_list"]
+    assert lost["status"] == "failed" and lost["node"] == "node-a" and "worker lost" in lost["error"]
+    assert resumed["status"] == "succeeded" and resumed["node"] == "node-b"
+    assert resumed["info"]["restored_checkpoint"].startswith("last.ckpt")
+    # Never two live attempts: the second started only after the first was declared lost.
+    assert resumed["started_at"] >= lost["finished_at"]
+    from datetime import datetime
+
+    detected = datetime.fromisoformat(lost["finished_at"]).timestamp() - killed_at
+    assert detected < 30, f"lost attempt noticed after {detected:.1f}s"
+    lines = texts(api, job_id)
+    assert any("resuming from last.ckpt" in t for t in lines)
+    expected = api.get(f"/jobs/{reference}").json()["metrics"]
+    for name in ("val_loss", "val_acc"):
+        assert job["metrics"][name] == pytest.approx(expected[name], abs=1e-6), name
+
+
+def test_stopped_worker_hands_its_job_back(api, start_worker):
+    upload_dataset(api, DIGITS)
+    leaving = start_worker("node-a")
+    job_id = api.post("/jobs", json={**RECIPE, "max_epochs": 200, "max_retries": 0}).json()["id"]
+    wait_for(
+        lambda: api.get(f"/jobs/{job_id}").json()["progress"].get("epoch", 0) >= 3, timeout=120, what="epochs"
+    )
+    leaving.stop()  # SIGTERM: Celery's warm shutdown, as systemd or a deploy does it
+    start_worker("node-b")
+    job = wait_status(api, job_id, {"succeeded", "failed"}, timeout=300)
+    assert job["status"] == "succeeded", job["error"]
+    first, second = job["attempt_list"]
+    assert "handed back" in first["error"] and first["exit_code"] == 0
+    assert second["node"] == "node-b" and second["info"]["restored_checkpoint"]
+    # A hand-back is no failure: max_retries=0 and still the job went on.
+    assert job["handbacks"] == 1
+
+
+def test_timeout_fails_the_job_without_retrying(api, worker):
+    spec = {
+        "command": [PY, "-c", "import time; time.sleep(60)"],
+        "queue": "cpu",
+        "timeout": 2,
+        "max_retries": 3,
+    }
+    job = wait_status(api, api.post("/jobs", json=spec).json()["id"], {"failed", "succeeded"}, timeout=60)
+    assert job["status"] == "failed"
+    assert job["error"] == "timeout: ran longer than 2s"
+    assert len(job["attempt_list"]) == 1
+
+
+def test_missing_dataset_at_run_time_is_final(api, worker, settings, s3_server):
+    upload_dataset(api, DIGITS)
+    s3_server.client().remove_object(settings.s3_bucket, "datasets/digits.csv")
+    spec = {
+        "command": [PY, "-c", "print('never')"],
+        "datasets": ["digits.csv"],
+        "queue": "cpu",
+        "max_retries": 3,
+    }
+    job = wait_status(api, api.post("/jobs", json=spec).json()["id"], {"failed", "succeeded"}, timeout=60)
+    assert job["status"] == "failed"
+    assert "dataset 'digits.csv' is missing from storage" in job["error"]
+    assert len(job["attempt_list"]) == 1
+
+
+def test_storage_outage_at_start_is_retried_after_a_backoff(api, worker, s3_server):
+    upload_dataset(api, DIGITS)
+    s3_server.stop()
+    try:
+        spec = {"command": [PY, "-c", "print('trained')"], "datasets": ["digits.csv"], "queue": "cpu"}
+        job_id = api.post("/jobs", json=spec).json()["id"]
+
+        # The attempt fails, then keeps its log until storage is back: it is not lost meanwhile.
+        def first_attempt_ended() -> bool:
+            return any(t.startswith("[trainfarm] attempt 1 ended: failed") for t in texts(api, job_id))
+
+        wait_for(first_attempt_ended, timeout=90, what="the first attempt to fail")
+    finally:
+        s3_server.start()
+    job = wait_status(api, job_id, {"succeeded", "failed"}, timeout=120)
+    assert job["status"] == "succeeded", job["error"]
+    first, second = job["attempt_list"]
+    assert "MaxRetryError" in first["error"], first["error"]
+    assert first["log_key"] == f"logs/{job_id}/attempt-1.log"
+    assert "trained" in texts(api, job_id)

@@ -108,7 +108,9 @@ def list_datasets(ctx: typer.Context) -> None:
 def nodes(ctx: typer.Context) -> None:
     """List the compute nodes that have reported in, online or not.
 
-    A node is online while its heartbeats keep arriving.
+    A node is online while its heartbeats keep arriving. Each row shows its queues, Celery pool and
+    concurrency, CPUs (count and load), memory, GPUs, the job attempts it runs (JOB#ATTEMPT) and
+    how long ago it last reported.
 
     Example:
       trainfarm nodes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -233,19 +234,57 @@ def datasets_table(datasets: list[dict[str, Any]]) -> Table:
 
 def nodes_table(nodes: list[dict[str, Any]]) -> Table:
     table = Table(box=None, pad_edge=False)
-    for column in ("NAME", "ONLINE", "QUEUES", "CPUS", "MEMORY", "GPUS", "LAST SEEN"):
-        table.add_column(column, no_wrap=True)
+    columns = ("NAME", "STATE", "QUEUES", "POOL", "CPUS", "MEMORY FREE/TOTAL", "GPUS", "RUNNING", "LAST SEEN")
+    for column in columns:
+        table.add_column(column, no_wrap=column not in ("GPUS", "RUNNING"))
     for node in nodes:
         info = node.get("info") or {}
-        gpus = info.get("gpus") or []
-        add_row(
-            table,
-            node["name"],
-            Text("yes", style="green") if node["online"] else Text("no", style="red"),
-            ",".join(node.get("queues") or []) or "-",
-            str(info.get("cpu_count") or "-"),
-            format_size(info.get("memory_total")),
-            str(len(gpus)) if isinstance(gpus, list) else str(gpus),
-            format_ago(node.get("last_seen")),
+        online = bool(node.get("online"))
+        pool, concurrency = info.get("pool"), info.get("concurrency")
+        table.add_row(
+            Text(node["name"]),
+            Text("online", style="green") if online else Text("offline", style="red"),
+            Text(",".join(node.get("queues") or []) or "-"),
+            Text(f"{pool} x{concurrency}" if pool and concurrency else str(pool or "-")),
+            Text(cpus_text(info)),
+            Text(memory_text(info)),
+            Text(gpus_text(info.get("gpus"))),
+            Text(running_text(info.get("running"))),
+            Text(format_ago(node.get("last_seen"))),
+            # What an offline node last reported may no longer hold.
+            style=None if online else "dim",
         )
     return table
+
+
+def cpus_text(info: dict[str, Any]) -> str:
+    """`16 (7%)`: how many, and how busy they are together."""
+    count, percent = info.get("cpu_count"), info.get("cpu_percent")
+    if count is None:
+        return "-"
+    return f"{count} ({percent:.0f}%)" if isinstance(percent, int | float) else str(count)
+
+
+def memory_text(info: dict[str, Any]) -> str:
+    """`12.3 GiB / 62.7 GiB`: available of total."""
+    total = info.get("memory_total")
+    if total is None:
+        return "-"
+    return f"{format_size(info.get('memory_available'))} / {format_size(total)}"
+
+
+def gpus_text(gpus: object) -> str:
+    """How many of each model: `2x NVIDIA H100 80GB HBM3`, `2x A100, 1x T4`, or `none`."""
+    if not isinstance(gpus, list) or not gpus:
+        return "none"
+    names = Counter(str(g.get("name") or "?") if isinstance(g, dict) else "?" for g in gpus)
+    return ", ".join(f"{n}x {name}" for name, n in names.items())
+
+
+def running_text(running: object) -> str:
+    """`job 3#1, job 7#2`: each running job and its attempt number."""
+    if not isinstance(running, list) or not running:
+        return "-"
+    return ", ".join(
+        f"job {r.get('job_id')}#{r.get('attempt')}" if isinstance(r, dict) else "?" for r in running
+    )

@@ -1,63 +1,148 @@
-"""A node's heartbeat: what it is and what it offers, written to Redis every few seconds."""
+"""A node's heartbeat: what it is, what it offers and what it runs, written to Redis every few seconds.
+
+The beat runs in a thread of the Celery main process; with a prefork pool that process never runs a
+job, so it must not import torch either: versions are read from package metadata.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import platform
-import sys
+import socket
 import threading
-import time
+from importlib import metadata
 from typing import Any
 
 import celery
 import psutil
+import redis
+from celery.concurrency import ALIASES
 
 from shared.settings import get_settings
-from shared.streams import NODES_KEY
-from worker import context
+from shared.streams import NODES_KEY, node_attempts_key
+from worker import context, gpus
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
 
 
-def node_info(consumer: Any) -> dict[str, Any]:
+def node_info(consumer: Any, client: redis.Redis) -> dict[str, Any]:
+    """The beat: who the node is, how Celery runs there, its CPUs, memory and GPUs, the attempts
+    it runs and the software they get. Times are Unix seconds; memory is in bytes."""
     settings = get_settings()
     worker = getattr(consumer, "controller", None)
-    queues = sorted(q.name for q in consumer.task_consumer.queues) if consumer is not None else []
     memory = psutil.virtual_memory()
+    seconds, micros = client.time()
     return {
         "name": settings.node_name,
-        "queues": queues,
-        "pool": type(getattr(worker, "pool", None)).__module__.rsplit(".", 1)[-1] if worker else None,
-        "concurrency": getattr(worker, "concurrency", None),
+        "hostname": socket.gethostname(),
         "os": f"{platform.system()} {platform.release()}",
+        "pid": os.getpid(),
+        "started": psutil.Process().create_time(),
+        # Redis's clock, not this machine's: the master judges a node's silence by it, so a
+        # worker whose clock is off is still seen online.
+        "ts": seconds + micros / 1e6,
+        "queues": _queues(consumer),
+        "pool": _pool_name(getattr(worker, "pool", None)),
+        "concurrency": getattr(worker, "concurrency", None),
         "cpu_count": os.cpu_count(),
         "cpu_percent": psutil.cpu_percent(interval=None),
         "memory_total": memory.total,
         "memory_available": memory.available,
-        "gpus": [],
-        "versions": {"python": sys.version.split()[0], "celery": celery.__version__},
-        "pid": os.getpid(),
-        "ts": time.time(),
+        "memory_percent": memory.percent,
+        "gpus": gpus.list_gpus(),
+        "running": running_attempts(client, settings.node_name),
+        "versions": software_versions(),
     }
+
+
+def running_attempts(client: redis.Redis, node: str) -> list[dict[str, Any]]:
+    """The attempts the attempt runner registered under `node_attempts_key` (field
+    `<job_id>-<attempt>`, value JSON {job_id, attempt, started, pid}), oldest job first.
+
+    An entry whose process is gone was left by a worker that was killed before it could remove it:
+    it is dropped, so a restarted node does not report jobs it no longer runs.
+    """
+    key = node_attempts_key(node)
+    running = []
+    for field, raw in client.hgetall(key).items():
+        try:
+            entry = json.loads(raw)
+            job_id, attempt = int(entry["job_id"]), int(entry["attempt"])
+        except (ValueError, TypeError, KeyError):
+            log.warning("ignoring a malformed entry in %s: %r", key, raw)
+            continue
+        pid = entry.get("pid")
+        if isinstance(pid, int) and not psutil.pid_exists(pid):
+            client.hdel(key, field)
+            continue
+        running.append({**entry, "job_id": job_id, "attempt": attempt})
+    return sorted(running, key=lambda e: (e["job_id"], e["attempt"]))
+
+
+@functools.cache
+def software_versions() -> dict[str, str | None]:
+    """What a job will run with; None for what is not installed. Read once: it cannot change."""
+    return {
+        "python": platform.python_version(),
+        "celery": celery.__version__,
+        "trainfarm": _installed("trainfarm"),
+        "torch": _installed("torch"),
+        **gpus.driver_versions(),
+    }
+
+
+def _installed(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _queues(consumer: Any) -> list[str]:
+    # The live consumer follows queues added or cancelled at run time; it is rebuilt after a lost
+    # broker connection, and the app's selection stands in while it is.
+    task_consumer = getattr(consumer, "task_consumer", None)
+    if task_consumer is not None:
+        return sorted(q.name for q in task_consumer.queues)
+    app = getattr(consumer, "app", None)
+    return sorted(app.amqp.queues.consume_from) if app is not None else []
+
+
+def _pool_name(pool: object) -> str | None:
+    """The name given to `-P`: prefork, solo, threads, ..."""
+    if pool is None:
+        return None
+    cls = type(pool)
+    path = f"{cls.__module__}:{cls.__name__}"
+    return next((alias for alias, target in ALIASES.items() if target == path), cls.__module__)
 
 
 def _beat(consumer: Any) -> None:
     settings = get_settings()
     client = context.current().redis
+    failing = False
     while not _stop.is_set():
         try:
-            info = node_info(consumer)
+            info = node_info(consumer, client)
             client.hset(NODES_KEY, settings.node_name, json.dumps(info))
         except Exception as exc:  # a missed beat is harmless; the next one is seconds away
-            log.warning("heartbeat failed: %s", exc)
+            if not failing:
+                log.warning("heartbeat failed, retrying every %ss: %s", settings.heartbeat_interval, exc)
+            failing = True
+        else:
+            if failing:
+                log.info("heartbeat restored")
+            failing = False
         _stop.wait(settings.heartbeat_interval)
 
 
 def start_heartbeat(consumer: Any) -> None:
     _stop.clear()
+    psutil.cpu_percent(interval=None)  # the first reading measures from here
     threading.Thread(target=_beat, args=(consumer,), name="heartbeat", daemon=True).start()
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 
 from master.dispatch import Dispatcher, make_publisher
 from master.logs import LogReader
+from shared.redis_client import make_async_redis, make_redis
 from shared.settings import Settings
 from shared.storage import ArtifactStore, make_s3_client
 
@@ -26,8 +27,8 @@ class MasterState:
 
     @classmethod
     def connect(cls, settings: Settings, engine: Engine) -> MasterState:
-        broker = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30)
-        aredis = aioredis.Redis.from_url(settings.redis_url, health_check_interval=30)
+        broker = make_redis(settings.redis_url, socket_timeout=10)
+        aredis = make_async_redis(settings.redis_url)
         store = ArtifactStore(make_s3_client(settings), settings.s3_bucket)
         return cls(
             settings=settings,

@@ -178,6 +178,27 @@ def test_storage_outage_at_start_is_retried_after_a_backoff(api, worker, s3_serv
     job = wait_status(api, job_id, {"succeeded", "failed"}, timeout=120)
     assert job["status"] == "succeeded", job["error"]
     first, second = job["attempt_list"]
+    assert second["status"] == "succeeded"
     assert "MaxRetryError" in first["error"], first["error"]
     assert first["log_key"] == f"logs/{job_id}/attempt-1.log"
     assert "trained" in texts(api, job_id)
+
+
+def test_training_process_dies_with_its_worker(api, start_worker):
+    worker = start_worker("node-a")
+    job_id = api.post(
+        "/jobs", json={"command": [PY, "-c", TICKER.replace("0.1", "1")], "queue": "cpu"}
+    ).json()["id"]
+    wait_for(lambda: any(t.startswith("pid ") for t in texts(api, job_id)), timeout=60, what="the job's pid")
+    pid = int(next(t for t in texts(api, job_id) if t.startswith("pid ")).split()[1])
+    # Kill only the worker's own processes, not the job's: the job must not outlive them.
+    for proc in [psutil.Process(worker.pid), *psutil.Process(worker.pid).children()]:  # type: ignore[arg-type]
+        if proc.pid != pid:
+            proc.kill()
+    wait_for(
+        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+        timeout=10,
+        what="the orphaned training process to die",
+    )
+    job = wait_status(api, job_id, {"queued", "failed"}, timeout=60)
+    assert "worker lost" in job["attempt_list"][0]["error"]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import redis
 
 from shared.leases import Leases
+from shared.redis_client import make_redis
 from shared.settings import Settings, get_settings
 from shared.storage import ArtifactStore, make_s3_client
 from shared.streams import EventBus, LogStream
@@ -27,7 +28,7 @@ class WorkerContext:
 
     @classmethod
     def connect(cls, settings: Settings) -> WorkerContext:
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=30, health_check_interval=30)
+        client = make_redis(settings.redis_url)
         store = ArtifactStore(make_s3_client(settings), settings.s3_bucket)
         return cls(
             settings=settings,

@@ -5,15 +5,27 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import psutil
 
 
+def _die_with_parent() -> None:
+    """Linux only: the kernel kills the training process if the worker dies (kill -9, OOM), so
+    no orphan keeps training and holding a GPU while the job is retried elsewhere."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def start(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     """Start `argv` in its own process group, stdout and stderr merged into one pipe."""
     kwargs: dict = {}
+    if sys.platform == "linux":
+        kwargs["preexec_fn"] = _die_with_parent
     if os.name == "posix":
         # A session of its own: the whole tree (DDP ranks, dataloader workers) gets our signals.
         kwargs["start_new_session"] = True

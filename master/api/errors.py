@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -23,6 +24,12 @@ def install(app: FastAPI) -> None:
     async def _trainfarm_error(_request: Request, exc: TrainfarmError) -> JSONResponse:
         body = {"error": type(exc).__name__, "message": exc.message, "field": exc.field}
         return JSONResponse(body, status_code=exc.http_status)
+
+    @app.exception_handler(redis.RedisError)
+    async def _redis_error(_request: Request, exc: redis.RedisError) -> JSONResponse:
+        # Redis restarting or unreachable: a temporary condition, not a bug; clients retry.
+        body = {"error": "Unavailable", "message": f"Redis is unavailable: {exc}", "field": None}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

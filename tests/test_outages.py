@@ -1,0 +1,125 @@
+"""Restarts and outages of the services a farm leans on, while jobs run; plus a small soak with a
+worker killed and restarted at random moments. Nothing may be lost, nothing may run twice at once."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for, wait_status
+from tests.test_faults import kill_tree, texts
+
+PY = sys.executable
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+def test_redis_restart_during_a_job_loses_no_line_or_metric(api, worker, redis_server):
+    script = textwrap.dedent(
+        """
+        import time
+        from worker.runtime import report
+        for i in range(80):
+            print("line", i, flush=True)
+            report({"loss": 1.0 / (i + 1)}, step=i)
+            time.sleep(0.1)
+        """
+    )
+    job_id = api.post("/jobs", json={"command": [PY, "-c", script], "queue": "cpu"}).json()["id"]
+    wait_for(lambda: "line 10" in texts(api, job_id), timeout=60, what="the job to print")
+    redis_server.restart()  # SIGTERM: Redis writes its append-only file, then comes back with it
+    job = wait_status(api, job_id, {"succeeded", "failed"}, timeout=120)
+    assert job["status"] == "succeeded", job["error"]
+    assert [t for t in texts(api, job_id) if t.startswith("line ")] == [f"line {i}" for i in range(80)]
+    assert [m["step"] for m in api.get(f"/jobs/{job_id}/metrics").json()] == list(range(80))
+    assert len(job["attempt_list"]) == 1
+
+
+def test_s3_outage_during_artifact_upload_delivers_it_intact(api, worker, s3_server):
+    script = textwrap.dedent(
+        """
+        import hashlib, os, time
+        data = os.urandom(24 * 1024 * 1024)
+        open(os.path.join(os.environ["TRAINFARM_OUTPUT_DIR"], "weights.bin"), "wb").write(data)
+        print("sha256", hashlib.sha256(data).hexdigest(), flush=True)
+        time.sleep(1)
+        """
+    )
+    job_id = api.post("/jobs", json={"command": [PY, "-c", script], "queue": "cpu"}).json()["id"]
+    wait_for(lambda: any(t.startswith("sha256 ") for t in texts(api, job_id)), timeout=60, what="the hash")
+    s3_server.stop()
+    try:
+        ended = "[trainfarm] attempt 1 ended: succeeded"
+        wait_for(lambda: ended in texts(api, job_id), timeout=60, what="the process to end")
+        time.sleep(5)  # uploads are failing and retrying now
+        assert api.get(f"/jobs/{job_id}").json()["status"] == "running"
+    finally:
+        s3_server.start()
+    job = wait_status(api, job_id, {"succeeded", "failed"}, timeout=180)
+    assert job["status"] == "succeeded", job["error"]
+    expected = next(t for t in texts(api, job_id) if t.startswith("sha256 ")).split()[1]
+    [artifact] = [a for a in api.get(f"/jobs/{job_id}/artifacts").json() if a["name"] == "weights.bin"]
+    assert artifact["sha256"] == expected and artifact["size"] == 24 * 1024 * 1024
+    download = api.get(f"/jobs/{job_id}/artifacts/weights.bin")
+    assert hashlib.sha256(download.content).hexdigest() == expected
+
+
+#: Holds an exclusive lock on a per-job file while it runs: a second live run of the same job
+#: would fail to take it and leave a mark. A killed run's lock goes with its process.
+SOAK_JOB = textwrap.dedent(
+    """
+    import fcntl, os, sys, time
+    lock = open(os.path.join(sys.argv[1], "job-" + os.environ["TRAINFARM_JOB_ID"] + ".lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        open(os.path.join(sys.argv[1], "CONCURRENT"), "a").write(os.environ["TRAINFARM_JOB_ID"] + "\\n")
+        raise
+    for i in range(15):
+        print("n", i, flush=True)
+        time.sleep(0.05)
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the soak job's lock uses fcntl")
+def test_soak_fifty_jobs_with_a_worker_killed_at_random(api, start_worker, tmp_path: Path):
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    stable = start_worker("node-stable")
+    flaky = start_worker("node-flaky")
+    spec = {"command": [PY, "-c", SOAK_JOB, str(locks)], "queue": "cpu", "max_retries": 10}
+    ids = [job["id"] for job in api.post("/jobs/batch", json={"jobs": [spec] * 50}).json()]
+    rng = random.Random(20261123)
+    kills = 0
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        done = api.get("/jobs", params={"status": "succeeded", "limit": 500}).json()["items"]
+        if len(done) == 50:
+            break
+        if kills < 3 and len(done) >= 8 * (kills + 1):
+            time.sleep(rng.uniform(0, 1.0))
+            kill_tree(flaky.pid)  # type: ignore[arg-type]
+            kills += 1
+            time.sleep(rng.uniform(0.5, 2.0))
+            flaky.start()
+        time.sleep(0.5)
+    assert kills == 3
+    assert stable.running
+    assert not (locks / "CONCURRENT").exists(), (locks / "CONCURRENT").read_text()
+    for job_id in ids:
+        job = api.get(f"/jobs/{job_id}").json()
+        assert job["status"] == "succeeded", (job_id, job["error"])
+        attempts = job["attempt_list"]
+        for earlier, later in itertools.pairwise(attempts):
+            assert later["started_at"] >= earlier["finished_at"], job_id
+        last = attempts[-1]["number"]
+        lines = api.get(f"/jobs/{job_id}/logs", params={"limit": 10_000}).json()["lines"]
+        mine = [line["text"] for line in lines if line["attempt"] == last and line["text"].startswith("n ")]
+        assert mine == [f"n {i}" for i in range(15)], job_id

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -10,6 +12,10 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The directory holding `shared/`, `master/`, `worker/`: child processes must import them from a
+#: checkout as well as from an installed package.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 #: Development credentials of the embedded S3 server; refused outside development.
 DEV_S3_SECRET = "trainfarm-dev-secret"
@@ -97,6 +103,16 @@ class Settings(BaseSettings):
     def job_work_dir(self) -> Path:
         assert self.work_dir is not None
         return self.work_dir
+
+
+def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    """What a child process (master, worker, training job) gets: our environment (PATH, virtualenv,
+    CUDA, conda) with `extra` on top, this checkout importable and output unbuffered."""
+    env = dict(os.environ)
+    env.update(extra)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 @lru_cache

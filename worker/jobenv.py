@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared.schemas import TaskMessage
-
-#: The directory that holds `worker/`, `shared/`: children must import them from a checkout too.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from shared.settings import child_environment
 
 
 @dataclass(frozen=True)
@@ -52,11 +49,7 @@ class AttemptDirs:
 
 
 def job_environment(message: TaskMessage, dirs: AttemptDirs) -> dict[str, str]:
-    # The child inherits the worker's environment (PATH, CUDA, conda) plus the job contract.
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(
+    return child_environment(
         {
             "TRAINFARM_JOB_ID": str(message.job_id),
             "TRAINFARM_ATTEMPT": str(message.attempt),
@@ -69,4 +62,3 @@ def job_environment(message: TaskMessage, dirs: AttemptDirs) -> dict[str, str]:
             "TRAINFARM_HYPERPARAMETERS": json.dumps(message.spec.hyperparameters),
         }
     )
-    return env

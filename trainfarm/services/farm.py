@@ -2,45 +2,40 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import httpx
 
-from shared.settings import Settings
+from shared.settings import Settings, child_environment
 from trainfarm.services.process import ManagedProcess, free_port
 
-#: Where `master/`, `worker/` and `shared/` live, so children import them from a checkout too.
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
-
-def child_env(settings: Settings) -> dict[str, str]:
-    # The child inherits our environment (PATH, virtualenv) with the farm's settings on top.
-    env = dict(os.environ)
-    env.update(settings.to_env())
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-class MasterProcess(ManagedProcess):
-    """The FastAPI master under uvicorn."""
-
-    name = "master"
-    ready_timeout = 90.0
+class FarmProcess(ManagedProcess):
+    """A process of the farm itself, started with the farm's settings as its environment."""
 
     def __init__(self, data_dir: Path, settings: Settings, port: int | None = None) -> None:
         super().__init__(data_dir)
         self.port = port or free_port()
-        self.settings = settings.model_copy(update={"api_port": self.port})
+        self.settings = settings
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def _env(self) -> dict[str, str]:
-        return child_env(self.settings)
+        return child_environment(self.settings.to_env())
+
+
+class MasterProcess(FarmProcess):
+    """The FastAPI master under uvicorn."""
+
+    name = "master"
+    ready_timeout = 90.0
+
+    def __init__(self, data_dir: Path, settings: Settings, port: int | None = None) -> None:
+        super().__init__(data_dir, settings, port)
+        self.settings = settings.model_copy(update={"api_port": self.port})
 
     def _command(self) -> list[str]:
         return [
@@ -79,7 +74,7 @@ class WorkerProcess(ManagedProcess):
         self.queues, self.concurrency, self.pool = queues, concurrency, pool
 
     def _env(self) -> dict[str, str]:
-        return child_env(self.settings)
+        return child_environment(self.settings.to_env())
 
     def _command(self) -> list[str]:
         return [
@@ -95,23 +90,11 @@ class WorkerProcess(ManagedProcess):
             return False
 
 
-class FlowerProcess(ManagedProcess):
+class FlowerProcess(FarmProcess):
     """Flower, the Celery queue inspector, on 127.0.0.1."""
 
     name = "flower"
     ready_timeout = 60.0
-
-    def __init__(self, data_dir: Path, settings: Settings, port: int | None = None) -> None:
-        super().__init__(data_dir)
-        self.port = port or free_port()
-        self.settings = settings
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _env(self) -> dict[str, str]:
-        return child_env(self.settings)
 
     def _command(self) -> list[str]:
         return [

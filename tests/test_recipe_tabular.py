@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyarrow.csv
 import pyarrow.parquet
@@ -66,13 +70,20 @@ def job_env(root: Path, spec: JobSpec) -> dict[str, str]:
     return env
 
 
-def run_recipe(
-    root: Path, dataset: Path, hyperparameters: dict[str, Any], max_epochs: int, devices: int = 1
-) -> Run:
-    """Lay out the attempt directory as the worker does and run the recipe to its end."""
+def prepare_job(
+    root: Path,
+    dataset: Path,
+    hyperparameters: dict[str, Any],
+    max_epochs: int,
+    devices: int = 1,
+    last_ckpt: Path | None = None,
+) -> dict[str, str]:
+    """Lay out the attempt directory as the worker does, with an earlier attempt's `last.ckpt` if given."""
     for name in ("data", "output", "checkpoints"):
         (root / name).mkdir(parents=True)
     (root / "data" / dataset.name).write_bytes(dataset.read_bytes())
+    if last_ckpt is not None:
+        shutil.copyfile(last_ckpt, root / "checkpoints" / "last.ckpt")
     spec = JobSpec(
         recipe="tabular-classifier",
         datasets=[dataset.name],
@@ -82,16 +93,38 @@ def run_recipe(
         queue="cpu",
     )
     (root / "spec.json").write_text(spec.model_dump_json())
-    proc = subprocess.run(
+    return job_env(root, spec)
+
+
+def start_recipe(
+    root: Path, dataset: Path, hyperparameters: dict[str, Any], max_epochs: int, **kw: Any
+) -> Any:
+    env = prepare_job(root, dataset, hyperparameters, max_epochs, **kw)
+    # A session of its own, so the test can signal the group as the worker does.
+    return subprocess.Popen(
         [sys.executable, "-m", "worker.recipes.tabular"],
         cwd=ROOT,
-        env=job_env(root, spec),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        timeout=150,
+        start_new_session=True,
     )
-    return Run(proc.returncode, proc.stdout, root)
+
+
+def finish(proc: Any, root: Path, timeout: float = 150) -> Run:
+    try:
+        log, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        log, _ = proc.communicate()
+        raise AssertionError(f"the recipe ran past {timeout} s:\n{log}") from None
+    return Run(proc.returncode, log, root)
+
+
+def run_recipe(root: Path, dataset: Path, hyperparameters: dict[str, Any], max_epochs: int, **kw: Any) -> Run:
+    """Run the recipe to its end in a fresh attempt directory."""
+    return finish(start_recipe(root, dataset, hyperparameters, max_epochs, **kw), root)
 
 
 def test_digits_train_to_high_accuracy(tmp_path: Path) -> None:
@@ -172,6 +205,78 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
     assert (run.output / "model.pt").is_file()
 
 
+#: Heavy dropout, so that random draws matter, and a learning rate at which val_loss goes up at epochs 2
+#: and 4 (seed 0), so that the best checkpoint is not the latest.
+JUMPY = {"target": "digit", "lr": 0.03, "dropout": 0.5}
+
+
+def test_resume_from_epoch_end_repeats_the_uninterrupted_run(tmp_path: Path) -> None:
+    # Both at once: each spends most of its time importing.
+    procs = {
+        name: start_recipe(tmp_path / name, DIGITS, JUMPY, max_epochs=epochs)
+        for name, epochs in [("whole", 4), ("first", 2)]
+    }
+    whole, first = (finish(proc, tmp_path / name) for name, proc in procs.items())
+    assert whole.returncode == 0, whole.log
+    assert first.returncode == 0, first.log
+    for run in (whole, first):  # the latest epoch, whichever was best
+        last = torch.load(run.checkpoints / "last.ckpt", weights_only=False)
+        assert last["global_step"] == run.metrics()["step"]
+
+    # A new attempt: a fresh directory that holds only the checkpoint the worker restored.
+    resumed = run_recipe(
+        tmp_path / "resumed", DIGITS, JUMPY, max_epochs=4, last_ckpt=first.checkpoints / "last.ckpt"
+    )
+    assert resumed.returncode == 0, resumed.log
+    assert f"resuming from last.ckpt (epoch 2, step {first.metrics()['step']})" in resumed.log
+    assert "epoch 2/4 " not in resumed.log and "epoch 3/4 " in resumed.log
+    assert [e["epoch"] for e in resumed.events() if e["kind"] == "metrics"] == [3, 4]
+
+    expected, got = whole.metrics(), resumed.metrics()
+    assert got.keys() == expected.keys()
+    assert all(abs(got[name] - expected[name]) < 1e-6 for name in expected), (got, expected)
+    expected_weights = torch.load(whole.output / "model.pt")["state_dict"]
+    got_weights = torch.load(resumed.output / "model.pt")["state_dict"]
+    assert got_weights.keys() == expected_weights.keys()
+    assert all(torch.allclose(got_weights[name], expected_weights[name]) for name in expected_weights)
+
+
+def test_sigterm_saves_last_ckpt_exits_0_and_the_next_attempt_resumes(tmp_path: Path) -> None:
+    root = tmp_path / "stopped"
+    proc = start_recipe(root, DIGITS, FAST, max_epochs=500)
+    events = root / "events.jsonl"
+    while not (events.is_file() and '"kind": "metrics"' in events.read_text()):  # an epoch is done
+        if proc.poll() is not None:
+            raise AssertionError(finish(proc, root).log)
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)  # as the worker stops a job
+    signalled = time.monotonic()
+    stopped = finish(proc, root, timeout=10)
+    assert stopped.returncode == 0, stopped.log
+    assert time.monotonic() - signalled < 10
+
+    line = re.search(
+        r"^trainfarm: stop requested, checkpoint saved at epoch (\d+) step (\d+)$", stopped.log, re.M
+    )
+    assert line is not None, stopped.log
+    epoch, step = int(line[1]), int(line[2])
+    saved = torch.load(stopped.checkpoints / "last.ckpt", weights_only=False)
+    assert (saved["epoch"] + 1, saved["global_step"]) == (epoch, step)
+    assert step > 0
+    assert not list(stopped.checkpoints.glob(".*"))  # no partial save left behind
+    # The job is not done: no model and no final metrics from this attempt.
+    assert not (stopped.output / "model.pt").exists()
+    assert not (stopped.output / "metrics.json").exists()
+
+    resumed = run_recipe(
+        tmp_path / "resumed", DIGITS, FAST, max_epochs=epoch + 1, last_ckpt=stopped.checkpoints / "last.ckpt"
+    )
+    assert resumed.returncode == 0, resumed.log
+    assert f"resuming from last.ckpt (epoch {epoch}, step {step})" in resumed.log
+    assert resumed.metrics()["epoch"] == epoch + 1
+    assert (resumed.output / "model.pt").is_file()
+
+
 # worker.runtime.report, in process ----------------------------------------------------------------
 
 
@@ -206,3 +311,31 @@ def test_report_outside_trainfarm_warns_once(monkeypatch: pytest.MonkeyPatch, fr
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fresh_runtime.report({"acc": 0.6})
+
+
+class _FakeTrainer:
+    """The part of a Trainer that `save_checkpoint` uses; `fail` breaks the write off halfway."""
+
+    is_global_zero = True
+
+    def __init__(self, content: bytes, fail: bool = False) -> None:
+        self.content = content
+        self.fail = fail
+
+    def save_checkpoint(self, path: Path, weights_only: bool | None = None) -> None:
+        Path(path).write_bytes(self.content[: len(self.content) // 2] if self.fail else self.content)
+        if self.fail:
+            raise OSError("No space left on device")
+
+
+def test_save_checkpoint_replaces_the_file_whole_or_not_at_all(tmp_path: Path) -> None:
+    last = tmp_path / "last.ckpt"
+    runtime.save_checkpoint(cast(Any, _FakeTrainer(b"epoch 1")), last)
+    with pytest.raises(OSError):
+        runtime.save_checkpoint(cast(Any, _FakeTrainer(b"epoch 2", fail=True)), last)
+    assert last.read_bytes() == b"epoch 1"
+    # What a broken save leaves has a dot-name, which the worker does not upload, and the next save reuses.
+    assert [p.name for p in tmp_path.iterdir() if p != last] == [".last.ckpt.tmp"]
+    runtime.save_checkpoint(cast(Any, _FakeTrainer(b"epoch 3")), last)
+    assert last.read_bytes() == b"epoch 3"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]

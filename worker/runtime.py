@@ -1,4 +1,5 @@
-"""What training code calls inside a job: `report()` metrics and a Lightning callback that does it.
+"""What training code calls inside a job: `report()` metrics, and Lightning callbacks that report, keep
+`last.ckpt` for the next attempt, stop cleanly on SIGTERM and make resumed epochs repeat exactly.
 
 Metrics travel through the events file (one JSON object a line) rather than the network, because the
 training process may run in a container that reaches nothing; the worker tails the file. This module
@@ -10,15 +11,26 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
+import random
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from pydantic import ValidationError
 
 from shared.settings import JobContext
+
+#: The checkpoint a new attempt resumes from: the worker uploads the checkpoint dir while a job runs and
+#: restores this one file into the next attempt's checkpoint dir.
+LAST_CHECKPOINT = "last.ckpt"
 
 
 @functools.cache
@@ -28,7 +40,8 @@ def _context() -> JobContext | None:
     except ValidationError:
         # Cached, so this warns once per process.
         warnings.warn(
-            "not running under trainfarm (no TRAINFARM_* job environment): metrics are not recorded",
+            "not running under trainfarm (no TRAINFARM_* job environment): "
+            "metrics and checkpoints are not kept",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -66,6 +79,38 @@ def report(
         fh.write(json.dumps(event) + "\n")
 
 
+def last_checkpoint() -> Path | None:
+    """The `last.ckpt` an earlier attempt of this job left, for `trainer.fit(..., ckpt_path=...)`."""
+    ctx = _context()
+    if ctx is None:
+        return None
+    path = ctx.checkpoint_dir / LAST_CHECKPOINT
+    return path if path.is_file() else None
+
+
+def save_checkpoint(trainer: pl.Trainer, path: Path) -> None:
+    """Save a checkpoint so that `path` holds the previous file or all of the new one, never a part.
+
+    Call it on every rank: Lightning gathers the state on each and writes on global zero. Its own write is
+    not enough: fsspec stages the file in $TMPDIR and *copies* it over when that is another filesystem.
+    """
+    # A dot-name, which the worker's checkpoint upload skips; a kill leaves it to be overwritten next time.
+    partial = path.with_name(f".{path.name}.tmp")
+    trainer.save_checkpoint(partial, weights_only=False)
+    if trainer.is_global_zero:
+        _fsync(partial)
+        os.replace(partial, path)
+        _fsync(path.parent)  # the rename itself survives a crash of the machine too
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The single-number entries of Lightning's metrics dict, as floats."""
     out = {}
@@ -82,19 +127,31 @@ def _order(name: str) -> tuple[bool, bool, str]:
 
 
 class TrainfarmCallback(pl.Callback):
-    """Reports progress and metrics of a Lightning fit to trainfarm, and writes `metrics.json`.
+    """Reports a Lightning fit to trainfarm, keeps `last.ckpt` for the next attempt, stops on SIGTERM.
 
     :param every_n_steps: Report progress (`kind="progress"`) every this many training batches,
         besides once at the end of every training epoch.
     :param print_epochs: Print one line per epoch (`epoch 3/10 train_loss=… val_loss=…`) to stdout.
 
     Events carry `epoch` counted from 1: the epoch under way, or just finished. Only the global-zero
-    process reports, so DDP runs write each event once.
+    process reports, so DDP runs write each event once. At the end of every training epoch `last.ckpt` in
+    the job's checkpoint dir is replaced atomically; resume with `ckpt_path=last_checkpoint()`. (So no
+    `ModelCheckpoint(save_last=True)` should write into that dir as well.)
+
+    The worker stops a job with SIGTERM (SIGKILL after a grace period). The callback then saves
+    `last.ckpt` after the batch under way and ends the fit normally, without the validation Lightning would
+    otherwise run first; `stopped` tells the training code that the fit did not finish. A run resumed from
+    such a mid-epoch checkpoint restarts that epoch's data from its beginning, so unlike a resume from an
+    epoch's end it does not repeat the uninterrupted run exactly. Under DDP every rank stops at the same
+    batch, whichever ranks got the signal.
     """
 
     def __init__(self, every_n_steps: int = 50, print_epochs: bool = True) -> None:
         self.every_n_steps = every_n_steps
         self.print_epochs = print_epochs
+        #: Set when the fit ended early because the job was asked to stop.
+        self.stopped = False
+        self._sigterm = False
         self._batches = 0
         self._last_loss: Any = None
         self._before_validation: dict[str, Any] = {}
@@ -107,6 +164,22 @@ class TrainfarmCallback(pl.Callback):
                 flush=True,
             )
 
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if trainer.is_global_zero and trainer.ckpt_path:
+            name = Path(trainer.ckpt_path).name
+            epoch, step = checkpoint["epoch"] + 1, checkpoint["global_step"]
+            print(f"resuming from {name} (epoch {epoch}, step {step})", flush=True)
+
+    # Lightning installs its SIGTERM handler after `on_fit_start`; it would end the fit with SystemExit
+    # and no checkpoint, so ours replaces it (and Lightning puts the original back after the fit).
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._catch_sigterm()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._catch_sigterm()
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -118,8 +191,12 @@ class TrainfarmCallback(pl.Callback):
         if self._batches % self.every_n_steps == 0:
             # Mid-epoch, a logged epoch-mean "train_loss" is still last epoch's; the batch loss is current.
             self._progress(trainer, self._last_loss)
+        if not self.stopped and self._stop_requested(trainer):
+            self._stop(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.stopped:  # a partial epoch: neither a line nor a checkpoint as if it had ended
+            return
         logged = trainer.callback_metrics.get("train_loss")
         self._progress(trainer, self._last_loss if logged is None else logged)
         if self.print_epochs and trainer.is_global_zero:
@@ -127,6 +204,9 @@ class TrainfarmCallback(pl.Callback):
             shown = " ".join(f"{k}={metrics[k]:.4f}" for k in sorted(metrics, key=_order))
             total = f"/{trainer.max_epochs}" if _max_epochs(trainer) else ""
             print(f"epoch {trainer.current_epoch + 1}{total} {shown}".rstrip(), flush=True)
+        ctx = _context()
+        if ctx is not None:
+            save_checkpoint(trainer, ctx.checkpoint_dir / LAST_CHECKPOINT)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._before_validation = dict(trainer.callback_metrics)
@@ -149,7 +229,7 @@ class TrainfarmCallback(pl.Callback):
         )
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
+        if self.stopped or not trainer.is_global_zero:
             return
         ctx = _context()
         if ctx is None:
@@ -164,6 +244,39 @@ class TrainfarmCallback(pl.Callback):
         (output_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
         print(f"wrote {output_dir / 'metrics.json'}", flush=True)
 
+    def _catch_sigterm(self) -> None:
+        # Python runs handlers in the main thread and only lets it install them; outside trainfarm there is
+        # no checkpoint dir to save into, so Lightning's own handling stays.
+        if threading.current_thread() is threading.main_thread() and _context() is not None:
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        # Only a flag: the handler may interrupt anything, a print or a checkpoint write included.
+        self._sigterm = True
+
+    def _stop_requested(self, trainer: pl.Trainer) -> bool:
+        if trainer.world_size == 1 or _context() is None:
+            return self._sigterm
+        # Ranks get the signal at different batches (or only rank 0 gets it); a rank that stopped alone
+        # would leave the others waiting in the next gradient all-reduce.
+        return bool(trainer.strategy.reduce_boolean_decision(self._sigterm, all=False))
+
+    def _stop(self, trainer: pl.Trainer) -> None:
+        ctx = _context()
+        assert ctx is not None  # no handler was installed otherwise
+        save_checkpoint(trainer, ctx.checkpoint_dir / LAST_CHECKPOINT)
+        if trainer.is_global_zero:
+            print(
+                f"trainfarm: stop requested, checkpoint saved at epoch {trainer.current_epoch + 1} "
+                f"step {trainer.global_step}",
+                flush=True,
+            )
+        self.stopped = True
+        trainer.should_stop = True
+        # Lightning validates before it honours should_stop (meant for early stopping); that could outlast
+        # the worker's grace period.
+        trainer.limit_val_batches = 0
+
     def _progress(self, trainer: pl.Trainer, loss: Any) -> None:
         if not trainer.is_global_zero:
             return
@@ -174,6 +287,29 @@ class TrainfarmCallback(pl.Callback):
             epoch=trainer.current_epoch + 1,
             max_epochs=_max_epochs(trainer),
         )
+
+
+class SeedEveryEpoch(pl.Callback):
+    """Reseeds `random`, NumPy and torch (CUDA too) at each training epoch's start from (seed, epoch, rank).
+
+    Dropout and other draws in an epoch are then the same whether the run began at epoch 0 or resumed from
+    the end of the epoch before; Lightning keeps no RNG state in its checkpoints.
+
+    The shuffle must not come from these generators (when a DataLoader starts iterating, relative to this
+    hook, differs on a resumed run); use a sampler whose order is a function of (seed, epoch), like
+    `DistributedSampler`, which Lightning puts in under DDP and calls `set_epoch` on.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Mixed rather than seed + epoch, which would give seed 1's second epoch seed 2's first.
+        entropy = [self.seed, trainer.current_epoch, trainer.global_rank]
+        derived = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+        random.seed(derived)
+        np.random.seed(derived)
+        torch.manual_seed(derived)
 
 
 def _max_epochs(trainer: pl.Trainer) -> int | None:

@@ -2,6 +2,8 @@
 
 Run inside a job as `python -m worker.recipes.tabular`; everything it needs comes from `JobContext`.
 Exit code 2 means the job's input is wrong (missing column, bad hyperparameter) and a retry won't help.
+A new attempt continues from the `last.ckpt` an earlier one left: from the end of an epoch it ends with
+the same weights and metrics as a run that was never interrupted; from a stop mid-epoch, close to them.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from shared.errors import FinalError
 from shared.schemas import JobSpec
 from shared.settings import JobContext
 from worker.recipes.tabular_data import TabularData, load
-from worker.runtime import TrainfarmCallback
+from worker.runtime import SeedEveryEpoch, TrainfarmCallback, last_checkpoint
 
 RECIPE = "tabular-classifier"
 
@@ -101,24 +103,37 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
-def loaders(data: TabularData, batch_size: int) -> tuple[DataLoader, DataLoader]:
-    train = DataLoader(TensorDataset(data.x_train, data.y_train), batch_size=batch_size, shuffle=True)
+def loaders(data: TabularData, batch_size: int, seed: int, devices: int) -> tuple[DataLoader, DataLoader]:
+    """The train loader shuffles as a function of (seed, epoch), so a resumed epoch sees the same batches."""
+    train_set = TensorDataset(data.x_train, data.y_train)
+    # Every iterator the loader starts draws a number from this generator, or else from the global one,
+    # which SeedEveryEpoch reseeds for dropout; a resumed run starts its first iterator at another time.
+    loader_rng = torch.Generator().manual_seed(seed)
+    if devices > 1:
+        # Lightning swaps in a DistributedSampler (seeded from seed_everything, set_epoch each epoch).
+        train = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=loader_rng)
+    else:
+        # The same sampler over one replica. shuffle=True's RandomSampler would keep drawing from one
+        # generator, whose state at a resumed epoch Lightning does not restore.
+        sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=seed)
+        train = DataLoader(train_set, batch_size=batch_size, sampler=sampler, generator=loader_rng)
     val = DataLoader(TensorDataset(data.x_val, data.y_val), batch_size=batch_size)
     return train, val
 
 
-def make_trainer(ctx: JobContext, max_epochs: int) -> pl.Trainer:
+def make_trainer(ctx: JobContext, max_epochs: int, callbacks: list[pl.Callback]) -> pl.Trainer:
     cuda = torch.cuda.is_available()
     strategy: Any = "auto"
     if ctx.devices > 1:
         # Lightning starts the other ranks itself (GPU or CPU), re-running this module in subprocesses.
         strategy = DDPStrategy(process_group_backend="nccl" if cuda else "gloo")
-    checkpoint = ModelCheckpoint(
+    # The best epoch only: `last.ckpt` is TrainfarmCallback's, rewritten every epoch. save_last=True here
+    # would rewrite it only when val_loss improves, and in a retry's new directory write last-v1.ckpt.
+    best = ModelCheckpoint(
         dirpath=ctx.checkpoint_dir,
         filename="epoch{epoch:03d}-val_loss{val_loss:.4f}",
         auto_insert_metric_name=False,
         monitor="val_loss",
-        save_last=True,
     )
     return pl.Trainer(
         accelerator="gpu" if cuda else "cpu",
@@ -129,7 +144,7 @@ def make_trainer(ctx: JobContext, max_epochs: int) -> pl.Trainer:
         enable_model_summary=False,  # a box-drawn table; `train` prints one line instead
         logger=False,  # metrics go to the events file and metrics.json
         default_root_dir=ctx.output_dir,
-        callbacks=[checkpoint, TrainfarmCallback()],
+        callbacks=[best, *callbacks],
     )
 
 
@@ -148,14 +163,13 @@ def train(ctx: JobContext, spec: JobSpec, params: TabularParams) -> None:
     params_count = sum(p.numel() for p in model.parameters())
     widths = "-".join(str(w) for w in [len(data.features), *params.hidden, len(data.classes)])
     say(f"model: MLP {widths}, {params_count:,} parameters")
-    trainer = make_trainer(ctx, spec.max_epochs)
-    last = ctx.checkpoint_dir / "last.ckpt"
+    trainfarm = TrainfarmCallback()
+    trainer = make_trainer(ctx, spec.max_epochs, [SeedEveryEpoch(spec.seed), trainfarm])
+    train_loader, val_loader = loaders(data, params.batch_size, spec.seed, ctx.devices)
     # A retry that finds its predecessor's checkpoint continues from it instead of starting over.
-    resume = last if last.is_file() else None
-    if resume is not None:
-        say(f"resuming from {resume}")
-    train_loader, val_loader = loaders(data, params.batch_size)
-    trainer.fit(model, train_loader, val_loader, ckpt_path=resume)
+    trainer.fit(model, train_loader, val_loader, ckpt_path=last_checkpoint())
+    if trainfarm.stopped:  # the next attempt resumes from last.ckpt
+        return
     if trainer.is_global_zero:
         path = ctx.output_dir / "model.pt"
         torch.save(

@@ -69,6 +69,7 @@ class JobPublic(JobBase):
     started_at: datetime | None
     finished_at: datetime | None
     attempts: int
+    handbacks: int
     node: str | None
     error: str | None
     log_tail: str | None

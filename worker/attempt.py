@@ -18,7 +18,7 @@ import urllib3
 from shared.errors import FinalError, RetryableError
 from shared.schemas import AttemptOutcome, EventKind, TaskMessage
 from shared.streams import cancel_key, drain_key, node_attempts_key
-from worker import process
+from worker import draining, process
 from worker.checkpoints import CheckpointSync, PeriodicSync
 from worker.context import WorkerContext
 from worker.jobenv import AttemptDirs, job_environment
@@ -180,8 +180,8 @@ class AttemptRunner:
             cancel, drain = self.ctx.redis.mget(cancel_key(self.msg.job_id), drain_key(self.node))
         except redis.RedisError as exc:
             log.warning("cannot read the cancel and drain flags: %s", exc)
-            return False, False
-        return cancel is not None, drain is not None
+            return False, draining.requested()
+        return cancel is not None, drain is not None or draining.requested()
 
     def _argv(self) -> list[str]:
         if self.spec.command is not None:

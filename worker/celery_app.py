@@ -30,11 +30,19 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     start_heartbeat(sender)
 
 
+@signals.worker_process_init.connect
+def _on_pool_child_start(**_: Any) -> None:
+    from worker import draining
+
+    draining.mark_pool_child()
+
+
 @signals.worker_shutting_down.connect
 def _on_shutdown(**_: Any) -> None:
-    from worker import context
+    from worker import context, draining
     from worker.heartbeat import stop_heartbeat
 
+    draining.request()  # attempts running in this very process (solo and threads pools)
     # Running attempts see the flag, checkpoint, and hand their job back to the queue, so a
     # deploy or reboot costs the job minutes of progress at most, not the whole run.
     try:

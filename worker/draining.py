@@ -1,0 +1,38 @@
+"""This worker process is shutting down: its running attempts checkpoint and hand their jobs back.
+
+Two ways to learn it: the Celery main process sets a Redis flag for the node (reaches pool children
+whatever signals they got), and a pool child that receives SIGTERM itself (systemd's default
+`KillMode=control-group` signals every process of the service) sets the local flag at once instead
+of dying mid-attempt.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+_requested = threading.Event()
+_pool_child = False
+
+
+def request() -> None:
+    _requested.set()
+
+
+def requested() -> bool:
+    return _requested.is_set()
+
+
+def mark_pool_child() -> None:
+    global _pool_child
+    _pool_child = True
+
+
+def handle_sigterm() -> None:
+    """In a prefork pool child: SIGTERM means drain, not die; the parent's warm shutdown waits.
+
+    Called when a task starts, because billiard resets the child's signal handlers after its
+    start-up hooks; never in the main process, whose SIGTERM handler is Celery's warm shutdown.
+    """
+    if _pool_child and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: request())

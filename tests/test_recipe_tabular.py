@@ -21,8 +21,9 @@ import pyarrow.parquet
 import pytest
 import torch
 
-from shared.schemas import JobSpec
+from shared.schemas import JobSpec, TaskMessage
 from worker import runtime
+from worker.jobenv import AttemptDirs, job_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "examples" / "datasets" / "digits.csv"
@@ -52,22 +53,9 @@ class Run:
 
 
 def job_env(root: Path, spec: JobSpec) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINFARM_")}
-    env.update(
-        {
-            "PYTHONUNBUFFERED": "1",
-            "TRAINFARM_JOB_ID": "7",
-            "TRAINFARM_ATTEMPT": "1",
-            "TRAINFARM_SPEC_FILE": str(root / "spec.json"),
-            "TRAINFARM_DATA_DIR": str(root / "data"),
-            "TRAINFARM_OUTPUT_DIR": str(root / "output"),
-            "TRAINFARM_CHECKPOINT_DIR": str(root / "checkpoints"),
-            "TRAINFARM_EVENTS_FILE": str(root / "events.jsonl"),
-            "TRAINFARM_DEVICES": str(spec.devices),
-            "TRAINFARM_HYPERPARAMETERS": json.dumps(spec.hyperparameters),
-        }
-    )
-    return env
+    """The environment a worker gives attempt 1 of job 7 in `root`: the worker's own code, so the
+    contract tested here is the one jobs get."""
+    return job_environment(TaskMessage(job_id=7, attempt=1, spec=spec), AttemptDirs(root))
 
 
 def prepare_job(

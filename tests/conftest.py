@@ -22,6 +22,13 @@ from trainfarm.services.postgres import available as postgres_available
 S3_ACCESS, S3_SECRET = "trainfarm-test", "trainfarm-test-secret"
 ON_CI = os.environ.get("CI") == "true"
 DIGITS = Path(__file__).resolve().parent.parent / "examples" / "datasets" / "digits.csv"
+#: The built-in recipe on the digits dataset; tests override epochs, devices and the like.
+DIGITS_RECIPE = {
+    "recipe": "tabular-classifier",
+    "datasets": ["digits.csv"],
+    "hyperparameters": {"target": "digit", "lr": 0.003},
+    "queue": "cpu",
+}
 
 
 @pytest.fixture(scope="session")
@@ -139,6 +146,12 @@ def wait_status(api: httpx.Client, job_id: int, statuses: set[str], timeout: flo
         return job if job["status"] in statuses else None
 
     return wait_for(check, timeout, what=f"job {job_id} to reach {statuses}")  # type: ignore[return-value]
+
+
+def log_texts(api: httpx.Client, job_id: int) -> list[str]:
+    """Every line of a job's log so far, all attempts, in order."""
+    lines = api.get(f"/jobs/{job_id}/logs", params={"limit": 100_000}).json()["lines"]
+    return [line["text"] for line in lines]
 
 
 def upload_dataset(api: httpx.Client, path: Path, name: str | None = None) -> dict:

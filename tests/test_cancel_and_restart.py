@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from shared.streams import log_key
-from tests.conftest import wait_for, wait_status
+from tests.conftest import log_texts, wait_for, wait_status
 
 PY = sys.executable
 
@@ -32,16 +32,10 @@ SLOW_JOB = textwrap.dedent(
 )
 
 
-def lines_of(api, job_id: int) -> list[str]:
-    return [
-        line["text"] for line in api.get(f"/jobs/{job_id}/logs", params={"limit": 100_000}).json()["lines"]
-    ]
-
-
 def test_cancel_running_job_stops_its_processes_and_keeps_the_log(api, worker, settings):
     job_id = api.post("/jobs", json={"command": [PY, "-c", SLOW_JOB], "queue": "cpu"}).json()["id"]
-    wait_for(lambda: any(t.startswith("tick 5") for t in lines_of(api, job_id)), timeout=60, what="ticks")
-    pid = int(next(t for t in lines_of(api, job_id) if t.startswith("pid ")).split()[1])
+    wait_for(lambda: any(t.startswith("tick 5") for t in log_texts(api, job_id)), timeout=60, what="ticks")
+    pid = int(next(t for t in log_texts(api, job_id) if t.startswith("pid ")).split()[1])
     assert psutil.pid_exists(pid)
 
     asked = time.monotonic()
@@ -53,7 +47,7 @@ def test_cancel_running_job_stops_its_processes_and_keeps_the_log(api, worker, s
 
     # The partial log, including what the program printed on its way out, is archived in S3.
     redis.Redis.from_url(settings.redis_url).delete(log_key(job_id))
-    lines = lines_of(api, job_id)
+    lines = log_texts(api, job_id)
     assert "got SIGTERM, saving" in lines
     ticks = [t for t in lines if t.startswith("tick ")]
     assert ticks == [f"tick {i}" for i in range(len(ticks))] and len(ticks) > 5
@@ -73,7 +67,7 @@ def test_cancelled_queued_job_never_runs(api, start_worker):
     detail = api.get(f"/jobs/{first}").json()
     assert detail["status"] == "cancelled"
     assert detail["attempt_list"][0]["started_at"] is None
-    assert marker not in lines_of(api, first)
+    assert marker not in log_texts(api, first)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -96,7 +90,7 @@ def test_master_restart_during_a_job_loses_no_event(api, master, worker):
 
     job = wait_status(api, job_id, {"succeeded", "failed"}, timeout=60)
     assert job["status"] == "succeeded"
-    assert [t for t in lines_of(api, job_id) if t.startswith("step ")] == [f"step {i}" for i in range(40)]
+    assert [t for t in log_texts(api, job_id) if t.startswith("step ")] == [f"step {i}" for i in range(40)]
     history = api.get(f"/jobs/{job_id}/metrics").json()
     assert [m["step"] for m in history] == list(range(40))
     assert job["metrics"]["loss"] == pytest.approx(1 / 40)

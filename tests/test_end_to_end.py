@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from shared.streams import log_key
-from tests.conftest import DIGITS, upload_dataset, wait_for, wait_status
+from tests.conftest import DIGITS, DIGITS_RECIPE, upload_dataset, wait_for, wait_status
 
 PY = sys.executable
 
@@ -96,13 +96,7 @@ def test_failing_command_fails_with_exit_code_and_log_tail(api, worker):
 
 def test_tabular_recipe_trains_and_uploads_model(api, worker, settings):
     upload_dataset(api, DIGITS)
-    spec = {
-        "recipe": "tabular-classifier",
-        "datasets": ["digits.csv"],
-        "hyperparameters": {"target": "digit", "lr": 0.003},
-        "max_epochs": 3,
-        "queue": "cpu",
-    }
+    spec = {**DIGITS_RECIPE, "max_epochs": 3}
     job_id = api.post("/jobs", json=spec).json()["id"]
     events = sse_events(api, job_id, timeout=240)
     assert events[-1] == ("end", {"status": "succeeded"}), api.get(f"/jobs/{job_id}").json()["attempt_list"]
@@ -152,14 +146,7 @@ def test_node_registers_with_heartbeat(api, worker):
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_two_device_job_trains_with_ddp_through_the_worker(api, worker):
     upload_dataset(api, DIGITS)
-    spec = {
-        "recipe": "tabular-classifier",
-        "datasets": ["digits.csv"],
-        "hyperparameters": {"target": "digit", "lr": 0.003},
-        "max_epochs": 2,
-        "devices": 2,
-        "queue": "cpu",
-    }
+    spec = {**DIGITS_RECIPE, "max_epochs": 2, "devices": 2}
     job_id = api.post("/jobs", json=spec).json()["id"]
     events = sse_events(api, job_id, timeout=240)
     lines = program_lines(events)

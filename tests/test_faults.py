@@ -13,7 +13,7 @@ import pytest
 from master.dispatch import make_publisher
 from shared.celery_config import RUN_ATTEMPT_TASK
 from shared.schemas import JobSpec, TaskMessage
-from tests.conftest import DIGITS, upload_dataset, wait_for, wait_status
+from tests.conftest import DIGITS, DIGITS_RECIPE, log_texts, upload_dataset, wait_for, wait_status
 
 PY = sys.executable
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -28,21 +28,7 @@ TICKER = textwrap.dedent(
     """
 )
 
-RECIPE = {
-    "recipe": "tabular-classifier",
-    "datasets": ["digits.csv"],
-    "hyperparameters": {"target": "digit", "lr": 0.003},
-    "max_epochs": 40,
-    "checkpoint_interval": 5,
-    "queue": "cpu",
-    "seed": 3,
-}
-
-
-def texts(api, job_id: int) -> list[str]:
-    return [
-        line["text"] for line in api.get(f"/jobs/{job_id}/logs", params={"limit": 100_000}).json()["lines"]
-    ]
+RECIPE = {**DIGITS_RECIPE, "max_epochs": 40, "checkpoint_interval": 5, "seed": 3}
 
 
 def kill_tree(pid: int) -> None:
@@ -72,7 +58,7 @@ def test_redelivered_task_message_does_not_start_a_second_run(api, start_worker,
         return sum(p.log_path.read_text().count("duplicate dropped") for p in (a, b))
 
     wait_for(lambda: dropped() == 3, timeout=30, what="three dropped duplicates")
-    lines = texts(api, job["id"])
+    lines = log_texts(api, job["id"])
     assert sum(t.startswith("pid ") for t in lines) == 1
     assert [t for t in lines if t.startswith("tick ")] == [f"tick {i}" for i in range(60)]
     assert len(api.get(f"/jobs/{job['id']}").json()["attempt_list"]) == 1
@@ -108,7 +94,7 @@ def test_killed_worker_job_resumes_elsewhere_from_its_checkpoint(api, start_work
 
     detected = datetime.fromisoformat(lost["finished_at"]).timestamp() - killed_at
     assert detected < 30, f"lost attempt noticed after {detected:.1f}s"
-    lines = texts(api, job_id)
+    lines = log_texts(api, job_id)
     assert any("resuming from last.ckpt" in t for t in lines)
     expected = api.get(f"/jobs/{reference}").json()["metrics"]
     for name in ("val_loss", "val_acc"):
@@ -170,7 +156,7 @@ def test_storage_outage_at_start_is_retried_after_a_backoff(api, worker, s3_serv
 
         # The attempt fails, then keeps its log until storage is back: it is not lost meanwhile.
         def first_attempt_ended() -> bool:
-            return any(t.startswith("[trainfarm] attempt 1 ended: failed") for t in texts(api, job_id))
+            return any(t.startswith("[trainfarm] attempt 1 ended: failed") for t in log_texts(api, job_id))
 
         wait_for(first_attempt_ended, timeout=90, what="the first attempt to fail")
     finally:
@@ -181,7 +167,7 @@ def test_storage_outage_at_start_is_retried_after_a_backoff(api, worker, s3_serv
     assert second["status"] == "succeeded"
     assert "MaxRetryError" in first["error"], first["error"]
     assert first["log_key"] == f"logs/{job_id}/attempt-1.log"
-    assert "trained" in texts(api, job_id)
+    assert "trained" in log_texts(api, job_id)
 
 
 def test_training_process_dies_with_its_worker(api, start_worker):
@@ -189,8 +175,10 @@ def test_training_process_dies_with_its_worker(api, start_worker):
     job_id = api.post(
         "/jobs", json={"command": [PY, "-c", TICKER.replace("0.1", "1")], "queue": "cpu"}
     ).json()["id"]
-    wait_for(lambda: any(t.startswith("pid ") for t in texts(api, job_id)), timeout=60, what="the job's pid")
-    pid = int(next(t for t in texts(api, job_id) if t.startswith("pid ")).split()[1])
+    wait_for(
+        lambda: any(t.startswith("pid ") for t in log_texts(api, job_id)), timeout=60, what="the job's pid"
+    )
+    pid = int(next(t for t in log_texts(api, job_id) if t.startswith("pid ")).split()[1])
     # Kill only the worker's own processes, not the job's: the job must not outlive them.
     for proc in [psutil.Process(worker.pid), *psutil.Process(worker.pid).children()]:  # type: ignore[arg-type]
         if proc.pid != pid:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for, wait_status
-from tests.test_faults import kill_tree, texts
+from tests.conftest import log_texts, wait_for, wait_status
+from tests.test_faults import kill_tree
 
 PY = sys.executable
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -32,11 +32,11 @@ def test_redis_restart_during_a_job_loses_no_line_or_metric(api, worker, redis_s
         """
     )
     job_id = api.post("/jobs", json={"command": [PY, "-c", script], "queue": "cpu"}).json()["id"]
-    wait_for(lambda: "line 10" in texts(api, job_id), timeout=60, what="the job to print")
+    wait_for(lambda: "line 10" in log_texts(api, job_id), timeout=60, what="the job to print")
     redis_server.restart()  # SIGTERM: Redis writes its append-only file, then comes back with it
     job = wait_status(api, job_id, {"succeeded", "failed"}, timeout=120)
     assert job["status"] == "succeeded", job["error"]
-    assert [t for t in texts(api, job_id) if t.startswith("line ")] == [f"line {i}" for i in range(80)]
+    assert [t for t in log_texts(api, job_id) if t.startswith("line ")] == [f"line {i}" for i in range(80)]
     assert [m["step"] for m in api.get(f"/jobs/{job_id}/metrics").json()] == list(range(80))
     assert len(job["attempt_list"]) == 1
 
@@ -52,18 +52,20 @@ def test_s3_outage_during_artifact_upload_delivers_it_intact(api, worker, s3_ser
         """
     )
     job_id = api.post("/jobs", json={"command": [PY, "-c", script], "queue": "cpu"}).json()["id"]
-    wait_for(lambda: any(t.startswith("sha256 ") for t in texts(api, job_id)), timeout=60, what="the hash")
+    wait_for(
+        lambda: any(t.startswith("sha256 ") for t in log_texts(api, job_id)), timeout=60, what="the hash"
+    )
     s3_server.stop()
     try:
         ended = "[trainfarm] attempt 1 ended: succeeded"
-        wait_for(lambda: ended in texts(api, job_id), timeout=60, what="the process to end")
+        wait_for(lambda: ended in log_texts(api, job_id), timeout=60, what="the process to end")
         time.sleep(5)  # uploads are failing and retrying now
         assert api.get(f"/jobs/{job_id}").json()["status"] == "running"
     finally:
         s3_server.start()
     job = wait_status(api, job_id, {"succeeded", "failed"}, timeout=180)
     assert job["status"] == "succeeded", job["error"]
-    expected = next(t for t in texts(api, job_id) if t.startswith("sha256 ")).split()[1]
+    expected = next(t for t in log_texts(api, job_id) if t.startswith("sha256 ")).split()[1]
     [artifact] = [a for a in api.get(f"/jobs/{job_id}/artifacts").json() if a["name"] == "weights.bin"]
     assert artifact["sha256"] == expected and artifact["size"] == 24 * 1024 * 1024
     download = api.get(f"/jobs/{job_id}/artifacts/weights.bin")

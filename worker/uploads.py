@@ -38,15 +38,13 @@ def put_file(store: ArtifactStore, key: str, path: Path) -> ObjectInfo:
     return store.put_file(key, path)
 
 
-def upload_tree(
-    store: ArtifactStore, reporter: AttemptReporter, root: Path, job_id: int, prefix: str = ""
-) -> int:
+def upload_tree(store: ArtifactStore, reporter: AttemptReporter, root: Path, job_id: int) -> int:
     """Upload every file under `root` as an artifact of the job, reporting each one."""
     count = 0
     if not root.is_dir():
         return 0
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        name = prefix + path.relative_to(root).as_posix()
+        name = path.relative_to(root).as_posix()
         info = put_file(store, f"artifacts/{job_id}/{name}", path)
         reporter.report(
             EventKind.ARTIFACT, {"name": name, "key": info.key, "size": info.size, "sha256": info.sha256}

@@ -14,6 +14,11 @@ HyperValue = str | int | float | bool | list[str | int | float | bool]
 RECIPES: dict[str, tuple[str, ...]] = {"tabular-classifier": ("target",)}
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+#: A code bundle is named by the SHA-256 of its archive (content addressed: one upload per version).
+CODE_DIGEST_PATTERN = r"^[0-9a-f]{64}$"
+#: Docker image references: [registry[:port]/]path[:tag][@digest].
+IMAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$"
+ENVIRONMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
 class JobSpec(BaseModel):
@@ -26,6 +31,23 @@ class JobSpec(BaseModel):
     command: list[str] | None = Field(
         default=None, min_length=1, description="Command to run instead of a recipe, as argv"
     )
+    code: str | None = Field(
+        default=None,
+        pattern=CODE_DIGEST_PATTERN,
+        description="Digest of a code bundle uploaded to /api/code; the command runs in its unpacked tree",
+    )
+    image: str | None = Field(
+        default=None, pattern=IMAGE_PATTERN, description="Docker image to run in (the Docker backend)"
+    )
+    environment: str | None = Field(
+        default=None,
+        pattern=ENVIRONMENT_PATTERN,
+        description="Named conda or venv environment on the worker to run in (the process backend)",
+    )
+    memory_mb: int | None = Field(
+        default=None, ge=64, le=16 * 1024 * 1024, description="Memory limit in MiB (Docker backend)"
+    )
+    cpus: float | None = Field(default=None, gt=0, le=1024, description="CPU limit in cores (Docker backend)")
     datasets: list[str] = Field(
         default_factory=list, max_length=32, description="Dataset names, as uploaded to /api/datasets"
     )
@@ -47,9 +69,17 @@ class JobSpec(BaseModel):
             for key in RECIPES[self.recipe]:
                 if key not in self.hyperparameters:
                     raise ValueError(f"hyperparameters.{key} is required by recipe '{self.recipe}'")
+            if self.code is not None:
+                raise ValueError("'code' goes with a 'command'; a recipe brings its own code")
             if not self.datasets:
                 raise ValueError(f"datasets: recipe '{self.recipe}' needs a dataset to train on")
+        if self.image is not None and self.environment is not None:
+            raise ValueError("give at most one of 'image' (Docker) or 'environment' (conda/venv)")
         return self
+
+    @property
+    def backend(self) -> Literal["docker", "process"]:
+        return "docker" if self.image is not None else "process"
 
 
 class DatasetRef(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Mapping
@@ -67,6 +68,25 @@ class Settings(BaseSettings):
     node_offline_after: float = 15.0
     #: Seconds between the graceful stop signal and the kill of a cancelled job's processes.
     cancel_grace_period: float = 10.0
+    #: The GPUs this worker hands out, e.g. "0,1"; "none" for none; unset: every GPU it detects.
+    gpus: str | None = None
+    #: Seconds a job that needs more free GPUs than this node has waits here before it is put back
+    #: on its queue for another node to take.
+    placement_wait: float = 2.0
+    #: Where named `environment`s are looked up: each folder holds venvs or conda envs by name.
+    #: Unset: ~/.virtualenvs and the envs folder of the conda installation the worker runs under.
+    environment_dirs: list[Path] = Field(default_factory=list)
+
+    # Docker backend
+    #: Docker engine address (e.g. unix:///run/docker.sock, npipe:////./pipe/docker_engine); unset:
+    #: the engine the Docker SDK finds from DOCKER_HOST or the platform default.
+    docker_host: str | None = None
+    #: Extra bind mounts for every job container, "host:container[:ro]" (a shared dataset volume).
+    docker_mounts: list[str] = Field(default_factory=list)
+    #: Pull a job's image when the node does not have it; off where no registry can be reached.
+    docker_pull: bool = True
+    #: /dev/shm of a job container: PyTorch DataLoader workers and DDP exchange tensors through it.
+    docker_shm_size: str = "2g"
 
     @model_validator(mode="after")
     def _normalise(self) -> Settings:
@@ -85,14 +105,20 @@ class Settings(BaseSettings):
             self.lease_grace = self.lease_ttl / 2
         self.cache_dir = (self.cache_dir or self.data_dir / "cache").expanduser()
         self.work_dir = (self.work_dir or self.data_dir / "work").expanduser()
+        if not self.environment_dirs:
+            self.environment_dirs = default_environment_dirs()
         if self.environment == "production" and self.s3_secret_key == DEV_S3_SECRET:
             raise ValueError("TRAINFARM_S3_SECRET_KEY must be set to a real secret in production")
         return self
 
     def to_env(self) -> dict[str, str]:
         """These settings as the environment of a child process (master, worker, flower)."""
-        values = self.model_dump(exclude_none=True)
-        return {f"TRAINFARM_{k.upper()}": str(v) for k, v in values.items()}
+        values = self.model_dump(mode="json", exclude_none=True)
+        # pydantic-settings reads list fields as JSON.
+        return {
+            f"TRAINFARM_{k.upper()}": json.dumps(v) if isinstance(v, list) else str(v)
+            for k, v in values.items()
+        }
 
     @property
     def dataset_cache_dir(self) -> Path:
@@ -103,6 +129,15 @@ class Settings(BaseSettings):
     def job_work_dir(self) -> Path:
         assert self.work_dir is not None
         return self.work_dir
+
+
+def default_environment_dirs() -> list[Path]:
+    """virtualenvwrapper's folder, the user's conda envs, and those of the conda that runs us."""
+    dirs = [Path.home() / ".virtualenvs", Path.home() / ".conda" / "envs"]
+    conda_exe = os.environ.get("CONDA_EXE")  # <root>/bin/conda, or Scripts/conda.exe on Windows
+    if conda_exe:
+        dirs.append(Path(conda_exe).parent.parent / "envs")
+    return dirs
 
 
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from shared.schemas import JobSpec, TaskMessage
+from shared.settings import child_environment
 from worker import runtime
 from worker.jobenv import AttemptDirs, job_environment
 
@@ -55,7 +56,7 @@ class Run:
 def job_env(root: Path, spec: JobSpec) -> dict[str, str]:
     """The environment a worker gives attempt 1 of job 7 in `root`: the worker's own code, so the
     contract tested here is the one jobs get."""
-    return job_environment(TaskMessage(job_id=7, attempt=1, spec=spec), AttemptDirs(root))
+    return child_environment(job_environment(TaskMessage(job_id=7, attempt=1, spec=spec), AttemptDirs(root)))
 
 
 def prepare_job(

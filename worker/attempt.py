@@ -6,8 +6,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,10 +16,11 @@ import urllib3
 from shared.errors import FinalError, RetryableError
 from shared.schemas import AttemptOutcome, EventKind, TaskMessage
 from shared.streams import cancel_key, drain_key, node_attempts_key
-from worker import draining, process
+from worker import draining
+from worker.backends.base import Execution, Launch
 from worker.checkpoints import CheckpointSync, PeriodicSync
 from worker.context import WorkerContext
-from worker.jobenv import AttemptDirs, job_environment
+from worker.jobenv import AttemptDirs
 from worker.lease_keeper import LeaseKeeper
 from worker.logpump import LogPump
 from worker.progress import EventsFileTail
@@ -32,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: How often the attempt checks its process, cancel and drain flags, timeout and metrics file.
 POLL_SECONDS = 0.2
+#: How long the last output of an ended process may take to be read.
+READER_DRAIN_SECONDS = 30.0
 RECIPE_MODULES = {"tabular-classifier": "worker.recipes.tabular"}
 
 
@@ -46,9 +47,10 @@ class Ending:
 
 
 class AttemptRunner:
-    def __init__(self, ctx: WorkerContext, message: TaskMessage) -> None:
+    def __init__(self, ctx: WorkerContext, message: TaskMessage, gpus: tuple[int, ...] = ()) -> None:
         self.ctx = ctx
         self.msg = message
+        self.gpus = gpus
         self.spec = message.spec
         self.node = ctx.settings.node_name
         self.holder = f"{self.node}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -121,26 +123,40 @@ class AttemptRunner:
             how = "cache hit" if item.cached else "downloaded"
             pump.note(f"dataset {item.name}: {item.size} bytes, {how}")
             fetched.append({"name": item.name, "cached": item.cached, "size": item.size})
+        workdir = dirs.root
+        if self.spec.code is not None:
+            count = self.ctx.code.unpack(self.spec.code, dirs.code)
+            pump.note(f"code bundle {self.spec.code[:12]}: {count} files")
+            workdir = dirs.code
         restored = checkpoints.restore()
         if restored:
             pump.note(f"restored checkpoint {restored} from an earlier attempt")
         self.reporter.report(EventKind.STARTED, {"datasets": fetched, "restored_checkpoint": restored})
         dirs.spec.write_text(self.spec.model_dump_json())
-        proc = process.start(self._argv(), dirs.root, job_environment(self.msg, dirs))
-        pump.follow(proc.stdout)  # type: ignore[arg-type]
-        syncer = PeriodicSync(checkpoints, self.spec.checkpoint_interval)
-        syncer.start()
+        backend = self.ctx.backend(self.spec)
+        where = f"GPUs {','.join(map(str, self.gpus))}" if self.gpus else "no GPU"
+        pump.note(f"starting with the {backend.name} backend, {where}")
+        execution = backend.start(Launch(self.msg, dirs, self._argv(), workdir, self.gpus))
         try:
-            return self._supervise(proc, pump, EventsFileTail(dirs.events), keeper)
+            pump.follow(execution.output())
+            syncer = PeriodicSync(checkpoints, self.spec.checkpoint_interval)
+            syncer.start()
+            try:
+                return self._supervise(execution, pump, EventsFileTail(dirs.events), keeper)
+            finally:
+                syncer.stop()
         finally:
-            syncer.stop()
+            if execution.poll() is None:  # we broke out of supervision: the process must not outlive it
+                execution.stop(self.ctx.settings.cancel_grace_period)
+            pump.join_readers(READER_DRAIN_SECONDS)  # every last line read before the container goes
+            execution.close()
 
     def _supervise(
-        self, proc: subprocess.Popen[bytes], pump: LogPump, events: EventsFileTail, keeper: LeaseKeeper
+        self, execution: Execution, pump: LogPump, events: EventsFileTail, keeper: LeaseKeeper
     ) -> Ending:
         started = time.monotonic()
         ending: Ending | None = None
-        while (code := proc.poll()) is None:
+        while (code := execution.poll()) is None:
             self._forward(events)
             cancel, drain = self._flags()
             if cancel:
@@ -158,8 +174,8 @@ class AttemptRunner:
                 pump.note(f"timeout of {self.spec.timeout}s reached: stopping the job")
                 ending = Ending(AttemptOutcome.FAILED, f"timeout: ran longer than {self.spec.timeout}s")
             if ending is not None:
-                process.stop_tree(proc, self.ctx.settings.cancel_grace_period)
-                code = proc.wait()
+                execution.stop(self.ctx.settings.cancel_grace_period)
+                code = execution.wait()
                 break
             time.sleep(POLL_SECONDS)
         self._forward(events)
@@ -187,7 +203,7 @@ class AttemptRunner:
         if self.spec.command is not None:
             return list(self.spec.command)
         assert self.spec.recipe is not None
-        return [sys.executable, "-u", "-m", RECIPE_MODULES[self.spec.recipe]]
+        return ["python", "-u", "-m", RECIPE_MODULES[self.spec.recipe]]
 
     def _finish(self, ending: Ending, log_key: str | None, tail: list[str]) -> None:
         self.reporter.report(

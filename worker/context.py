@@ -8,12 +8,18 @@ from dataclasses import dataclass
 
 import redis
 
+from shared.errors import RetryableError
 from shared.leases import Leases
 from shared.redis_client import make_redis
+from shared.schemas import JobSpec
 from shared.settings import Settings, get_settings
 from shared.storage import ArtifactStore, make_s3_client
 from shared.streams import EventBus, LogStream
+from worker.backends.base import Backend
+from worker.backends.process import ProcessBackend
+from worker.code_bundle import CodeBundles
 from worker.datasets import DatasetCache
+from worker.gpu_slots import GpuSlots, node_gpu_indices
 
 
 @dataclass
@@ -25,6 +31,23 @@ class WorkerContext:
     logs: LogStream
     datasets: DatasetCache
     leases: Leases
+    code: CodeBundles
+    gpu_slots: GpuSlots
+    process_backend: Backend
+    docker_backend: Backend | None = None
+
+    def backend(self, spec: JobSpec) -> Backend:
+        if spec.backend == "process":
+            return self.process_backend
+        if self.docker_backend is None:
+            # Built on first use: a node without Docker runs process jobs all the same.
+            from worker.backends.docker import DockerBackend, docker_client
+
+            try:
+                self.docker_backend = DockerBackend(docker_client(self.settings), self.settings)
+            except Exception as exc:  # docker.errors.DockerException: no engine, no permission
+                raise RetryableError(f"no Docker engine usable on {self.settings.node_name}: {exc}") from exc
+        return self.docker_backend
 
     @classmethod
     def connect(cls, settings: Settings) -> WorkerContext:
@@ -38,6 +61,9 @@ class WorkerContext:
             logs=LogStream(client, settings.log_stream_maxlen),
             datasets=DatasetCache(store, settings.dataset_cache_dir),
             leases=Leases(client, settings.lease_ttl),
+            code=CodeBundles(store, settings.cache_dir / "code"),  # type: ignore[operator]
+            gpu_slots=GpuSlots(node_gpu_indices(settings), settings.job_work_dir / "gpu-locks"),
+            process_backend=ProcessBackend(settings),
         )
 
 

@@ -54,6 +54,8 @@ def node_info(consumer: Any, client: redis.Redis) -> dict[str, Any]:
         "memory_available": memory.available,
         "memory_percent": memory.percent,
         "gpus": gpus.list_gpus(),
+        # The GPUs this worker hands out to jobs (TRAINFARM_GPUS may hold some back).
+        "gpu_slots": list(context.current().gpu_slots.indices),
         "running": running_attempts(client, settings.node_name),
         "versions": software_versions(),
     }

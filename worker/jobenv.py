@@ -1,19 +1,27 @@
-"""An attempt's directories on the node and the environment its process gets (the job contract)."""
+"""An attempt's directories and the environment its process gets: the job contract.
+
+The same layout serves the node (`AttemptDirs.create`) and a container's view of it
+(`AttemptDirs.inside(...)`), so the contract names the paths the process itself sees.
+"""
 
 from __future__ import annotations
 
 import json
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from shared.schemas import TaskMessage
-from shared.settings import child_environment
 
 
 @dataclass(frozen=True)
 class AttemptDirs:
     root: Path
+
+    @staticmethod
+    def inside(root: str) -> ContainerDirs:
+        """The same layout under `root` in a (Linux) container."""
+        return ContainerDirs(PurePosixPath(root))
 
     @property
     def data(self) -> Path:
@@ -36,6 +44,10 @@ class AttemptDirs:
         return self.root / "spec.json"
 
     @property
+    def code(self) -> Path:
+        return self.root / "code"
+
+    @property
     def log(self) -> Path:
         return self.root / "job.log"
 
@@ -48,8 +60,21 @@ class AttemptDirs:
         return dirs
 
 
-def job_environment(message: TaskMessage, dirs: AttemptDirs) -> dict[str, str]:
-    return child_environment(
+@dataclass(frozen=True)
+class ContainerDirs:
+    root: PurePosixPath
+
+    data = property(lambda self: self.root / "data")
+    output = property(lambda self: self.root / "output")
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    events = property(lambda self: self.root / "events.jsonl")
+    spec = property(lambda self: self.root / "spec.json")
+    code = property(lambda self: self.root / "code")
+
+
+def job_environment(message: TaskMessage, dirs: AttemptDirs | ContainerDirs) -> dict[str, str]:
+    """The TRAINFARM_* variables of the contract, with paths as the process sees them."""
+    return dict(
         {
             "TRAINFARM_JOB_ID": str(message.job_id),
             "TRAINFARM_ATTEMPT": str(message.attempt),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO
 
 import redis
 
@@ -56,18 +56,17 @@ class LogPump:
         """A line from trainfarm itself, marked so users tell it from their program's output."""
         self.write(f"[trainfarm] {message}")
 
-    def follow(self, pipe: IO[bytes]) -> None:
-        """Start reading a process's combined stdout/stderr until it closes."""
+    def follow(self, lines: Iterable[bytes]) -> None:
+        """Start reading a process's output lines (stdout and stderr together) until they end."""
         reader = threading.Thread(
-            target=self._read, args=(pipe,), name=f"logread-{self._job_id}", daemon=True
+            target=self._read, args=(lines,), name=f"logread-{self._job_id}", daemon=True
         )
         reader.start()
         self._readers.append(reader)
 
-    def _read(self, pipe: IO[bytes]) -> None:
-        for raw in iter(pipe.readline, b""):
+    def _read(self, lines: Iterable[bytes]) -> None:
+        for raw in lines:
             self.write(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
-        pipe.close()
 
     def _take(self) -> list[LogBatch]:
         with self._lock:
@@ -100,10 +99,14 @@ class LogPump:
             if not self._flush_once():
                 self._closed.wait(1.0)
 
-    def close(self, timeout: float = 600.0) -> None:
-        """Wait for the readers, then flush everything; retries while Redis is away, up to `timeout`."""
+    def join_readers(self, timeout: float) -> None:
+        """Wait until the followed outputs have ended and every line is taken."""
         for reader in self._readers:
             reader.join(timeout)
+
+    def close(self, timeout: float = 600.0) -> None:
+        """Wait for the readers, then flush everything; retries while Redis is away, up to `timeout`."""
+        self.join_readers(timeout)
         self._closed.set()
         self._flusher.join()
         deadline = threading.Event()

@@ -20,8 +20,34 @@ def run_attempt(self: Any, message: dict[str, Any]) -> str:
     """Run one attempt of a job to its end and report it; outcomes travel as events, not results."""
     draining.handle_sigterm()
     task = TaskMessage.model_validate(message)
-    log.info("job %s attempt %s: starting", task.job_id, task.attempt)
-    ending = AttemptRunner(context.current(), task).run()
+    ctx = context.current()
+    claim = ctx.gpu_slots.claim(task.spec, ctx.settings.placement_wait)
+    if claim is None:
+        _put_back(self, message)
+        log.info(
+            "job %s attempt %s: %d GPUs not free here, back on the queue",
+            task.job_id,
+            task.attempt,
+            task.spec.devices,
+        )
+        return "requeued"
+    with claim:
+        log.info("job %s attempt %s: starting", task.job_id, task.attempt)
+        ending = AttemptRunner(ctx, task, claim.gpus).run()
     outcome = ending.outcome.value if ending else "duplicate"
     log.info("job %s attempt %s: %s", task.job_id, task.attempt, outcome)
     return outcome
+
+
+def _put_back(task: Any, message: dict[str, Any]) -> None:
+    """Publish the message again, at its priority, so a node with free GPUs (or this one, later)
+    takes it; this delivery is then acknowledged. Should the worker die in between, two copies
+    exist, and the attempt lease lets only one of them run."""
+    delivery = task.request.delivery_info or {}
+    task.app.send_task(
+        RUN_ATTEMPT_TASK,
+        kwargs={"message": message},
+        queue=delivery.get("routing_key") or TaskMessage.model_validate(message).spec.queue,
+        priority=delivery.get("priority"),
+        task_id=task.request.id,
+    )

@@ -21,6 +21,7 @@ from master.models import (
     JobsPublic,
     MetricPublic,
 )
+from master.placement import check_fits, largest_online
 from shared.schemas import JobSpec
 from shared.status import JobStatus
 
@@ -37,6 +38,7 @@ class JobBatch(BaseModel):
 @router.post("", status_code=201, response_model=JobPublic)
 def submit_job(spec: JobSpec, session: SessionDep, state: StateDep) -> Job:
     """Validate a job spec, store the job and put it on its queue."""
+    check_fits(spec, largest_online(session, state.settings.node_offline_after))
     [job] = submit_jobs(session, state.dispatcher, [spec])
     JOBS_SUBMITTED.labels(spec.queue).inc()
     return job
@@ -45,6 +47,9 @@ def submit_job(spec: JobSpec, session: SessionDep, state: StateDep) -> Job:
 @router.post("/batch", status_code=201, response_model=list[JobPublic])
 def submit_batch(batch: JobBatch, session: SessionDep, state: StateDep) -> list[Job]:
     """Submit many jobs at once (a sweep); all are validated before any is stored."""
+    largest = largest_online(session, state.settings.node_offline_after)
+    for i, spec in enumerate(batch.jobs):
+        check_fits(spec, largest, field=f"jobs[{i}].devices")
     jobs = submit_jobs(session, state.dispatcher, batch.jobs)
     for spec in batch.jobs:
         JOBS_SUBMITTED.labels(spec.queue).inc()

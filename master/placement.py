@@ -1,0 +1,56 @@
+"""Refusing at submit time a job no online node could ever run: more devices than any node has.
+
+A job that fits some node but finds its devices busy is accepted and waits in the queue; with no
+node online at all (the farm is starting, or the nodes reboot) it is accepted too, and waits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlmodel import Session, select
+
+from master.models import Node
+from master.nodes import to_public
+from shared.errors import InvalidRequest
+from shared.schemas import JobSpec
+
+
+@dataclass(frozen=True)
+class Largest:
+    node: str
+    devices: int
+    kind: str  # "GPUs", or "CPU cores" on a node without GPUs
+
+
+def node_devices(info: dict) -> tuple[int, str]:
+    """What `devices` means on a node: the GPUs it hands out, or its CPU cores when it has none."""
+    slots = info.get("gpu_slots")
+    if isinstance(slots, list) and slots:
+        return len(slots), "GPUs"
+    cores = info.get("cpu_count")
+    return (cores if isinstance(cores, int) else 1), "CPU cores"
+
+
+def largest_online(session: Session, offline_after: float) -> dict[str, Largest]:
+    """Per queue, the online node with the most devices."""
+    largest: dict[str, Largest] = {}
+    for row in session.exec(select(Node)):
+        node = to_public(row, offline_after)
+        if not node.online:
+            continue
+        devices, kind = node_devices(node.info)
+        for queue in node.queues:
+            if queue not in largest or devices > largest[queue].devices:
+                largest[queue] = Largest(node.name, devices, kind)
+    return largest
+
+
+def check_fits(spec: JobSpec, largest: dict[str, Largest], field: str = "devices") -> None:
+    best = largest.get(spec.queue)
+    if best is not None and spec.devices > best.devices:
+        raise InvalidRequest(
+            f"asks for {spec.devices} devices, but the largest online node on queue '{spec.queue}' "
+            f"({best.node}) has {best.devices} {best.kind}",
+            field=field,
+        )

@@ -1,0 +1,85 @@
+"""The process backend: the job runs as a child process tree, in the worker's own Python
+environment or in a named conda/venv environment of the node."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from shared.errors import FinalError
+from shared.settings import Settings, child_environment
+from worker import process
+from worker.backends.base import Backend, Execution, Launch
+from worker.environments import activation, find_environment, interpreter
+from worker.jobenv import job_environment
+
+
+class ProcessExecution(Execution):
+    def __init__(self, proc: subprocess.Popen[bytes], grace: float) -> None:
+        self._proc = proc
+        self._grace = grace
+
+    def output(self) -> Iterator[bytes]:
+        assert self._proc.stdout is not None
+        with self._proc.stdout:
+            yield from iter(self._proc.stdout.readline, b"")
+
+    def poll(self) -> int | None:
+        return self._proc.poll()
+
+    def stop(self, grace: float) -> None:
+        process.stop_tree(self._proc, grace)
+
+    def wait(self) -> int:
+        return self._proc.wait()
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            process.stop_tree(self._proc, self._grace)
+            self._proc.wait()
+
+
+class ProcessBackend(Backend):
+    name = "process"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def start(self, launch: Launch) -> ProcessExecution:
+        spec = launch.message.spec
+        env = child_environment(job_environment(launch.message, launch.dirs))
+        if spec.environment is not None:
+            env_dir = find_environment(
+                spec.environment, self._settings.environment_dirs, self._settings.node_name
+            )
+            env = activation(env_dir, env)
+            python = interpreter(env_dir)
+        else:
+            # The worker's interpreter, also where a systemd unit or a service never activated its venv.
+            python = Path(sys.executable)
+            env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
+        env.update(gpu_environment(launch.gpus))
+        argv = self._resolve(launch.argv, python, env["PATH"])
+        return ProcessExecution(process.start(argv, launch.workdir, env), self._settings.cancel_grace_period)
+
+    def _resolve(self, argv: list[str], python: Path | None, path: str) -> list[str]:
+        """The executable looked up on the job's PATH, not the worker's: Windows resolves a bare
+        name against the parent's PATH, and a missing program is the job's fault, not the node's."""
+        if argv[0] == "python" and python is not None:
+            return [str(python), *argv[1:]]
+        found = shutil.which(argv[0], path=path)
+        if found is None and not Path(argv[0]).is_file():
+            raise FinalError(
+                f"command '{argv[0]}' not found on node {self._settings.node_name}", field="command"
+            )
+        return [found or argv[0], *argv[1:]]
+
+
+def gpu_environment(gpus: tuple[int, ...]) -> dict[str, str]:
+    """Only the assigned GPUs are visible, numbered as NVML and nvidia-smi number them (PCI order,
+    not CUDA's default fastest-first), so index 1 in a slot is index 1 in `nvidia-smi`."""
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}

@@ -113,8 +113,9 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., W
     """Start real Celery workers on demand; all are stopped at the end of the test."""
     started: list[WorkerProcess] = []
 
-    def start(node_name: str = "node-1", **kwargs: object) -> WorkerProcess:
-        proc = WorkerProcess(tmp_path / node_name, settings, node_name=node_name, **kwargs)  # type: ignore[arg-type]
+    def start(node_name: str = "node-1", overrides: dict | None = None, **kwargs: object) -> WorkerProcess:
+        own = settings.model_copy(update=overrides or {})
+        proc = WorkerProcess(tmp_path / node_name, own, node_name=node_name, **kwargs)  # type: ignore[arg-type]
         started.append(proc.start())
         return proc
 

@@ -160,3 +160,7 @@ def upload_dataset(api: httpx.Client, path: Path, name: str | None = None) -> di
         response = api.post("/datasets", params={"name": name or path.name}, content=fh.read())
     assert response.status_code == 201, response.text
     return response.json()
+
+
+# The Docker backend's engine and image (session fixtures), kept in a module of their own.
+from tests.docker_support import docker_engine, docker_image  # noqa: E402, F401

@@ -27,7 +27,29 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
 
     # A previous shutdown of this node left its drain flag; this run takes work again.
     context.current().redis.delete(drain_key(get_settings().node_name))
+    _remove_orphan_containers()
     start_heartbeat(sender)
+
+
+def _remove_orphan_containers() -> None:
+    """Job containers a worker of this node killed with -9 left behind; their attempts were
+    declared lost and run again, so they only hold GPUs and memory now."""
+    from worker.backends.docker import docker_client, remove_orphans
+
+    node = get_settings().node_name
+    try:
+        client = docker_client(get_settings(), timeout=10)
+    except Exception as exc:  # docker.errors.DockerException: no engine here, or no access to it
+        log.info("no Docker engine reachable (%s): this node runs no Docker jobs until there is", exc)
+        return
+    try:
+        removed = remove_orphans(client, node)
+        if removed:
+            log.warning("removed %d job containers that a killed worker of %s left", removed, node)
+    except Exception as exc:  # never keep a worker from starting over leftovers
+        log.error("could not remove leftover job containers of %s: %s", node, exc)
+    finally:
+        client.close()
 
 
 @signals.worker_process_init.connect

@@ -1,0 +1,105 @@
+"""A started job container, watched and stopped through the Docker engine's API."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator
+
+import docker
+import requests
+from docker.errors import DockerException, NotFound
+
+from shared.errors import RetryableError
+from worker.backends.base import Execution
+
+log = logging.getLogger(__name__)
+
+#: Exit code of a container whose process was killed (SIGKILL) or that vanished under us.
+KILLED = 137
+WAIT_POLL_SECONDS = 0.1
+
+
+def lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Whole lines out of a stream cut anywhere (the engine sends each write as it came)."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line + b"\n"
+    if pending:
+        yield pending
+
+
+class DockerExecution(Execution):
+    def __init__(self, client: docker.DockerClient, container_id: str, stream: Iterable[bytes]) -> None:
+        self._api = client.api
+        self.container_id = container_id
+        #: The container's stdout and stderr, attached before it started.
+        self._stream = stream
+        self._code: int | None = None
+        self._closed = False
+
+    def output(self) -> Iterator[bytes]:
+        try:
+            yield from lines(self._stream)
+        except (DockerException, requests.RequestException) as exc:
+            yield f"[trainfarm] the container's output could not be read to its end: {exc}\n".encode()
+            return
+        if self._oom_killed():
+            yield b"[trainfarm] the container ran out of memory and was killed (spec memory_mb)\n"
+
+    def poll(self) -> int | None:
+        if self._code is None:
+            state = self._state()
+            if state is None:  # removed under us (`docker rm -f`): as good as killed
+                self._code = KILLED
+            elif state["Status"] in ("exited", "dead"):
+                self._code = int(state["ExitCode"])
+        return self._code
+
+    def stop(self, grace: float) -> None:
+        # The engine sends SIGTERM (through the container's init, to the job's process), then SIGKILL.
+        try:
+            self._api.stop(self.container_id, timeout=math.ceil(grace))
+        except NotFound:
+            return
+        except (DockerException, requests.RequestException) as exc:
+            raise RetryableError(f"could not stop container {self.container_id[:12]}: {exc}") from exc
+
+    def wait(self) -> int:
+        # Polled rather than the engine's blocking wait, which the client's read timeout would cut short.
+        while (code := self.poll()) is None:
+            time.sleep(WAIT_POLL_SECONDS)
+        return code
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            with contextlib.suppress(NotFound):  # already gone is what close() asks for
+                self._api.remove_container(self.container_id, force=True)
+        except (DockerException, requests.RequestException) as exc:
+            # The worker's next start removes it (`remove_orphans`): it is labelled with this node.
+            log.error("container %s could not be removed: %s", self.container_id[:12], exc)
+            return
+        self._closed = True
+
+    def _oom_killed(self) -> bool:
+        try:
+            state = self._state()
+        except RetryableError:  # the poll loop reports an engine gone away
+            return False
+        return state is not None and bool(state.get("OOMKilled"))
+
+    def _state(self) -> dict | None:
+        """The container's State, None once it no longer exists."""
+        try:
+            return self._api.inspect_container(self.container_id)["State"]
+        except NotFound:
+            return None
+        except (DockerException, requests.RequestException) as exc:
+            raise RetryableError(f"Docker engine unreachable: {exc}") from exc

@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tenacity import retry, stop_after_delay, wait_exponential
 
-from master.api import artifacts, datasets, errors, health, jobs, logs, nodes
+from master.api import artifacts, code, datasets, errors, health, jobs, logs, nodes
 from master.background import start_loops
 from master.db import init_db, make_engine
 from master.events import EventConsumer
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (jobs, logs, artifacts, datasets, nodes, health):
+    for module in (jobs, logs, artifacts, datasets, code, nodes, health):
         app.include_router(module.router, prefix="/api")
 
     @app.middleware("http")

@@ -13,6 +13,7 @@ from master.models import Dataset, Job, JobAttempt, utcnow
 from shared.errors import Conflict, InvalidRequest
 from shared.schemas import AttemptOutcome, JobSpec
 from shared.status import JobStatus, can_move
+from shared.storage import ArtifactStore, code_bundle_key
 from shared.streams import cancel_key
 
 #: Cancel flags outlive any queue wait; a week is far beyond it.
@@ -28,6 +29,22 @@ def check_datasets(session: Session, spec: JobSpec) -> None:
             raise InvalidRequest(
                 f"dataset '{name}' not found; upload it first (trainfarm datasets upload)",
                 field=f"datasets[{i}]",
+            )
+
+
+def check_code(store: ArtifactStore, specs: list[JobSpec], *, batch: bool = False) -> None:
+    """Every code bundle named is in S3; one stat per distinct digest, however many jobs share it."""
+    present: dict[str, bool] = {}
+    for i, spec in enumerate(specs):
+        if spec.code is None:
+            continue
+        if spec.code not in present:
+            present[spec.code] = store.exists(code_bundle_key(spec.code))
+        if not present[spec.code]:
+            raise InvalidRequest(
+                f"code bundle {spec.code} not found; upload it first (PUT /api/code/<digest>, "
+                "or let `trainfarm submit DIR` pack and upload it)",
+                field=f"jobs[{i}].code" if batch else "code",
             )
 
 

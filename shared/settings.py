@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     s3_bucket: str = "trainfarm"
     s3_secure: bool = False
     s3_region: str | None = None
+    #: Largest code bundle (`trainfarm submit DIR`, a .tar.gz) the master accepts.
+    code_bundle_max_bytes: int = 256 * 1024 * 1024
 
     # Reliability
     #: A worker renews its attempt's lease every third of this; a dead worker's attempt is declared
@@ -153,20 +155,3 @@ def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
-
-
-class JobContext(BaseSettings):
-    """What a training process learns about its job from the environment the worker gives it."""
-
-    model_config = SettingsConfigDict(env_prefix="TRAINFARM_", extra="ignore")
-
-    job_id: int
-    attempt: int = 1
-    spec_file: Path
-    data_dir: Path
-    output_dir: Path
-    checkpoint_dir: Path
-    #: JSON-lines file the worker tails for metrics and progress; a file so it works without network.
-    events_file: Path
-    devices: int = 1
-    hyperparameters: str = "{}"

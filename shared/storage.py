@@ -142,3 +142,8 @@ class ArtifactStore:
 
     def read_text(self, key: str) -> str:
         return b"".join(self.iter_bytes(key)).decode("utf-8", errors="replace")
+
+
+def code_bundle_key(digest: str) -> str:
+    """Where the code bundle with this SHA-256 lives: content addressed, so written once per version."""
+    return f"code/{digest}.tar.gz"

@@ -68,7 +68,8 @@ def connect(
     ctx.obj = client
 
 
-for command in (cli_jobs.submit, cli_jobs.jobs, cli_jobs.show, cli_jobs.logs, cli_jobs.cancel):
+app.command(cls=cli_jobs.SubmitCommand)(cli_jobs.submit)
+for command in (cli_jobs.jobs, cli_jobs.show, cli_jobs.logs, cli_jobs.cancel):
     app.command()(command)
 app.command()(cli_data.artifacts)
 app.add_typer(cli_data.datasets, name="datasets")

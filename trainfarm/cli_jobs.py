@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 import click
 import typer
+from typer.core import TyperCommand
 
+from shared.errors import TrainfarmError
 from shared.status import JobStatus
-from trainfarm import render
+from trainfarm import bundle, render
 from trainfarm.client import ApiClient
 
 #: `logs -f` exit status by how the job ended; anything else (unknown) is 1 too.
@@ -19,6 +23,86 @@ FOLLOW_EXIT = {"succeeded": 0, "failed": 1, "cancelled": 2}
 LOG_PAGE = 5000
 
 JobId = Annotated[int, typer.Argument(metavar="JOB", help="Job id.", show_default=False)]
+#: Where `SubmitCommand` keeps the words after `--`.
+AFTER_DASHES = "trainfarm.command"
+#: Packed files the submit listing names before it sums up the rest (`--list` names them all).
+LISTED_FILES = 20
+SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+class SubmitCommand(TyperCommand):
+    """Splits `submit`'s arguments at `--`: the words after it are the command, verbatim, and a word
+    before it is the project directory. (Click drops the `--` itself, so only here can they be told apart.)"""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            cut = args.index("--")
+            ctx.meta[AFTER_DASHES] = args[cut + 1 :]
+            args = args[:cut]
+        return super().parse_args(ctx, args)
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return ["[OPTIONS]", "[PROJECT] -- COMMAND..."]
+
+
+def parse_size(text: str) -> int:
+    """`20M`, `500k`, `1.5G` (binary units) or plain bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmg]?)(?:i?b)?\s*", text.lower())
+    if match is None:
+        raise TrainfarmError(f"'{text}' is not a size like 20M, 500K or 1048576", field="--max-file-size")
+    return int(float(match.group(1)) * SIZE_UNITS[match.group(2)])
+
+
+def split_words(ctx: typer.Context, words: list[str]) -> tuple[Path | None, list[str]]:
+    """(project directory, command) from `[PROJECT] -- COMMAND...` or the older `COMMAND...`."""
+    after: list[str] | None = ctx.meta.get(AFTER_DASHES)
+    if after is None:
+        # No `--`: a first word naming a folder is the project (`submit ./proj --list`), a folder being
+        # no command anyway; otherwise every word is the command.
+        if words and Path(words[0]).is_dir():
+            return Path(words[0]), words[1:]
+        return None, words
+    if len(words) > 1:
+        raise TrainfarmError(f"one project directory before `--`, got {' '.join(words)}", field="PROJECT")
+    if words and not Path(words[0]).is_dir():
+        raise TrainfarmError(f"{words[0]} is not a directory", field="PROJECT")
+    return (Path(words[0]) if words else None), after
+
+
+def print_plan(plan: bundle.Plan, every_file: bool) -> None:
+    """What goes into the bundle and what is left out (with why), on stderr unless it is the output."""
+    out = render.console(stderr=not every_file)
+    files = plan.files
+    out.print(f"packing {plan.root}: {len(files)} files, {render.format_size(plan.total_size)}", markup=False)
+    shown = files if every_file else files[:LISTED_FILES]
+    width = render.widest([f.arcname for f in shown] + [s.arcname for s in plan.skipped], cap=60)
+    for entry in shown:
+        out.print(f"  {entry.arcname:<{width}}  {render.format_size(entry.size)}", markup=False)
+    if len(files) > len(shown):
+        out.print(f"  ... and {len(files) - len(shown)} more (--list names them all)", markup=False)
+    if plan.skipped:
+        out.print(f"skipped {len(plan.skipped)}:", markup=False)
+    for item in plan.skipped:
+        out.print(f"  {item.arcname:<{width}}  {item.reason}", markup=False)
+
+
+def upload_project(api: ApiClient, project: Path, max_file_size: int, dry_run: bool) -> str:
+    """Pack `project`, show the listing, and upload the bundle unless the farm has it; its digest."""
+    plan = bundle.scan(project, max_file_size=max_file_size)
+    print_plan(plan, every_file=dry_run)
+    err = render.console(stderr=True)
+    with tempfile.TemporaryDirectory(prefix="trainfarm-bundle-") as tmp:
+        archive = plan.write(Path(tmp) / "bundle.tar.gz")
+        short, size = archive.sha256[:12], render.format_size(archive.size)
+        if dry_run:
+            err.print(f"bundle {archive.sha256} ({size} compressed); not uploaded (--dry-run)", markup=False)
+        elif api.code_bundle(archive.sha256) is not None:
+            err.print(f"bundle {short} ({size}) is on the farm already", markup=False)
+        else:
+            with render.transfer_bar(f"bundle {short}") as progress:
+                api.upload_code_bundle(archive.path, archive.sha256, progress)
+            err.print(f"uploaded bundle {short} ({size})", markup=False)
+    return archive.sha256
 
 
 def parse_hyperparameters(items: list[str]) -> dict[str, Any]:
@@ -68,9 +152,13 @@ def follow_logs(api: ApiClient, job_id: int, after: str | None = None) -> str:
 
 def submit(
     ctx: typer.Context,
-    command: Annotated[
+    words: Annotated[
         list[str] | None,
-        typer.Argument(metavar="COMMAND", help="Command to run, after `--`.", show_default=False),
+        typer.Argument(
+            metavar="PROJECT -- COMMAND",
+            help="Project directory to pack and run in (optional), then the command to run, after `--`.",
+            show_default=False,
+        ),
     ] = None,
     recipe: Annotated[
         str | None, typer.Option(metavar="NAME", help="Built-in recipe instead of a command.")
@@ -111,19 +199,46 @@ def submit(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Stream the logs to the end; exit 0 only if it succeeded.")
     ] = False,
+    max_file_size: Annotated[
+        str,
+        typer.Option(metavar="SIZE", help="Leave project files bigger than this out (e.g. 5M, 1G)."),
+    ] = "20M",
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", "--list", help="Only list what the project bundle would hold; submit nothing."
+        ),
+    ] = False,
 ) -> None:
-    """Submit a job: a command, or a built-in recipe on datasets.
+    """Submit a job: a command, optionally in a project directory, or a built-in recipe on datasets.
+
+    With PROJECT, its files are packed (leaving out .git, caches, virtualenvs, files over --max-file-size and the patterns in its .trainfarmignore), listed, uploaded unless the farm has that version already, and the command runs in the unpacked copy.
 
     Prints the job's id and status; with -f, the job's log goes to stdout and that line to stderr.
 
     Examples:
+      trainfarm submit ./myproject -- python train.py --lr 0.01
+      trainfarm submit ./myproject --list
       trainfarm submit --queue cpu -- python train.py --lr 0.1
       trainfarm submit -f --queue cpu --hp hidden=[64,32] -- python train.py
       trainfarm submit --recipe tabular-classifier -d digits.csv --hp target=label
       trainfarm submit --spec job.json --priority 9
     """
     api: ApiClient = ctx.obj
+    project, command = split_words(ctx, words or [])
     body = read_spec_file(spec) if spec else {}
+    if project is not None:
+        if not (dry_run or command or body.get("command")):
+            raise TrainfarmError(
+                "give the command to run after `--`, e.g. -- python train.py", field="COMMAND"
+            )
+        body["code"] = upload_project(api, project, parse_size(max_file_size), dry_run)
+        if dry_run:
+            return
+    elif dry_run:
+        raise TrainfarmError(
+            "--dry-run lists a project's bundle; name the project directory", field="PROJECT"
+        )
     options = {
         "command": command or None,
         "recipe": recipe,

@@ -270,6 +270,30 @@ class ApiClient:
             timeout=timeout,
         )
 
+    # Code bundles ---------------------------------------------------------------------------------
+
+    def code_bundle(self, digest: str) -> dict[str, Any] | None:
+        """The stored bundle with this SHA-256 (`digest`, `size`), or None when the master has none."""
+        try:
+            return self._call("GET", f"/code/{digest}")
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def upload_code_bundle(self, path: Path, digest: str, progress: Progress | None = None) -> dict[str, Any]:
+        """Send a packed bundle; the master stores it only if its bytes hash to `digest`."""
+        size = path.stat().st_size
+        headers = {"Content-Length": str(size), "Content-Type": "application/gzip"}
+        timeout = httpx.Timeout(self._http.timeout.connect, read=300.0, write=300.0)
+        return self._call(
+            "PUT",
+            f"/code/{digest}",
+            headers=headers,
+            content=_file_chunks(path, progress, size),
+            timeout=timeout,
+        )
+
     def list_datasets(self) -> list[dict[str, Any]]:
         return self._call("GET", "/datasets")
 

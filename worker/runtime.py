@@ -1,13 +1,16 @@
-"""What training code calls inside a job: `report()` metrics, and Lightning callbacks that report, keep
-`last.ckpt` for the next attempt, stop cleanly on SIGTERM and make resumed epochs repeat exactly.
+"""What training code calls inside a job: `report()` metrics, a Lightning logger and callbacks that
+report, keep `last.ckpt` for the next attempt, stop cleanly on SIGTERM and make resumed epochs repeat
+exactly.
 
 Metrics travel through the events file (one JSON object a line) rather than the network, because the
 training process may run in a container that reaches nothing; the worker tails the file. This module
-must stay import-light: it runs in the job's process, which need not have Celery or Redis.
+must stay import-light: it runs in the job's process, which may have only the standard library, NumPy,
+torch and Lightning (no pydantic, Celery or Redis).
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import math
@@ -24,24 +27,26 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pydantic import ValidationError
+from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import rank_zero_only
 
-from shared.settings import JobContext
+from worker.job_contract import ContractError, JobContext
 
 #: The checkpoint a new attempt resumes from: the worker uploads the checkpoint dir while a job runs and
 #: restores this one file into the next attempt's checkpoint dir.
 LAST_CHECKPOINT = "last.ckpt"
+#: Where `TrainfarmLogger` writes the hyperparameters, in the output dir.
+HPARAMS_FILE = "hparams.json"
 
 
 @functools.cache
 def _context() -> JobContext | None:
     try:
-        return JobContext()
-    except ValidationError:
+        return JobContext.from_environ()
+    except ContractError as exc:
         # Cached, so this warns once per process.
         warnings.warn(
-            "not running under trainfarm (no TRAINFARM_* job environment): "
-            "metrics and checkpoints are not kept",
+            f"not running under trainfarm ({exc}): metrics and checkpoints are not kept",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -214,6 +219,8 @@ class TrainfarmCallback(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
+        if any(isinstance(logger, TrainfarmLogger) for logger in trainer.loggers):
+            return  # it reports what validation logged already; twice would double the history
         # callback_metrics still holds the previous epoch's training values here; Lightning computes a
         # new tensor for each metric it updates, so identity tells what this validation produced.
         fresh = {
@@ -287,6 +294,47 @@ class TrainfarmCallback(pl.Callback):
             epoch=trainer.current_epoch + 1,
             max_epochs=_max_epochs(trainer),
         )
+
+
+class TrainfarmLogger(Logger):
+    """A Lightning logger: what the model records with `self.log` goes to trainfarm as metrics, and the
+    hyperparameters Lightning logs (`save_hyperparameters()`) to `hparams.json` in the output dir, which
+    comes back as an artifact.
+
+    Use it next to `TrainfarmCallback` (`Trainer(logger=TrainfarmLogger(), callbacks=[TrainfarmCallback()])`):
+    the callback then leaves validation metrics to the logger and keeps reporting progress and saving
+    `last.ckpt`. Only global rank zero records. Events carry `epoch` counted from 1, like the callback's.
+    Outside trainfarm it records nothing.
+    """
+
+    @property
+    def name(self) -> str:
+        return "trainfarm"
+
+    @property
+    def version(self) -> str:
+        # Lightning names its default checkpoint folder after this; one per attempt never mixes runs.
+        ctx = _context()
+        return f"job-{ctx.job_id}-attempt-{ctx.attempt}" if ctx else "local"
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        values = dict(metrics)
+        # Lightning adds the 0-based epoch under way to every call.
+        epoch = values.pop("epoch", None)
+        report(scalar_metrics(values), step=step, epoch=None if epoch is None else int(epoch) + 1)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        ctx = _context()
+        if ctx is None:
+            return
+        values = vars(params) if isinstance(params, argparse.Namespace) else dict(params)
+        path = ctx.output_dir / HPARAMS_FILE
+        # Merged, so a later call (the training code's own) adds to what Lightning logged.
+        merged = {**json.loads(path.read_text()), **values} if path.is_file() else values
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(merged, indent=2, sort_keys=True, default=str) + "\n")
 
 
 class SeedEveryEpoch(pl.Callback):

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
 from master.api.deps import JobDep, SessionDep, StateDep
-from master.lifecycle import cancel_job, submit_jobs
+from master.lifecycle import cancel_job, check_code, submit_jobs
 from master.metrics import JOBS_SUBMITTED
 from master.models import (
     AttemptPublic,
@@ -39,6 +39,7 @@ class JobBatch(BaseModel):
 def submit_job(spec: JobSpec, session: SessionDep, state: StateDep) -> Job:
     """Validate a job spec, store the job and put it on its queue."""
     check_fits(spec, largest_online(session, state.settings.node_offline_after))
+    check_code(state.store, [spec])
     [job] = submit_jobs(session, state.dispatcher, [spec])
     JOBS_SUBMITTED.labels(spec.queue).inc()
     return job
@@ -50,6 +51,7 @@ def submit_batch(batch: JobBatch, session: SessionDep, state: StateDep) -> list[
     largest = largest_online(session, state.settings.node_offline_after)
     for i, spec in enumerate(batch.jobs):
         check_fits(spec, largest, field=f"jobs[{i}].devices")
+    check_code(state.store, batch.jobs, batch=True)
     jobs = submit_jobs(session, state.dispatcher, batch.jobs)
     for spec in batch.jobs:
         JOBS_SUBMITTED.labels(spec.queue).inc()

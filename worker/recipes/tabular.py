@@ -8,7 +8,6 @@ the same weights and metrics as a run that was never interrupted; from a stop mi
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from typing import Annotated, Any
@@ -25,7 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from shared.errors import FinalError
 from shared.schemas import JobSpec
-from shared.settings import JobContext
+from worker.job_contract import ContractError, JobContext
 from worker.recipes.tabular_data import TabularData, load
 from worker.runtime import SeedEveryEpoch, TrainfarmCallback, last_checkpoint
 
@@ -192,13 +191,13 @@ def main() -> int:
     # Tensors already in memory: dataloader worker processes would only add start-up time.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     try:
-        ctx = JobContext()
+        ctx = JobContext.from_environ()
         spec = JobSpec.model_validate_json(ctx.spec_file.read_text())
         if not spec.datasets:
             raise FinalError(f"{RECIPE} needs a dataset")
-        params = TabularParams.model_validate({**spec.hyperparameters, **json.loads(ctx.hyperparameters)})
+        params = TabularParams.model_validate({**spec.hyperparameters, **ctx.hyperparameters})
         train(ctx, spec, params)
-    except (FinalError, ValidationError, json.JSONDecodeError) as exc:
+    except (FinalError, ValidationError, ContractError) as exc:
         print(f"{RECIPE}: error: {exc}", file=sys.stderr, flush=True)
         return 2
     return 0

@@ -1,0 +1,74 @@
+"""Code bundles on the node: downloaded once per digest into a local cache, unpacked into each attempt."""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from shared.errors import FinalError, NotFound
+from shared.storage import ArtifactStore, code_bundle_key, file_sha256
+
+log = logging.getLogger(__name__)
+
+
+class CodeBundles:
+    """The bundles `trainfarm submit DIR` uploads, as the node keeps them.
+
+    :param store: Where bundles live, under `code/<digest>.tar.gz`.
+    :param root: The node's cache folder; one archive per digest, checked against it before each use.
+    """
+
+    def __init__(self, store: ArtifactStore, root: Path) -> None:
+        self._store = store
+        self._root = root
+
+    def unpack(self, digest: str, dest: Path) -> int:
+        """Extract bundle `digest` into `dest`; the number of files. FinalError if it is missing or unsafe."""
+        archive = self._archive(digest)
+        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                members = tar.getmembers()
+                for member in members:
+                    _check(digest, member)
+                # The data filter refuses what the check above missed (absolute or outside paths, links).
+                tar.extractall(dest, members=members, filter="data")
+        except (tarfile.TarError, EOFError) as exc:
+            raise FinalError(f"code bundle {digest} cannot be unpacked: {exc}", field="code") from None
+        return sum(1 for m in members if m.isfile())
+
+    def _archive(self, digest: str) -> Path:
+        path = self._root / f"{digest}.tar.gz"
+        # Hashed on every use, not only after download: a cut-off or damaged cache file is fetched again.
+        if path.is_file() and file_sha256(path) == digest:
+            log.info("code bundle %s: cache hit", digest[:12])
+            return path
+        key = code_bundle_key(digest)
+        try:
+            self._store.stat(key)
+        except NotFound:
+            raise FinalError(
+                f"code bundle {digest} is not in storage ({key}); submit the project again to upload it",
+                field="code",
+            ) from None
+        self._store.download(key, path)  # into place by rename: a concurrent reader never sees half
+        got = file_sha256(path)
+        if got != digest:
+            path.unlink(missing_ok=True)
+            raise FinalError(f"code bundle {key} in storage has SHA-256 {got}, not its name", field="code")
+        log.info("code bundle %s: downloaded", digest[:12])
+        return path
+
+
+def _check(digest: str, member: tarfile.TarInfo) -> None:
+    # Read both ways: a Windows node would take `..\x` or `C:x` as climbing out of `dest` too.
+    posix, windows = PurePosixPath(member.name), PureWindowsPath(member.name)
+    if posix.is_absolute() or windows.anchor or ".." in posix.parts or ".." in windows.parts:
+        raise FinalError(f"code bundle {digest} holds an unsafe path {member.name!r}; refused", field="code")
+    if not (member.isfile() or member.isdir()):
+        # `trainfarm submit` packs files and folders only; anything else came from elsewhere.
+        raise FinalError(
+            f"code bundle {digest} holds {member.name!r}, which is neither a file nor a folder; refused",
+            field="code",
+        )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import PROJECT_ROOT, Settings
+from shared.settings import Settings
 from trainfarm.services.docker_engine import DockerEngine, unavailable_reason
 
 ON_CI = os.environ.get("CI") == "true"
@@ -25,8 +25,9 @@ TEST_IMAGE = "trainfarm-test:latest"
 
 def host_mounts() -> list[str]:
     """Read-only binds of the host paths the job's Python needs, each at its own path; a path
-    inside another one is left to it."""
-    paths = sorted({Path("/usr"), Path(sys.base_prefix), Path(sys.prefix), PROJECT_ROOT})
+    inside another one is left to it. Not the checkout: the backend binds trainfarm's packages
+    itself, and the tests prove that it does."""
+    paths = sorted({Path("/usr"), Path(sys.base_prefix), Path(sys.prefix)})
     kept = [p for p in paths if not any(p != q and p.is_relative_to(q) for q in paths)]
     return [f"{p}:{p}:ro" for p in kept]
 

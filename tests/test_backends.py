@@ -147,6 +147,8 @@ def test_contract_environment_paths_and_files(kind, backend, dirs, node_settings
         assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
         # Nothing of the worker's own environment: only the contract, ours, and the image's PATH.
         allowed = {"PATH", "HOSTNAME", "HOME", "PYTHONUNBUFFERED", "NVIDIA_VISIBLE_DEVICES", "LC_CTYPE"}
+        allowed.add("PYTHONPATH")
+        assert env["PYTHONPATH"] == "/opt/trainfarm"  # trainfarm's own packages, bound read-only
         assert {k for k in env if not k.startswith("TRAINFARM_")} <= allowed
     else:
         assert Path(env["TRAINFARM_OUTPUT_DIR"]) == dirs.output and Path(report["cwd"]) == dirs.root

@@ -16,13 +16,18 @@ from docker.types import DeviceRequest, Mount
 
 from shared.errors import FinalError, RetryableError
 from shared.schemas import JobSpec
-from shared.settings import Settings
+from shared.settings import PROJECT_ROOT, Settings
 from worker.backends.base import Backend, Launch
 from worker.backends.docker_execution import DockerExecution
 from worker.jobenv import AttemptDirs, job_environment
 
 #: Where a container sees its attempt's directory (data, output, checkpoints, code, events file).
 CONTAINER_ROOT = "/trainfarm"
+#: trainfarm's own packages, bound read-only and importable in every job container, so user code can
+#: `from worker.runtime import TrainfarmCallback` (stdlib, NumPy, torch and Lightning suffice) and a
+#: recipe runs in any image that has its libraries, without trainfarm installed there.
+CONTAINER_LIBRARY = "/opt/trainfarm"
+LIBRARY_PACKAGES = ("worker", "shared")
 #: On every job container; `remove_orphans` finds a dead worker's containers by the node label.
 NODE_LABEL, JOB_LABEL, ATTEMPT_LABEL = "trainfarm.node", "trainfarm.job", "trainfarm.attempt"
 
@@ -88,6 +93,7 @@ class DockerBackend(Backend):
         environment = job_environment(launch.message, inside)
         environment.update(
             PYTHONUNBUFFERED="1",
+            PYTHONPATH=CONTAINER_LIBRARY,
             HOME="/tmp",
             # The NVIDIA runtime reads this too: set, an image's ENV ...=all cannot expose every GPU.
             NVIDIA_VISIBLE_DEVICES=",".join(str(g) for g in launch.gpus) or "void",
@@ -140,6 +146,12 @@ class DockerBackend(Backend):
             Mount(CONTAINER_ROOT, str(root), type="bind"),
             # On top, read-only: the files are hard links into the node's dataset cache.
             Mount(f"{CONTAINER_ROOT}/data", str(root / "data"), type="bind", read_only=True),
+            *(
+                Mount(
+                    f"{CONTAINER_LIBRARY}/{package}", str(PROJECT_ROOT / package), type="bind", read_only=True
+                )
+                for package in LIBRARY_PACKAGES
+            ),
             *self._extra_mounts,
         ]
 

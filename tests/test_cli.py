@@ -107,6 +107,15 @@ def test_cancel_and_bad_input(master):
     assert bad.exit_code == 1
     assert bad.stderr.startswith("error: devices:") and "(field: devices)" in bad.stderr
 
+    both = cli(master.url, "submit", "--image", "lab/torch:2", "--env", "torch2", "--", "python", "t.py")
+    assert both.exit_code == 1 and "give at most one of 'image' (Docker) or 'environment'" in both.stderr
+    docker = cli(
+        master.url, "submit", "--image", "lab/torch:2", "--memory", "512", "--cpus", "1.5", "--", "true"
+    )
+    assert docker.exit_code == 0, docker.output
+    shown = httpx.get(f"{master.url}/api/jobs/2").json()["spec"]
+    assert (shown["image"], shown["memory_mb"], shown["cpus"]) == ("lab/torch:2", 512, 1.5)
+
     unknown = cli(master.url, "show", "999")
     assert (unknown.exit_code, unknown.stderr.strip()) == (1, "error: job 999 not found (field: job_id)")
     assert cli(master.url, "logs", "-f", "999").exit_code == 1

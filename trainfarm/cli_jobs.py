@@ -190,6 +190,17 @@ def submit(
         int | None, typer.Option(metavar="N", help="Retries after a failed attempt.  \\[default: 2]")
     ] = None,
     name: Annotated[str | None, typer.Option(metavar="NAME", help="Display name.")] = None,
+    image: Annotated[
+        str | None, typer.Option(metavar="IMAGE", help="Run in this Docker image (no network in it).")
+    ] = None,
+    env: Annotated[
+        str | None,
+        typer.Option("--env", metavar="NAME", help="Run in this conda env or venv of the worker."),
+    ] = None,
+    memory: Annotated[
+        int | None, typer.Option("--memory", metavar="MIB", help="Memory limit of the container.")
+    ] = None,
+    cpus: Annotated[float | None, typer.Option(metavar="N", help="CPU limit of the container.")] = None,
     spec: Annotated[
         Path | None,
         typer.Option(
@@ -220,6 +231,8 @@ def submit(
       trainfarm submit ./myproject -- python train.py --lr 0.01
       trainfarm submit ./myproject --list
       trainfarm submit --queue cpu -- python train.py --lr 0.1
+      trainfarm submit ./myproject --image lab/torch:2.13 --devices 2 -- python train.py
+      trainfarm submit ./myproject --env torch-nightly -- python train.py
       trainfarm submit -f --queue cpu --hp hidden=[64,32] -- python train.py
       trainfarm submit --recipe tabular-classifier -d digits.csv --hp target=label
       trainfarm submit --spec job.json --priority 9
@@ -250,6 +263,10 @@ def submit(
         "timeout": timeout,
         "max_retries": retries,
         "name": name,
+        "image": image,
+        "environment": env,
+        "memory_mb": memory,
+        "cpus": cpus,
     }
     body.update({k: v for k, v in options.items() if v is not None})
     if hp:

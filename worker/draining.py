@@ -11,6 +11,8 @@ from __future__ import annotations
 import signal
 import threading
 
+from billiard.process import current_process
+
 _requested = threading.Event()
 _pool_child = False
 
@@ -24,8 +26,10 @@ def requested() -> bool:
 
 
 def mark_pool_child() -> None:
+    """Called on `worker_process_init`, which the solo pool also sends in the main process: that
+    one keeps Celery's SIGTERM handler, or SIGTERM would never stop the worker."""
     global _pool_child
-    _pool_child = True
+    _pool_child = current_process().name != "MainProcess"
 
 
 def handle_sigterm() -> None:

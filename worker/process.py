@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import signal
 import subprocess
@@ -11,27 +13,102 @@ from pathlib import Path
 
 import psutil
 
+log = logging.getLogger(__name__)
 
-def _die_with_parent() -> None:
-    """Linux only: the kernel kills the training process if the worker dies (kill -9, OOM), so
-    no orphan keeps training and holding a GPU while the job is retried elsewhere."""
+
+def _linux_die_with_parent() -> None:
+    """The kernel kills the training process if the worker dies (kill -9, OOM), so no orphan keeps
+    training and holding a GPU while the job is retried elsewhere. (It fires when the *thread* that
+    started the process ends: the solo pool's main thread, or a threads-pool thread, which lives as
+    long as the worker.)"""
     import ctypes
 
     pr_set_pdeathsig = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+@functools.cache
+def _windows_kill_on_close_job() -> int | None:
+    """Windows' stand-in for PR_SET_PDEATHSIG: a job object that kills its processes when its last
+    handle closes. Only this worker holds that handle, and the OS closes it however the worker ends,
+    so training processes put in the job die with it. None where the job cannot be made."""
+    import ctypes
+    from ctypes import wintypes
+
+    class BasicLimits(ctypes.Structure):  # JOBOBJECT_BASIC_LIMIT_INFORMATION
+        _fields_ = [
+            ("PerProcessUserTimeLimit", ctypes.c_int64),
+            ("PerJobUserTimeLimit", ctypes.c_int64),
+            ("LimitFlags", wintypes.DWORD),
+            ("MinimumWorkingSetSize", ctypes.c_size_t),
+            ("MaximumWorkingSetSize", ctypes.c_size_t),
+            ("ActiveProcessLimit", wintypes.DWORD),
+            ("Affinity", ctypes.c_size_t),
+            ("PriorityClass", wintypes.DWORD),
+            ("SchedulingClass", wintypes.DWORD),
+        ]
+
+    class ExtendedLimits(ctypes.Structure):  # JOBOBJECT_EXTENDED_LIMIT_INFORMATION
+        _fields_ = [
+            ("BasicLimitInformation", BasicLimits),
+            ("IoInfo", ctypes.c_uint64 * 6),  # IO_COUNTERS
+            ("ProcessMemoryLimit", ctypes.c_size_t),
+            ("JobMemoryLimit", ctypes.c_size_t),
+            ("PeakProcessMemoryUsed", ctypes.c_size_t),
+            ("PeakJobMemoryUsed", ctypes.c_size_t),
+        ]
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32.CreateJobObjectW.argtypes = [wintypes.LPVOID, wintypes.LPCWSTR]
+    kernel32.CreateJobObjectW.restype = wintypes.HANDLE
+    kernel32.SetInformationJobObject.argtypes = [
+        wintypes.HANDLE,
+        ctypes.c_int,
+        wintypes.LPVOID,
+        wintypes.DWORD,
+    ]
+    kernel32.SetInformationJobObject.restype = wintypes.BOOL
+    job_object_extended_limit_information, job_object_limit_kill_on_job_close = 9, 0x2000
+    job = kernel32.CreateJobObjectW(None, None)
+    limits = ExtendedLimits()
+    limits.BasicLimitInformation.LimitFlags = job_object_limit_kill_on_job_close
+    if not job or not kernel32.SetInformationJobObject(
+        job, job_object_extended_limit_information, ctypes.byref(limits), ctypes.sizeof(limits)
+    ):
+        log.warning(
+            "no kill-on-close job object (error %s): jobs may outlive this worker", ctypes.get_last_error()
+        )
+        return None
+    return job
+
+
+def _windows_join_job(proc: subprocess.Popen[bytes]) -> None:
+    """Put the new process in the worker's kill-on-close job; processes it starts later join too.
+    (What it starts in its first milliseconds, before this call, is not covered.)"""
+    import ctypes
+    from ctypes import wintypes
+
+    job = _windows_kill_on_close_job()
+    if job is None:
+        return
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32.AssignProcessToJobObject.argtypes = [wintypes.HANDLE, wintypes.HANDLE]
+    kernel32.AssignProcessToJobObject.restype = wintypes.BOOL
+    if not kernel32.AssignProcessToJobObject(job, int(proc._handle)):  # type: ignore[attr-defined]
+        log.warning("pid %s is not in the worker's job object (error %s)", proc.pid, ctypes.get_last_error())
+
+
 def start(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     """Start `argv` in its own process group, stdout and stderr merged into one pipe."""
     kwargs: dict = {}
     if sys.platform == "linux":
-        kwargs["preexec_fn"] = _die_with_parent
+        kwargs["preexec_fn"] = _linux_die_with_parent
     if os.name == "posix":
         # A session of its own: the whole tree (DDP ranks, dataloader workers) gets our signals.
         kwargs["start_new_session"] = True
     else:
         kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         list(argv),
         cwd=cwd,
         env=dict(env),
@@ -40,6 +117,9 @@ def start(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> subprocess.
         stderr=subprocess.STDOUT,
         **kwargs,
     )
+    if os.name == "nt":
+        _windows_join_job(proc)
+    return proc
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -59,8 +139,13 @@ def stop_tree(proc: subprocess.Popen[bytes], grace: float) -> None:
         except ProcessLookupError:
             return
     else:
-        # Ctrl-Break is the one console signal a process group can receive on Windows.
-        proc.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+        # Ctrl-Break is the one console signal a process group can receive on Windows; it needs a
+        # console shared with the job (a worker run as a service may have none): kill at once then.
+        try:
+            proc.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+        except OSError as exc:
+            log.warning("cannot send Ctrl-Break to pid %s (%s): killing its tree", proc.pid, exc)
+            grace = 0
     _gone, alive = psutil.wait_procs(procs, timeout=grace)
     for p in alive:
         try:

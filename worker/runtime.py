@@ -109,7 +109,10 @@ def save_checkpoint(trainer: pl.Trainer, path: Path) -> None:
 
 
 def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    if os.name == "nt" and path.is_dir():
+        return  # Windows cannot open a directory to flush it
+    # Windows flushes only through a handle that may write.
+    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -256,6 +259,8 @@ class TrainfarmCallback(pl.Callback):
         # no checkpoint dir to save into, so Lightning's own handling stays.
         if threading.current_thread() is threading.main_thread() and _context() is not None:
             signal.signal(signal.SIGTERM, self._on_sigterm)
+            if os.name == "nt":  # the worker stops a job there with Ctrl-Break
+                signal.signal(signal.SIGBREAK, self._on_sigterm)  # type: ignore[attr-defined]
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         # Only a flag: the handler may interrupt anything, a print or a checkpoint write included.

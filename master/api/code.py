@@ -39,7 +39,9 @@ def _stat(store: ArtifactStore, digest: str) -> CodeBundlePublic:
     return CodeBundlePublic(digest=digest, size=info.size)
 
 
-@router.api_route("/{digest}", methods=["GET", "HEAD"], response_model=CodeBundlePublic)
+# HEAD answers the same, out of the OpenAPI schema (one operation id per route there).
+@router.api_route("/{digest}", methods=["HEAD"], response_model=CodeBundlePublic, include_in_schema=False)
+@router.get("/{digest}", response_model=CodeBundlePublic)
 async def get_code_bundle(digest: Digest, state: StateDep, response: Response) -> CodeBundlePublic:
     """Whether a code bundle is stored, and its size; 404 when it is not."""
     bundle = await anyio.to_thread.run_sync(_stat, state.store, digest)

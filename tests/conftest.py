@@ -4,6 +4,7 @@ uvicorn and Celery workers, each a separate process on 127.0.0.1 and free ports.
 from __future__ import annotations
 
 import os
+import textwrap
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -153,6 +154,24 @@ def log_texts(api: httpx.Client, job_id: int) -> list[str]:
     """Every line of a job's log so far, all attempts, in order."""
     lines = api.get(f"/jobs/{job_id}/logs", params={"limit": 100_000}).json()["lines"]
     return [line["text"] for line in lines]
+
+
+def ticking_job(ticks: int, interval: float) -> str:
+    """Python source of a job that prints its pid, then `ticks` numbered lines `interval` s apart;
+    on SIGTERM it says so and exits 0, as a trainer that saves a checkpoint first does."""
+    return textwrap.dedent(
+        f"""
+        import os, signal, sys, time
+        def stop(*_):
+            print("got SIGTERM, saving", flush=True)
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, stop)
+        print("pid", os.getpid(), flush=True)
+        for i in range({ticks}):
+            print("tick", i, flush=True)
+            time.sleep({interval})
+        """
+    )
 
 
 def upload_dataset(api: httpx.Client, path: Path, name: str | None = None) -> dict:

@@ -11,25 +11,11 @@ import pytest
 import redis
 
 from shared.streams import log_key
-from tests.conftest import log_texts, wait_for, wait_status
+from tests.conftest import log_texts, ticking_job, wait_for, wait_status
 
 PY = sys.executable
 
-#: Prints its pid, then a numbered line every 0.1 s; on SIGTERM says so and exits like a trainer
-#: that saves a checkpoint first.
-SLOW_JOB = textwrap.dedent(
-    """
-    import os, signal, sys, time
-    def stop(*_):
-        print("got SIGTERM, saving", flush=True)
-        sys.exit(0)
-    signal.signal(signal.SIGTERM, stop)
-    print("pid", os.getpid(), flush=True)
-    for i in range(3000):
-        print("tick", i, flush=True)
-        time.sleep(0.1)
-    """
-)
+SLOW_JOB = ticking_job(3000, 0.1)
 
 
 def test_cancel_running_job_stops_its_processes_and_keeps_the_log(api, worker, settings):

@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import log_texts, wait_for, wait_status
+from tests.conftest import log_texts, ticking_job, wait_for, wait_status
 
 PY = sys.executable
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -36,21 +36,7 @@ TREE_JOB = textwrap.dedent(
     """
 )
 
-#: Ticks; on SIGTERM (the worker handing its job back) says so and exits 0, as a trainer that saved
-#: a checkpoint does.
-TICKER = textwrap.dedent(
-    """
-    import os, signal, sys, time
-    def stop(*_):
-        print("got SIGTERM, saving", flush=True)
-        sys.exit(0)
-    signal.signal(signal.SIGTERM, stop)
-    print("pid", os.getpid(), flush=True)
-    for i in range(15):
-        print("tick", i, flush=True)
-        time.sleep(0.2)
-    """
-)
+TICKER = ticking_job(15, 0.2)
 
 
 def gone(pid: int) -> bool:

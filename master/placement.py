@@ -23,10 +23,11 @@ class Largest:
     kind: str  # "GPUs", or "CPU cores" on a node without GPUs
 
 
-def node_devices(info: dict) -> tuple[int, str]:
-    """What `devices` means on a node: the GPUs it hands out, or its CPU cores when it has none."""
+def node_devices(info: dict, queue: str) -> tuple[int, str]:
+    """What `devices` means on a node: on the gpu queue the GPUs it hands out; else, or on a node
+    without GPUs, its CPU cores (DDP processes)."""
     slots = info.get("gpu_slots")
-    if isinstance(slots, list) and slots:
+    if queue == "gpu" and isinstance(slots, list) and slots:
         return len(slots), "GPUs"
     cores = info.get("cpu_count")
     return (cores if isinstance(cores, int) else 1), "CPU cores"
@@ -39,8 +40,8 @@ def largest_online(session: Session, offline_after: float) -> dict[str, Largest]
         node = to_public(row, offline_after)
         if not node.online:
             continue
-        devices, kind = node_devices(node.info)
         for queue in node.queues:
+            devices, kind = node_devices(node.info, queue)
             if queue not in largest or devices > largest[queue].devices:
                 largest[queue] = Largest(node.name, devices, kind)
     return largest

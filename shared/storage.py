@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +121,8 @@ class ArtifactStore:
     def download(self, key: str, dest: Path) -> None:
         """Download next to `dest` and rename into place, so a reader never sees half a file."""
         dest.parent.mkdir(parents=True, exist_ok=True)
-        partial = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+        # Unique per call: two threads of one worker (threads pool) may fetch the same object.
+        partial = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
         try:
             self._s3.fget_object(self.bucket, key, str(partial))
             os.replace(partial, dest)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from docker.types import Mount
 
-from shared.errors import FinalError
+from shared.errors import FinalError, RetryableError
 from shared.schemas import JobSpec, TaskMessage
 from shared.settings import Settings
 from tests.conftest import DIGITS, DIGITS_RECIPE, log_texts, upload_dataset, wait_for, wait_status
@@ -264,21 +264,45 @@ def test_docker_limits_mounts_labels_and_user(kind, backend, dirs, node_settings
 
 
 @pytest.mark.parametrize("kind", ["docker"])
-@pytest.mark.parametrize("pull", [False, True])
-def test_docker_missing_image_is_a_final_error_naming_it(kind, dirs, node_settings, pull):
-    settings = node_settings.model_copy(update={"docker_pull": pull})
-    # A registry on a closed port: the pull fails at once, with no network needed.
-    image = "127.0.0.1:9/trainfarm/absent:1"
-    job = JobSpec(command=["python", "-c", "pass"], image=image, queue="cpu")
-    client = docker_client(settings)
-    with pytest.raises(FinalError) as caught:
+def test_docker_errors_are_final_when_the_job_is_at_fault_and_retryable_when_the_node_is(
+    kind, docker_image, dirs, node_settings
+):
+    client = docker_client(node_settings)
+
+    def start(image: str, argv: list[str], pull: bool = False) -> None:
+        settings = node_settings.model_copy(update={"docker_pull": pull})
+        job = JobSpec(command=argv, image=image, queue="cpu")
         DockerBackend(client, settings).start(
-            Launch(TaskMessage(job_id=1, attempt=1, spec=job), dirs, ["true"], dirs.root)
+            Launch(TaskMessage(job_id=1, attempt=1, spec=job), dirs, argv, dirs.root)
         )
-    client.close()
-    assert caught.value.message.startswith(f"image '{image}' is not on node node-b and could not be pulled: ")
-    assert caught.value.field == "image"
-    assert ("pulling is off" in caught.value.message) is (not pull)
+
+    try:
+        absent = "127.0.0.1:9/trainfarm/absent:1"
+        with pytest.raises(FinalError) as missing:
+            start(absent, ["true"])
+        assert missing.value.message.startswith(
+            f"image '{absent}' is not on node node-b and could not be pulled: "
+        )
+        assert "pulling is off" in missing.value.message and missing.value.field == "image"
+        # A registry that cannot be reached (a closed port here) may answer later: retryable.
+        with pytest.raises(RetryableError, match=f"image '{absent}' could not be pulled on node-b"):
+            start(absent, ["true"], pull=True)
+        with pytest.raises(FinalError, match="is not a valid image name"):
+            start("Lab/UPPER:1", ["true"])
+        # The image is there, the program is not: the container's init says so and exits non-zero,
+        # which fails the job for good, as any program's non-zero exit does.
+        settings = node_settings.model_copy(update={"docker_pull": False})
+        job = JobSpec(command=["/no/such/program"], image=docker_image, queue="cpu")
+        message = TaskMessage(job_id=1, attempt=1, spec=job)
+        execution = DockerBackend(client, settings).start(
+            Launch(message, dirs, ["/no/such/program"], dirs.root)
+        )
+        said = b"".join(execution.output()).decode()
+        assert execution.wait() != 0 and "/no/such/program" in said
+        execution.close()
+        assert client.containers.list(all=True, filters={"label": "trainfarm.node=node-b"}) == []
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize("kind", ["docker"])

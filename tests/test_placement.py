@@ -7,6 +7,7 @@ operator also uses to hold GPUs back), so the placement itself runs for real; CU
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from master.placement import node_devices
 from shared.errors import FinalError
 from shared.schemas import JobSpec, TaskMessage
 from shared.settings import Settings
@@ -24,6 +26,7 @@ from trainfarm.services.farm import WorkerProcess
 from worker.backends.base import Execution, Launch
 from worker.backends.process import ProcessBackend
 from worker.jobenv import AttemptDirs
+from worker.uploads import regular_files
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -137,3 +140,35 @@ def test_a_missing_environment_or_program_is_a_final_error(envs_dir: Path, tmp_p
         backend.start(launch(tmp_path, command=["python", "-V"], environment="no-such-env"))
     with pytest.raises(FinalError, match="command 'no-such-program' not found on node n1"):
         backend.start(launch(tmp_path, command=["no-such-program"]))
+
+
+def test_a_command_with_a_folder_is_the_jobs_own_file(tmp_path: Path) -> None:
+    backend = ProcessBackend(Settings(node_name="n1"))
+    job = launch(tmp_path, command=["./run.sh", "hello"])
+    script = job.workdir / "run.sh"
+    script.write_text("#!/bin/sh\necho ran with $1\n")
+    script.chmod(0o644)
+    with pytest.raises(FinalError, match=re.escape("cannot run './run.sh': Permission denied")):
+        backend.start(job)  # not executable: the job's to fix, no retry helps
+    script.chmod(0o755)
+    assert run_to_end(backend.start(job)) == (0, ["ran with hello"])
+    with pytest.raises(FinalError, match=re.escape("command './train.sh' not found in the job's code")):
+        backend.start(launch(tmp_path, command=["./train.sh"]))
+
+
+def test_uploads_never_follow_links_out_of_the_job(tmp_path: Path) -> None:
+    secret = tmp_path / "node-secret"
+    secret.write_text("credentials")
+    output = tmp_path / "output"
+    (output / "sub").mkdir(parents=True)
+    (output / "sub" / "model.pt").write_text("weights")
+    (output / "stolen").symlink_to(secret)
+    (output / "linked-dir").symlink_to(tmp_path, target_is_directory=True)
+    assert regular_files(output) == [output / "sub" / "model.pt"]
+
+
+def test_devices_on_the_cpu_queue_count_cores_even_on_a_gpu_node() -> None:
+    info = {"gpu_slots": [0], "cpu_count": 16}
+    assert node_devices(info, "gpu") == (1, "GPUs")
+    assert node_devices(info, "cpu") == (16, "CPU cores")
+    assert node_devices({"gpu_slots": [], "cpu_count": 2}, "gpu") == (2, "CPU cores")

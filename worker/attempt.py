@@ -103,6 +103,13 @@ class AttemptRunner:
         try:
             upload_tree(self.ctx.store, self.reporter, dirs.output, job_id)
             checkpoints.sync()
+            if (
+                dirs.log.is_symlink()
+            ):  # the job swapped it for a link to a file of the node: never upload that
+                dirs.log.unlink()
+                dirs.log.write_text(
+                    "[trainfarm] the job replaced its log file with a link; it was not kept\n"
+                )
             log_key = put_file(self.ctx.store, f"logs/{job_id}/attempt-{number}.log", dirs.log).key
         except Exception as exc:
             log.exception("uploads of job %s attempt %s failed", job_id, number)
@@ -146,8 +153,18 @@ class AttemptRunner:
             finally:
                 syncer.stop()
         finally:
-            if execution.poll() is None:  # we broke out of supervision: the process must not outlive it
-                execution.stop(self.ctx.settings.cancel_grace_period)
+            self._end(execution, pump)
+
+    def _end(self, execution: Execution, pump: LogPump) -> None:
+        """Whatever happened, nothing of the job outlives the attempt: its GPUs go to the next one."""
+        try:
+            # Still running: we broke out of supervision. Ended: what it left in its process group
+            # (`cmd &`, a stray DataLoader worker) would hold its output open and its GPU busy.
+            running = execution.poll() is None
+            execution.stop(self.ctx.settings.cancel_grace_period if running else 0)
+        except Exception:  # an engine that stopped answering, say: close() still removes it
+            log.exception("stopping job %s attempt %s failed", self.msg.job_id, self.msg.attempt)
+        finally:
             pump.join_readers(READER_DRAIN_SECONDS)  # every last line read before the container goes
             execution.close()
 

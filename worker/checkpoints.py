@@ -9,7 +9,7 @@ from pathlib import Path
 from shared.schemas import EventKind
 from shared.storage import ArtifactStore
 from worker.reporter import AttemptReporter
-from worker.uploads import put_file, storage_retry
+from worker.uploads import put_file, regular_files, storage_retry
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class CheckpointSync:
         """Upload checkpoint files that are new or changed since the last sync."""
         with self._lock:
             count = 0
-            for path in sorted(p for p in self._local.rglob("*") if p.is_file()):
+            for path in regular_files(self._local):
                 name = path.relative_to(self._local).as_posix()
                 if name.startswith(".") or ".tmp" in name:  # a save in progress; its rename comes later
                     continue

@@ -6,10 +6,12 @@ import logging
 import tarfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from shared.errors import FinalError, NotFound
+from shared.errors import FinalError, NotFound, RetryableError
 from shared.storage import ArtifactStore, code_bundle_key, file_sha256
 
 log = logging.getLogger(__name__)
+#: Far above any project `trainfarm submit` packs (200 MiB compressed at most), far below a full disk.
+MAX_UNPACKED_BYTES = 4 * 1024**3
 
 
 class CodeBundles:
@@ -32,6 +34,12 @@ class CodeBundles:
                 members = tar.getmembers()
                 for member in members:
                     _check(digest, member)
+                unpacked = sum(m.size for m in members)
+                if unpacked > MAX_UNPACKED_BYTES:  # a few hundred MB of gzip can hold terabytes of zeros
+                    raise FinalError(
+                        f"code bundle {digest} unpacks to {unpacked} bytes, over {MAX_UNPACKED_BYTES}; refused",
+                        field="code",
+                    )
                 # The data filter refuses what the check above missed (absolute or outside paths, links).
                 tar.extractall(dest, members=members, filter="data")
         except (tarfile.TarError, EOFError) as exc:
@@ -54,9 +62,9 @@ class CodeBundles:
             ) from None
         self._store.download(key, path)  # into place by rename: a concurrent reader never sees half
         got = file_sha256(path)
-        if got != digest:
+        if got != digest:  # the master checked it on upload: a damaged download, worth another attempt
             path.unlink(missing_ok=True)
-            raise FinalError(f"code bundle {key} in storage has SHA-256 {got}, not its name", field="code")
+            raise RetryableError(f"code bundle {key} arrived with SHA-256 {got}, not its name")
         log.info("code bundle %s: downloaded", digest[:12])
         return path
 

@@ -35,8 +35,10 @@ def activation(env_dir: Path, base: dict[str, str]) -> dict[str, str]:
     python = interpreter(env_dir)
     assert python is not None
     bin_dirs = [python.parent]
-    if os.name == "nt" and (env_dir / "Library" / "bin").is_dir():
-        bin_dirs.append(env_dir / "Library" / "bin")  # conda's DLLs (CUDA, MKL) on Windows
+    if os.name == "nt" and (env_dir / "conda-meta").is_dir():
+        # What conda's activate puts first: entry points (torchrun, pip) and DLLs (CUDA, MKL).
+        extra = ["Scripts", "Library/mingw-w64/bin", "Library/usr/bin", "Library/bin"]
+        bin_dirs += [env_dir / d for d in extra if (env_dir / d).is_dir()]
     path = os.pathsep.join([*(str(d) for d in bin_dirs), base.get("PATH", "")])
     marker = "CONDA_PREFIX" if (env_dir / "conda-meta").is_dir() else "VIRTUAL_ENV"
     env = {k: v for k, v in base.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX")}

@@ -76,6 +76,7 @@ class GpuSlots:
             return Claim(())
         if spec.devices > len(self.indices):
             log.warning("a job asks for %d GPUs; this node has %d", spec.devices, len(self.indices))
+            time.sleep(wait)  # not a tight loop of taking and putting back while a bigger node is busy
             return None
         deadline = time.monotonic() + wait
         while (claim := self.try_claim(spec.devices)) is None and time.monotonic() < deadline:

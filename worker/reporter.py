@@ -38,7 +38,7 @@ class AttemptReporter:
     # Redis restarting or briefly unreachable must not lose an event: retry for up to ten minutes.
     @retry(
         retry=retry_if_exception_type(redis.ConnectionError),
-        wait=wait_exponential_jitter(initial=0.2, max=10),
+        wait=wait_exponential_jitter(multiplier=0.2, max=10),
         stop=stop_after_delay(600),
         reraise=True,
     )

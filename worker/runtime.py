@@ -104,8 +104,22 @@ def save_checkpoint(trainer: pl.Trainer, path: Path) -> None:
     trainer.save_checkpoint(partial, weights_only=False)
     if trainer.is_global_zero:
         _fsync(partial)
-        os.replace(partial, path)
+        _replace(partial, path)
         _fsync(path.parent)  # the rename itself survives a crash of the machine too
+
+
+def _replace(source: Path, target: Path, attempts: int = 50) -> None:
+    """os.replace, waiting out Windows' refusal to replace a file another process has open (the
+    worker reading the previous checkpoint to upload it); POSIX never refuses."""
+    for _ in range(attempts - 1):
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError:
+            if os.name != "nt":
+                raise
+            time.sleep(0.2)
+    os.replace(source, target)
 
 
 def _fsync(path: Path) -> None:

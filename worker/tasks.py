@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery import shared_task
 
 from shared.celery_config import RUN_ATTEMPT_TASK
 from shared.schemas import TaskMessage
+from shared.streams import cancel_key
 from worker import context, draining
 from worker.attempt import AttemptRunner
+from worker.gpu_slots import Claim
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +24,10 @@ def run_attempt(self: Any, message: dict[str, Any]) -> str:
     draining.handle_sigterm()
     task = TaskMessage.model_validate(message)
     ctx = context.current()
-    claim = ctx.gpu_slots.claim(task.spec, ctx.settings.placement_wait)
+    if _nothing_to_run(ctx, task):
+        claim: Claim | None = Claim(())  # the runner records the cancel, or drops the duplicate
+    else:
+        claim = ctx.gpu_slots.claim(task.spec, ctx.settings.placement_wait)
     if claim is None:
         _put_back(self, message)
         log.info(
@@ -37,6 +43,17 @@ def run_attempt(self: Any, message: dict[str, Any]) -> str:
     outcome = ending.outcome.value if ending else "duplicate"
     log.info("job %s attempt %s: %s", task.job_id, task.attempt, outcome)
     return outcome
+
+
+def _nothing_to_run(ctx: context.WorkerContext, task: TaskMessage) -> bool:
+    """Cancelled, or its lease already taken (a redelivered copy): it needs no GPU, and must not
+    wait for one or bounce between nodes."""
+    try:
+        cancelled = ctx.redis.exists(cancel_key(task.job_id))
+        [taken] = ctx.leases.present([(task.job_id, task.attempt)])
+    except redis.RedisError:
+        return False  # the runner meets the same outage and handles it
+    return bool(cancelled) or taken
 
 
 def _put_back(task: Any, message: dict[str, Any]) -> None:

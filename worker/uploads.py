@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import urllib3
@@ -27,7 +28,7 @@ def is_transient(exc: BaseException) -> bool:
 
 storage_retry = retry(
     retry=retry_if_exception(is_transient),
-    wait=wait_exponential_jitter(initial=0.5, max=15),
+    wait=wait_exponential_jitter(multiplier=0.5, max=15),
     stop=stop_after_delay(900),
     reraise=True,
 )
@@ -38,12 +39,24 @@ def put_file(store: ArtifactStore, key: str, path: Path) -> ObjectInfo:
     return store.put_file(key, path)
 
 
+def regular_files(root: Path) -> list[Path]:
+    """The plain files under `root`, sorted; symlinks are left out, so a job (in a container, say)
+    cannot make the worker upload a file of the node by linking to it."""
+    found = []
+    for folder, _dirs, names in os.walk(root):  # os.walk does not descend into linked folders
+        for name in names:
+            path = Path(folder) / name
+            if not path.is_symlink() and path.is_file():
+                found.append(path)
+    return sorted(found)
+
+
 def upload_tree(store: ArtifactStore, reporter: AttemptReporter, root: Path, job_id: int) -> int:
     """Upload every file under `root` as an artifact of the job, reporting each one."""
     count = 0
     if not root.is_dir():
         return 0
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in regular_files(root):
         name = path.relative_to(root).as_posix()
         info = put_file(store, f"artifacts/{job_id}/{name}", path)
         reporter.report(

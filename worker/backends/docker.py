@@ -10,8 +10,9 @@ from typing import Any
 
 import docker
 import requests
-from docker.errors import DockerException, ImageNotFound
+from docker.errors import APIError, DockerException, ImageNotFound
 from docker.models.containers import Container
+from docker.models.images import Image
 from docker.types import DeviceRequest, Mount
 
 from shared.errors import FinalError, RetryableError
@@ -80,6 +81,10 @@ class DockerBackend(Backend):
             # Best effort: if the engine is away, the worker's next start removes it (labelled).
             with contextlib.suppress(DockerException, requests.RequestException):
                 container.remove(force=True)
+            if _job_at_fault(exc):
+                raise FinalError(
+                    f"container of {launch.message.spec.image} did not start: {_said(exc)}", field="command"
+                ) from exc
             raise RetryableError(f"container of {launch.message.spec.image} did not start: {exc}") from exc
         return execution
 
@@ -88,12 +93,14 @@ class DockerBackend(Backend):
         spec = launch.message.spec
         if spec.image is None:
             raise FinalError("the Docker backend runs jobs that name an 'image'", field="image")
-        self._ensure_image(spec.image)
+        image_env = self._ensure_image(spec.image)
         inside = AttemptDirs.inside(CONTAINER_ROOT)
         environment = job_environment(launch.message, inside)
+        # Ours first, then the image's own, which a plain PYTHONPATH=... would have replaced.
+        python_path = ":".join(p for p in (CONTAINER_LIBRARY, image_env.get("PYTHONPATH")) if p)
         environment.update(
             PYTHONUNBUFFERED="1",
-            PYTHONPATH=CONTAINER_LIBRARY,
+            PYTHONPATH=python_path,
             HOME="/tmp",
             # The NVIDIA runtime reads this too: set, an image's ENV ...=all cannot expose every GPU.
             NVIDIA_VISIBLE_DEVICES=",".join(str(g) for g in launch.gpus) or "void",
@@ -123,19 +130,24 @@ class DockerBackend(Backend):
                 f"container of {spec.image} not created on {self._settings.node_name}: {exc}"
             ) from exc
 
-    def _ensure_image(self, image: str) -> None:
+    def _ensure_image(self, image: str) -> dict[str, str]:
+        """The image's own environment (its ENV lines), pulling the image if allowed and needed."""
         try:
-            self._client.images.get(image)
-            return
+            return _image_env(self._client.images.get(image))
         except ImageNotFound:
             why = "pulling is off (TRAINFARM_DOCKER_PULL=false)"
+        except APIError as exc:  # an invalid reference (upper case, say): no node can run it
+            raise FinalError(
+                f"image '{image}' is not a valid image name: {_said(exc)}", field="image"
+            ) from exc
+        node = self._settings.node_name
         if self._settings.docker_pull:
             try:
-                self._client.images.pull(image)
-                return
+                return _image_env(self._client.images.pull(image))
             except (DockerException, requests.RequestException) as exc:
-                why = getattr(exc, "explanation", None) or str(exc)  # the registry's answer, not the URL
-        node = self._settings.node_name
+                why = _said(exc)
+                if not _job_at_fault(exc):  # registry down, DNS, timeouts: another try may get it
+                    raise RetryableError(f"image '{image}' could not be pulled on {node}: {why}") from exc
         raise FinalError(
             f"image '{image}' is not on node {node} and could not be pulled: {why}", field="image"
         )
@@ -154,6 +166,23 @@ class DockerBackend(Backend):
             ),
             *self._extra_mounts,
         ]
+
+
+def _image_env(image: Image) -> dict[str, str]:
+    pairs = (entry.split("=", 1) for entry in image.attrs.get("Config", {}).get("Env") or [])
+    return {pair[0]: pair[1] for pair in pairs if len(pair) == 2}
+
+
+def _said(exc: Exception) -> str:
+    return str(getattr(exc, "explanation", None) or exc)  # the engine's or registry's words, not the URL
+
+
+def _job_at_fault(exc: Exception) -> bool:
+    """The engine refused the job's own request (no such image or executable, access denied): a
+    client error, not a GPU runtime missing on this node, which another node may have."""
+    if not isinstance(exc, APIError) or not exc.is_client_error():
+        return False
+    return "device driver" not in _said(exc) and "nvidia" not in _said(exc).lower()
 
 
 def gpu_requests(gpus: tuple[int, ...]) -> list[DeviceRequest]:

@@ -79,6 +79,10 @@ class DockerExecution(Execution):
     def close(self) -> None:
         if self._closed:
             return
+        closer = getattr(self._stream, "close", None)
+        if closer is not None:  # the SDK leaves the attach socket to its caller
+            with contextlib.suppress(Exception):
+                closer()
         try:
             with contextlib.suppress(NotFound):  # already gone is what close() asks for
                 self._api.remove_container(self.container_id, force=True)

@@ -63,14 +63,26 @@ class ProcessBackend(Backend):
             python = Path(sys.executable)
             env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
         env.update(gpu_environment(launch.gpus))
-        argv = self._resolve(launch.argv, python, env["PATH"])
-        return ProcessExecution(process.start(argv, launch.workdir, env), self._settings.cancel_grace_period)
+        argv = self._resolve(launch.argv, python, env["PATH"], launch.workdir)
+        try:
+            started = process.start(argv, launch.workdir, env)
+        except OSError as exc:  # not executable, no interpreter for its #! line: the job's to fix
+            raise FinalError(
+                f"cannot run '{launch.argv[0]}': {exc.strerror or exc}", field="command"
+            ) from exc
+        return ProcessExecution(started, self._settings.cancel_grace_period)
 
-    def _resolve(self, argv: list[str], python: Path | None, path: str) -> list[str]:
+    def _resolve(self, argv: list[str], python: Path | None, path: str, workdir: Path) -> list[str]:
         """The executable looked up on the job's PATH, not the worker's: Windows resolves a bare
-        name against the parent's PATH, and a missing program is the job's fault, not the node's."""
+        name against the parent's PATH, and a missing program is the job's fault, not the node's.
+        A name with a folder in it (`./train.sh`, `bin/run`) is the job's own, in its working dir."""
         if argv[0] == "python" and python is not None:
             return [str(python), *argv[1:]]
+        if os.path.dirname(argv[0]) and not os.path.isabs(argv[0]):
+            own = workdir / argv[0]
+            if not own.is_file():
+                raise FinalError(f"command '{argv[0]}' not found in the job's code", field="command")
+            return [str(own), *argv[1:]]
         found = shutil.which(argv[0], path=path)
         if found is None and not Path(argv[0]).is_file():
             raise FinalError(

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from master.api import artifacts, code, datasets, errors, health, jobs, logs, no
 from master.background import start_loops
 from master.db import init_db, make_engine
 from master.events import EventConsumer
-from master.metrics import HTTP_LATENCY, make_registry
+from master.metrics import RequestTimer, make_registry
 from master.reaper import LeaseReaper
 from master.state import MasterState
 from shared.leases import Leases
@@ -74,17 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (jobs, logs, artifacts, datasets, code, nodes, health):
         app.include_router(module.router, prefix="/api")
 
-    @app.middleware("http")
-    async def _time_requests(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        HTTP_LATENCY.labels(request.method, route, str(response.status_code)).observe(
-            time.perf_counter() - start
-        )
-        return response
+    app.add_middleware(RequestTimer)
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics(request: Request) -> Response:

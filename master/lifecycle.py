@@ -52,7 +52,8 @@ def submit_jobs(session: Session, dispatcher: Dispatcher, specs: list[JobSpec]) 
     """Store then publish. A crash between the two leaves the attempt unpublished, and the
     dispatcher's sweep publishes it: a job is never stuck in `queued` with no message."""
     for spec in specs:
-        check_datasets(session, spec)
+        if spec.datasets:
+            check_datasets(session, spec)
     jobs = [
         Job(name=s.name, queue=s.queue, priority=s.priority, spec=s.model_dump(mode="json")) for s in specs
     ]
@@ -60,12 +61,14 @@ def submit_jobs(session: Session, dispatcher: Dispatcher, specs: list[JobSpec]) 
     session.flush()
     attempts = [JobAttempt(job_id=j.id, number=1) for j in jobs]  # type: ignore[arg-type]
     session.add_all(attempts)
+    session.flush()
+    # Built before the commit expires the rows: reading each back would cost a query per job.
+    publications = dispatcher.prepare(session, list(zip(jobs, attempts, strict=True)))
+    # The jobs are answered as stored: keeping their loaded values spares a re-read per job.
+    session.expire_on_commit = False
     session.commit()
-    for job, attempt in zip(jobs, attempts, strict=True):
-        dispatcher.send(session, job, attempt)
+    dispatcher.publish(session, publications)
     session.commit()
-    for job in jobs:
-        session.refresh(job)
     return jobs
 
 

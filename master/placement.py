@@ -6,6 +6,8 @@ node online at all (the farm is starting, or the nodes reboot) it is accepted to
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 
 from sqlmodel import Session, select
@@ -55,3 +57,22 @@ def check_fits(spec: JobSpec, largest: dict[str, Largest], field: str = "devices
             f"({best.node}) has {best.devices} {best.kind}",
             field=field,
         )
+
+
+class Capacities:
+    """`largest_online`, read from the database at most once per `ttl` seconds: nodes beat every
+    few seconds, while submissions can come by the hundred each second."""
+
+    def __init__(self, offline_after: float, ttl: float = 1.0) -> None:
+        self._offline_after = offline_after
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._read_at = -float("inf")
+        self._largest: dict[str, Largest] = {}
+
+    def largest(self, session: Session) -> dict[str, Largest]:
+        with self._lock:
+            if time.monotonic() - self._read_at > self._ttl:
+                self._largest = largest_online(session, self._offline_after)
+                self._read_at = time.monotonic()
+            return self._largest

@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 
 from master.dispatch import Dispatcher, make_publisher
 from master.logs import LogReader
+from master.placement import Capacities
 from shared.redis_client import make_async_redis, make_redis
 from shared.settings import Settings
 from shared.storage import ArtifactStore, make_s3_client
@@ -24,6 +25,7 @@ class MasterState:
     store: ArtifactStore
     dispatcher: Dispatcher
     logs: LogReader
+    capacities: Capacities
 
     @classmethod
     def connect(cls, settings: Settings, engine: Engine) -> MasterState:
@@ -38,4 +40,5 @@ class MasterState:
             store=store,
             dispatcher=Dispatcher(make_publisher(settings)),
             logs=LogReader(aredis, store),
+            capacities=Capacities(settings.node_offline_after),
         )

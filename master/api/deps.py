@@ -13,7 +13,8 @@ from master.state import MasterState
 from shared.errors import NotFound
 
 
-def get_state(request: Request) -> MasterState:
+async def get_state(request: Request) -> MasterState:
+    # async: a plain def would cost every request a hop through the thread pool to read one attribute.
     return request.app.state.master
 
 

@@ -21,7 +21,7 @@ from master.models import (
     JobsPublic,
     MetricPublic,
 )
-from master.placement import check_fits, largest_online
+from master.placement import check_fits
 from shared.schemas import JobSpec
 from shared.status import JobStatus
 
@@ -38,7 +38,7 @@ class JobBatch(BaseModel):
 @router.post("", status_code=201, response_model=JobPublic)
 def submit_job(spec: JobSpec, session: SessionDep, state: StateDep) -> Job:
     """Validate a job spec, store the job and put it on its queue."""
-    check_fits(spec, largest_online(session, state.settings.node_offline_after))
+    check_fits(spec, state.capacities.largest(session))
     check_code(state.store, [spec])
     [job] = submit_jobs(session, state.dispatcher, [spec])
     JOBS_SUBMITTED.labels(spec.queue).inc()
@@ -48,7 +48,7 @@ def submit_job(spec: JobSpec, session: SessionDep, state: StateDep) -> Job:
 @router.post("/batch", status_code=201, response_model=list[JobPublic])
 def submit_batch(batch: JobBatch, session: SessionDep, state: StateDep) -> list[Job]:
     """Submit many jobs at once (a sweep); all are validated before any is stored."""
-    largest = largest_online(session, state.settings.node_offline_after)
+    largest = state.capacities.largest(session)
     for i, spec in enumerate(batch.jobs):
         check_fits(spec, largest, field=f"jobs[{i}].devices")
     check_code(state.store, batch.jobs, batch=True)

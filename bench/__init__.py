@@ -1,0 +1,1 @@
+"""Benchmarks of trainfarm against bare baselines on the same real services: `python -m bench.run`."""

@@ -1,0 +1,147 @@
+"""Figure 1: from a submission's HTTP 201 to its attempt running on an idle worker, next to a bare
+Celery task on the same Redis; and from submission to the first line a job prints, seen over SSE."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx
+import redis
+from celery import Celery
+
+from bench import baseline_celery
+from bench.farm_client import command_job, sse_lines, submit, timestamp, wait_end
+from bench.report import Row
+from bench.services import PythonProcess, Services
+from bench.stats import median, ms, percentile
+from shared.celery_config import celery_config
+from shared.settings import Settings
+
+#: Jobs (and bare tasks) per side; the first few of each warm up connections and are not counted.
+JOBS, QUICK_JOBS, WARMUP = 200, 30, 3
+FIRST_LINE_JOBS = 20
+#: After a job ends the worker acknowledges and goes back to waiting; give it that moment.
+SETTLE = 0.05
+
+
+def _farm_once(api: httpx.Client) -> tuple[float, float]:
+    """(201 → running, POST sent → running)."""
+    sent = time.time()
+    job_id = submit(api, command_job("true"))
+    acknowledged = time.time()
+    job = wait_end(api, job_id)
+    if job["status"] != "succeeded" or not job["started_at"]:
+        raise RuntimeError(f"dispatch job {job_id} ended {job['status']}: {job['error']}")
+    # The worker's own time of its first `started` event, as the master recorded it: no poll granularity.
+    started = timestamp(job["started_at"])
+    return started - acknowledged, started - sent
+
+
+def _celery_once(publisher: Celery, client: redis.Redis) -> float:
+    key = f"bench:started:{uuid.uuid4().hex}"
+    publisher.send_task(baseline_celery.TASK, args=[key], queue=baseline_celery.QUEUE)
+    sent = time.time()
+    popped = client.blpop([key], timeout=30)
+    if popped is None:
+        raise RuntimeError("the bare Celery task did not run within 30 s")
+    return float(popped[1]) - sent
+
+
+def _first_line(api: httpx.Client) -> float:
+    """Submission to the arrival, over SSE, of the line a job prints at once."""
+    begun = time.time()
+    job_id = submit(api, command_job("echo", "first-line"))
+    for lines in sse_lines(api, job_id):
+        if "first-line" in lines:
+            arrived = time.time()
+            break
+    else:
+        raise RuntimeError(f"job {job_id}'s log ended without its line")
+    wait_end(api, job_id)
+    time.sleep(SETTLE)
+    return arrived - begun
+
+
+def _baseline_worker(services: Services, settings: Settings) -> PythonProcess:
+    argv = [
+        "-m",
+        "celery",
+        "-A",
+        "bench.baseline_celery",
+        "worker",
+        "-Q",
+        baseline_celery.QUEUE,
+        "-c",
+        "1",
+        "-P",
+        "prefork",
+        "--without-gossip",
+        "--without-mingle",
+        "-l",
+        "info",
+    ]
+
+    def ready(proc: PythonProcess) -> bool:
+        return proc.log_path.exists() and "ready." in proc.log_path.read_text(errors="replace")
+
+    proc = PythonProcess(settings.data_dir / "baseline", "celery-baseline", argv, settings, ready)
+    services.run(proc)
+    return proc
+
+
+def run(services: Services, quick: bool) -> list[Row]:
+    settings = services.settings("dispatch")
+    procs = [services.master(settings), services.worker(settings), _baseline_worker(services, settings)]
+    publisher = Celery("bench-publisher")
+    publisher.conf.update(celery_config(settings))
+    client = redis.Redis.from_url(settings.redis_url)
+    farm, farm_total, bare = [], [], []
+    try:
+        with httpx.Client(base_url=f"{procs[0].url}/api", timeout=30) as api:
+            # Interleaved, one at a time, so both sides see the same machine at the same moments.
+            for i in range(QUICK_JOBS if quick else JOBS):
+                farm_s, total_s = _farm_once(api)
+                time.sleep(SETTLE)
+                bare_s = _celery_once(publisher, client)
+                time.sleep(SETTLE)
+                if i >= WARMUP:
+                    farm.append(farm_s)
+                    farm_total.append(total_s)
+                    bare.append(bare_s)
+            first = [_first_line(api) for _ in range(FIRST_LINE_JOBS if not quick else 5)]
+    finally:
+        for proc in procs:
+            proc.stop()
+        client.close()
+    farm_ms, bare_ms, first_ms = ms(farm), ms(bare), ms(first)
+    n = len(farm)
+    return [
+        Row(
+            f"1 dispatch p50: 201 → running (n={n})",
+            median(farm_ms),
+            median(bare_ms),
+            "ms",
+            "< 25 ms",
+            median(farm_ms) < 25,
+            f"baseline: bare Celery send_task → task body starts; POST sent → running "
+            f"p50 {median(ms(farm_total)):.1f} ms (the 201 leaves after the publish)",
+        ),
+        Row(
+            f"1 dispatch p99: 201 → running (n={n})",
+            percentile(farm_ms, 99),
+            percentile(bare_ms, 99),
+            "ms",
+            "< 100 ms",
+            percentile(farm_ms, 99) < 100,
+        ),
+        Row(
+            f"1 submit → first log line over SSE, p50 (n={len(first)})",
+            median(first_ms),
+            None,
+            "ms",
+            "report",
+            None,
+            f"p99 {percentile(first_ms, 99):.0f} ms; job `echo first-line`, client opens SSE after the 201",
+        ),
+    ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -306,13 +307,24 @@ def test_docker_errors_are_final_when_the_job_is_at_fault_and_retryable_when_the
 
 
 @pytest.mark.parametrize("kind", ["docker"])
-def test_remove_orphans_removes_this_nodes_leftover_containers(kind, backend, dirs, node_settings):
+def test_remove_orphans_removes_this_nodes_leftover_containers(
+    kind, backend, dirs, node_settings, docker_image
+):
     # A worker killed with -9 leaves its running container; another node's must survive the sweep.
     leftover = backend.start(launch(kind, dirs, "import time; time.sleep(120)"))
     other_settings = node_settings.model_copy(update={"node_name": "node-other"})
     client = docker_client(node_settings)
     other = DockerBackend(client, other_settings).create(launch(kind, dirs, "pass"))
     try:
+        # One whose worker process has died goes as soon as this node starts another container.
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        labels = {"trainfarm.node": "node-b", "trainfarm.owner-pid": str(dead.pid)}
+        abandoned = client.containers.create(docker_image, ["true"], labels=labels)
+        backend.start(launch(kind, dirs, "pass")).close()
+        assert abandoned.id not in [c.id for c in client.containers.list(all=True)]
+        assert leftover.poll() is None  # its owner, this test, lives: left alone
+
         assert remove_orphans(client, "node-b") == 1
         assert leftover.poll() == 137  # gone: as good as killed
         assert [c.id for c in client.containers.list(all=True)] == [other.id]

@@ -4,11 +4,13 @@ attempt's directories (datasets read-only) and exactly the GPUs given to it."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import uuid
 from typing import Any
 
 import docker
+import psutil
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound
 from docker.models.containers import Container
@@ -22,6 +24,8 @@ from worker.backends.base import Backend, Launch
 from worker.backends.docker_execution import DockerExecution
 from worker.jobenv import AttemptDirs, job_environment
 
+log = logging.getLogger(__name__)
+
 #: Where a container sees its attempt's directory (data, output, checkpoints, code, events file).
 CONTAINER_ROOT = "/trainfarm"
 #: trainfarm's own packages, bound read-only and importable in every job container, so user code can
@@ -31,6 +35,8 @@ CONTAINER_LIBRARY = "/opt/trainfarm"
 LIBRARY_PACKAGES = ("worker", "shared")
 #: On every job container; `remove_orphans` finds a dead worker's containers by the node label.
 NODE_LABEL, JOB_LABEL, ATTEMPT_LABEL = "trainfarm.node", "trainfarm.job", "trainfarm.attempt"
+#: The worker process that runs the container's attempt; a container whose owner died is an orphan.
+OWNER_LABEL = "trainfarm.owner-pid"
 
 
 def docker_client(settings: Settings, timeout: float = 60) -> docker.DockerClient:
@@ -41,13 +47,21 @@ def docker_client(settings: Settings, timeout: float = 60) -> docker.DockerClien
     return docker.from_env(version="auto", timeout=int(timeout))
 
 
-def remove_orphans(client: docker.DockerClient, node_name: str) -> int:
-    """Remove the job containers of this node still there when its worker starts: a worker killed
-    with -9 never removed them, and their attempts were declared lost and run again elsewhere."""
+def remove_orphans(client: docker.DockerClient, node_name: str, *, dead_owners_only: bool = False) -> int:
+    """Remove the job containers of this node that no worker runs any more: at the worker's start,
+    all of them (a worker killed with -9 never removed them); before each new container, those whose
+    owning pool process died (killed by the OOM killer, say), so they do not hold on to a GPU whose
+    lock their death released. Their attempts were declared lost and run again."""
     leftovers = client.containers.list(all=True, filters={"label": f"{NODE_LABEL}={node_name}"})
+    if dead_owners_only:
+        leftovers = [c for c in leftovers if not _owner_alive(c.labels.get(OWNER_LABEL))]
     for container in leftovers:
         container.remove(force=True)
     return len(leftovers)
+
+
+def _owner_alive(pid: str | None) -> bool:
+    return pid is not None and pid.isdigit() and psutil.pid_exists(int(pid))
 
 
 def parse_mount(text: str) -> Mount:
@@ -70,6 +84,12 @@ class DockerBackend(Backend):
         self._extra_mounts = [parse_mount(m) for m in settings.docker_mounts]
 
     def start(self, launch: Launch) -> DockerExecution:
+        try:
+            removed = remove_orphans(self._client, self._settings.node_name, dead_owners_only=True)
+        except (DockerException, requests.RequestException) as exc:
+            raise RetryableError(f"Docker engine unreachable on {self._settings.node_name}: {exc}") from exc
+        if removed:
+            log.warning("removed %d containers whose worker process had died", removed)
         container = self.create(launch)
         try:
             # Attached before the start, so no line is missed; not the log stream, which can end
@@ -112,7 +132,12 @@ class DockerBackend(Backend):
                 spec.image,
                 launch.argv,
                 name=f"trainfarm-{job}-{attempt}-{uuid.uuid4().hex[:8]}",
-                labels={NODE_LABEL: self._settings.node_name, JOB_LABEL: job, ATTEMPT_LABEL: attempt},
+                labels={
+                    NODE_LABEL: self._settings.node_name,
+                    JOB_LABEL: job,
+                    ATTEMPT_LABEL: attempt,
+                    OWNER_LABEL: str(os.getpid()),
+                },
                 environment=environment,
                 working_dir=str(workdir),
                 mounts=self._mounts(launch.dirs),

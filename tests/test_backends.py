@@ -257,6 +257,7 @@ def test_docker_limits_mounts_labels_and_user(kind, backend, dirs, node_settings
             "trainfarm.node": "node-b",
             "trainfarm.job": str(JOB_ID),
             "trainfarm.attempt": str(ATTEMPT),
+            "trainfarm.owner-pid": str(os.getpid()),  # the process running the attempt
         }
         assert container.attrs["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
         assert container.attrs["Config"]["Cmd"] == ["python", "-c", "pass"]  # the image's python

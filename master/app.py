@@ -59,6 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             for loop in loops:
                 loop.stop()
+            try:
+                state.dispatcher.marks.flush()  # what the loop had not written yet
+            except Exception:  # the sweep publishes those again; leases keep it to one run
+                log.exception("could not record the last published attempts")
             await state.aredis.aclose()
             state.broker.close()
             engine.dispose()

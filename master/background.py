@@ -80,6 +80,7 @@ def start_loops(
         # poll() blocks on Redis for up to half a second, so it needs no sleep of its own.
         Loop("events-and-leases", ConsumeThenReap(consumer, reaper), interval=0),
         Loop("dispatch-sweep", sweep, interval=1.0),
+        Loop("published-marks", dispatcher.marks.flush, interval=0.1),
         Loop("node-sync", lambda: sync_nodes(broker, engine), interval=2.0),
     ]
     for loop in loops:

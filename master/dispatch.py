@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from celery import Celery
-from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from master.models import Dataset, Job, JobAttempt, utcnow
+from master.published_marks import PublishedMarks
 from shared.celery_config import RUN_ATTEMPT_TASK, celery_config, celery_priority
 from shared.schemas import DatasetRef, JobSpec, TaskMessage
 from shared.settings import Settings
@@ -37,8 +37,9 @@ class Publication:
 
 
 class Dispatcher:
-    def __init__(self, celery: Celery) -> None:
+    def __init__(self, celery: Celery, marks: PublishedMarks) -> None:
         self._celery = celery
+        self.marks = marks
 
     def prepare(self, session: Session, pairs: Sequence[tuple[Job, JobAttempt]]) -> list[Publication]:
         """The messages of attempts, built from rows at hand: once a commit has expired them, reading
@@ -57,13 +58,11 @@ class Dispatcher:
             out.append(Publication(attempt.id, message))
         return out
 
-    def publish(self, session: Session, publications: Sequence[Publication]) -> None:
-        """Send the messages, then mark their attempts enqueued in one statement; the caller commits."""
+    def publish(self, publications: Sequence[Publication]) -> None:
+        """Send the messages; their attempts are marked enqueued a moment later, in one statement."""
         for publication in publications:
             self._send_task(publication.message)
-        ids = [p.attempt_id for p in publications if p.attempt_id is not None]
-        if ids:
-            session.exec(update(JobAttempt).where(col(JobAttempt.id).in_(ids)).values(enqueued_at=utcnow()))
+        self.marks.add(p.attempt_id for p in publications if p.attempt_id is not None)
 
     def send(self, session: Session, job: Job, attempt: JobAttempt) -> None:
         """Publish one attempt and record that it was published."""

@@ -67,8 +67,7 @@ def submit_jobs(session: Session, dispatcher: Dispatcher, specs: list[JobSpec]) 
     # The jobs are answered as stored: keeping their loaded values spares a re-read per job.
     session.expire_on_commit = False
     session.commit()
-    dispatcher.publish(session, publications)
-    session.commit()
+    dispatcher.publish(publications)
     return jobs
 
 

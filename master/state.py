@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from master.dispatch import Dispatcher, make_publisher
 from master.logs import LogReader
 from master.placement import Capacities
+from master.published_marks import PublishedMarks
 from shared.redis_client import make_async_redis, make_redis
 from shared.settings import Settings
 from shared.storage import ArtifactStore, make_s3_client
@@ -38,7 +39,7 @@ class MasterState:
             broker=broker,
             aredis=aredis,
             store=store,
-            dispatcher=Dispatcher(make_publisher(settings)),
+            dispatcher=Dispatcher(make_publisher(settings), PublishedMarks(engine)),
             logs=LogReader(aredis, store),
             capacities=Capacities(settings.node_offline_after),
         )

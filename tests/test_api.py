@@ -8,11 +8,18 @@ from collections.abc import Iterator
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlmodel import Session, select
 
 from master.app import create_app
+from master.db import init_db, make_engine
+from master.models import Job, JobAttempt
+from master.published_marks import PublishedMarks
 from shared.celery_config import celery_priority
 from shared.settings import Settings
 from shared.streams import cancel_key
+from tests.conftest import wait_for
 
 COMMAND = {"command": ["python", "-c", "print(1)"], "queue": "cpu"}
 
@@ -85,8 +92,12 @@ def test_submit_publishes_to_the_job_queue_with_priority(client, settings):
     # Spec priority 9 is most urgent and lands in the list the Redis transport serves first.
     assert celery_priority(9) == 0
     assert broker.llen("gpu") == 1 and broker.llen("cpu") == 0
-    detail = client.get(f"/jobs/{job['id']}").json()
-    assert detail["attempt_list"][0]["enqueued_at"] is not None
+    # The publish is recorded a moment later, off the request path (master/published_marks.py).
+    wait_for(
+        lambda: client.get(f"/jobs/{job['id']}").json()["attempt_list"][0]["enqueued_at"],
+        timeout=10,
+        what="the publish to be recorded",
+    )
 
 
 def test_cancel_queued_job_marks_it_and_sets_the_flag(client, settings):
@@ -137,3 +148,34 @@ def test_openapi_and_dashboard_are_served(client):
     assert client.get("http://testserver/openapi.json").json()["info"]["title"] == "trainfarm"
     assert client.get("http://testserver/docs").status_code == 200
     assert "trainfarm" in client.get("http://testserver/").text
+
+
+def test_published_marks_are_written_in_one_go_and_kept_through_a_database_error(settings):
+    engine = make_engine(settings.database_url)
+    init_db(engine)
+    with Session(engine) as session:
+        jobs = [Job(queue="cpu", spec=COMMAND) for _ in range(3)]
+        session.add_all(jobs)
+        session.flush()
+        attempts = [JobAttempt(job_id=job.id, number=1) for job in jobs]
+        session.add_all(attempts)
+        session.commit()
+        ids = [attempt.id for attempt in attempts]
+    marks = PublishedMarks(engine)
+    marks.add(ids[:2])
+    assert marks.flush() == 2
+    assert marks.flush() == 0
+
+    # The database refuses (the table is away for a moment): the marks wait for the next flush.
+    marks.add(ids[2:])
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE job_attempts RENAME TO job_attempts_away"))
+    with pytest.raises(DBAPIError):
+        marks.flush()
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE job_attempts_away RENAME TO job_attempts"))
+    assert marks.flush() == 1
+    with Session(engine) as session:
+        marked = {a.id: a.enqueued_at for a in session.exec(select(JobAttempt))}
+    assert all(marked[i] is not None for i in ids)
+    engine.dispose()

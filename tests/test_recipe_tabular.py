@@ -40,14 +40,14 @@ class Run:
 
     @property
     def output(self) -> Path:
-        return self.root / "output"
+        return AttemptDirs(self.root).output
 
     @property
     def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+        return AttemptDirs(self.root).checkpoints
 
     def events(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in (self.root / "events.jsonl").read_text().splitlines()]
+        return [json.loads(line) for line in AttemptDirs(self.root).events.read_text().splitlines()]
 
     def metrics(self) -> dict[str, float]:
         return json.loads((self.output / "metrics.json").read_text())

@@ -39,8 +39,12 @@ def activation(env_dir: Path, base: dict[str, str]) -> dict[str, str]:
         # What conda's activate puts first: entry points (torchrun, pip) and DLLs (CUDA, MKL).
         extra = ["Scripts", "Library/mingw-w64/bin", "Library/usr/bin", "Library/bin"]
         bin_dirs += [env_dir / d for d in extra if (env_dir / d).is_dir()]
-    path = os.pathsep.join([*(str(d) for d in bin_dirs), base.get("PATH", "")])
     marker = "CONDA_PREFIX" if (env_dir / "conda-meta").is_dir() else "VIRTUAL_ENV"
     env = {k: v for k, v in base.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX")}
-    env.update({"PATH": path, marker: str(env_dir)})
+    env.update({"PATH": first_on_path(bin_dirs, base), marker: str(env_dir)})
     return env
+
+
+def first_on_path(dirs: list[Path], env: dict[str, str]) -> str:
+    """`env`'s PATH with `dirs` in front."""
+    return os.pathsep.join([*(str(d) for d in dirs), env.get("PATH", "")])

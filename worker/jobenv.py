@@ -9,43 +9,53 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
+from typing import Any, Generic, TypeVar
 
 from shared.schemas import TaskMessage
 
+P = TypeVar("P", bound=PurePath)
+
 
 @dataclass(frozen=True)
-class AttemptDirs:
-    root: Path
+class Layout(Generic[P]):
+    """Where an attempt's files lie under `root`, on the node or as its container sees them."""
 
-    @staticmethod
-    def inside(root: str) -> ContainerDirs:
-        """The same layout under `root` in a (Linux) container."""
-        return ContainerDirs(PurePosixPath(root))
+    root: P
 
     @property
-    def data(self) -> Path:
+    def data(self) -> P:
         return self.root / "data"
 
     @property
-    def output(self) -> Path:
+    def output(self) -> P:
         return self.root / "output"
 
     @property
-    def checkpoints(self) -> Path:
+    def checkpoints(self) -> P:
         return self.root / "checkpoints"
 
     @property
-    def events(self) -> Path:
+    def events(self) -> P:
         return self.root / "events.jsonl"
 
     @property
-    def spec(self) -> Path:
+    def spec(self) -> P:
         return self.root / "spec.json"
 
     @property
-    def code(self) -> Path:
+    def code(self) -> P:
         return self.root / "code"
+
+
+@dataclass(frozen=True)
+class AttemptDirs(Layout[Path]):
+    """The attempt's directories on the node."""
+
+    @staticmethod
+    def inside(root: str) -> Layout[PurePosixPath]:
+        """The same layout under `root` in a (Linux) container."""
+        return Layout(PurePosixPath(root))
 
     @property
     def log(self) -> Path:
@@ -60,30 +70,16 @@ class AttemptDirs:
         return dirs
 
 
-@dataclass(frozen=True)
-class ContainerDirs:
-    root: PurePosixPath
-
-    data = property(lambda self: self.root / "data")
-    output = property(lambda self: self.root / "output")
-    checkpoints = property(lambda self: self.root / "checkpoints")
-    events = property(lambda self: self.root / "events.jsonl")
-    spec = property(lambda self: self.root / "spec.json")
-    code = property(lambda self: self.root / "code")
-
-
-def job_environment(message: TaskMessage, dirs: AttemptDirs | ContainerDirs) -> dict[str, str]:
+def job_environment(message: TaskMessage, dirs: Layout[Any]) -> dict[str, str]:
     """The TRAINFARM_* variables of the contract, with paths as the process sees them."""
-    return dict(
-        {
-            "TRAINFARM_JOB_ID": str(message.job_id),
-            "TRAINFARM_ATTEMPT": str(message.attempt),
-            "TRAINFARM_SPEC_FILE": str(dirs.spec),
-            "TRAINFARM_DATA_DIR": str(dirs.data),
-            "TRAINFARM_OUTPUT_DIR": str(dirs.output),
-            "TRAINFARM_CHECKPOINT_DIR": str(dirs.checkpoints),
-            "TRAINFARM_EVENTS_FILE": str(dirs.events),
-            "TRAINFARM_DEVICES": str(message.spec.devices),
-            "TRAINFARM_HYPERPARAMETERS": json.dumps(message.spec.hyperparameters),
-        }
-    )
+    return {
+        "TRAINFARM_JOB_ID": str(message.job_id),
+        "TRAINFARM_ATTEMPT": str(message.attempt),
+        "TRAINFARM_SPEC_FILE": str(dirs.spec),
+        "TRAINFARM_DATA_DIR": str(dirs.data),
+        "TRAINFARM_OUTPUT_DIR": str(dirs.output),
+        "TRAINFARM_CHECKPOINT_DIR": str(dirs.checkpoints),
+        "TRAINFARM_EVENTS_FILE": str(dirs.events),
+        "TRAINFARM_DEVICES": str(message.spec.devices),
+        "TRAINFARM_HYPERPARAMETERS": json.dumps(message.spec.hyperparameters),
+    }

@@ -29,7 +29,7 @@ def run_attempt(self: Any, message: dict[str, Any]) -> str:
     else:
         claim = ctx.gpu_slots.claim(task.spec, ctx.settings.placement_wait)
     if claim is None:
-        _put_back(self, message)
+        _put_back(self, message, task.spec.queue)
         log.info(
             "job %s attempt %s: %d GPUs not free here, back on the queue",
             task.job_id,
@@ -56,7 +56,7 @@ def _nothing_to_run(ctx: context.WorkerContext, task: TaskMessage) -> bool:
     return bool(cancelled) or taken
 
 
-def _put_back(task: Any, message: dict[str, Any]) -> None:
+def _put_back(task: Any, message: dict[str, Any], queue: str) -> None:
     """Publish the message again, at its priority, so a node with free GPUs (or this one, later)
     takes it; this delivery is then acknowledged. Should the worker die in between, two copies
     exist, and the attempt lease lets only one of them run."""
@@ -64,7 +64,7 @@ def _put_back(task: Any, message: dict[str, Any]) -> None:
     task.app.send_task(
         RUN_ATTEMPT_TASK,
         kwargs={"message": message},
-        queue=delivery.get("routing_key") or TaskMessage.model_validate(message).spec.queue,
+        queue=delivery.get("routing_key") or queue,
         priority=delivery.get("priority"),
         task_id=task.request.id,
     )

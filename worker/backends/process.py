@@ -14,7 +14,7 @@ from shared.errors import FinalError
 from shared.settings import Settings, child_environment
 from worker import process
 from worker.backends.base import Backend, Execution, Launch
-from worker.environments import activation, find_environment, interpreter
+from worker.environments import activation, find_environment, first_on_path, interpreter
 from worker.jobenv import job_environment
 
 
@@ -61,7 +61,7 @@ class ProcessBackend(Backend):
         else:
             # The worker's interpreter, also where a systemd unit or a service never activated its venv.
             python = Path(sys.executable)
-            env["PATH"] = f"{python.parent}{os.pathsep}{env.get('PATH', '')}"
+            env["PATH"] = first_on_path([python.parent], env)
         env.update(gpu_environment(launch.gpus))
         argv = self._resolve(launch.argv, python, env["PATH"], launch.workdir)
         try:

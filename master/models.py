@@ -58,6 +58,9 @@ class Job(JobBase, table=True):
     cancel_requested: bool = False
     #: Attempts that workers gave back on shutdown; they do not count against `max_retries`.
     handbacks: int = 0
+    #: Problems the farm noticed about the job that did not end it (an event it could not apply, a
+    #: log cut short, a hand-back storm), newest last; shown by `trainfarm show` and the dashboard.
+    warnings: list[str] = Field(default_factory=list, sa_type=JSON)
     progress: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     metrics: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
 
@@ -70,6 +73,7 @@ class JobPublic(JobBase):
     finished_at: datetime | None
     attempts: int
     handbacks: int
+    warnings: list[str]
     node: str | None
     error: str | None
     log_tail: str | None

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import click
 import typer
 from pydantic import ValidationError
+from typer._click import Context  # typer ships its own click: this is what commands receive
 from typer.core import TyperGroup
 
 from shared.errors import TrainfarmError
@@ -25,7 +26,7 @@ def report(exc: TrainfarmError) -> None:
 class Commands(TyperGroup):
     """Every command runs inside this, so expected failures end as a message and exit status 1."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Context) -> Any:
         try:
             return super().invoke(ctx)
         except TrainfarmError as exc:

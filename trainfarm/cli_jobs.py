@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import click
 import typer
+from typer._click import Context  # typer ships its own click: this is what commands receive
 from typer.core import TyperCommand
 
 from shared.errors import TrainfarmError
@@ -34,14 +35,14 @@ class SubmitCommand(TyperCommand):
     """Splits `submit`'s arguments at `--`: the words after it are the command, verbatim, and a word
     before it is the project directory. (Click drops the `--` itself, so only here can they be told apart.)"""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         if "--" in args:
             cut = args.index("--")
             ctx.meta[AFTER_DASHES] = args[cut + 1 :]
             args = args[:cut]
         return super().parse_args(ctx, args)
 
-    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+    def collect_usage_pieces(self, ctx: Context) -> list[str]:
         return ["[OPTIONS]", "[PROJECT] -- COMMAND..."]
 
 

@@ -52,7 +52,8 @@ class ChecksumMismatch(TrainfarmError):
 
 def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str, str | None]]:
     """Server-Sent Events from text lines: (event name, data, id); comments are skipped."""
-    event, data, event_id = "message", [], None
+    event, event_id = "message", None
+    data: list[str] = []
     for line in lines:
         if not line:
             if data:

@@ -87,11 +87,11 @@ class StandaloneFarm:
             self._started.append(part.start(wait=False))
         for part in (self.redis, self.s3):
             part.wait_ready()
-        for part in (self.master, self.worker, self.flower):
-            if part is None:
+        for service in (self.master, self.worker, self.flower):
+            if service is None:
                 continue
-            say(f"starting {part.name} ...")
-            self._started.append(part.start())
+            say(f"starting {service.name} ...")
+            self._started.append(service.start())
 
     def dead_part(self) -> ManagedProcess | None:
         return next((p for p in self._started if not p.running), None)

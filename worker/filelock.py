@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import os
+import sys
 from pathlib import Path
 from typing import IO
 
-if os.name == "nt":
+if sys.platform == "win32":
     import msvcrt
 
     def _lock(fh: IO[bytes]) -> None:

@@ -32,6 +32,8 @@ def _windows_kill_on_close_job() -> int | None:
     """Windows' stand-in for PR_SET_PDEATHSIG: a job object that kills its processes when its last
     handle closes. Only this worker holds that handle, and the OS closes it however the worker ends,
     so training processes put in the job die with it. None where the job cannot be made."""
+    if sys.platform != "win32":  # also tells the type checker which ctypes this is
+        return None
     import ctypes
     from ctypes import wintypes
 
@@ -58,7 +60,7 @@ def _windows_kill_on_close_job() -> int | None:
             ("PeakJobMemoryUsed", ctypes.c_size_t),
         ]
 
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
     kernel32.CreateJobObjectW.argtypes = [wintypes.LPVOID, wintypes.LPCWSTR]
     kernel32.CreateJobObjectW.restype = wintypes.HANDLE
     kernel32.SetInformationJobObject.argtypes = [
@@ -85,13 +87,15 @@ def _windows_kill_on_close_job() -> int | None:
 def _windows_join_job(proc: subprocess.Popen[bytes]) -> None:
     """Put the new process in the worker's kill-on-close job; processes it starts later join too.
     (What it starts in its first milliseconds, before this call, is not covered.)"""
+    if sys.platform != "win32":
+        return
     import ctypes
     from ctypes import wintypes
 
     job = _windows_kill_on_close_job()
     if job is None:
         return
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
     kernel32.AssignProcessToJobObject.argtypes = [wintypes.HANDLE, wintypes.HANDLE]
     kernel32.AssignProcessToJobObject.restype = wintypes.BOOL
     if not kernel32.AssignProcessToJobObject(job, int(proc._handle)):  # type: ignore[attr-defined]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -20,7 +22,7 @@ def _ping_database(state: MasterState) -> None:
 
 def _check(state: MasterState) -> dict[str, str]:
     checks: dict[str, str] = {}
-    probes = {
+    probes: dict[str, Callable[[], object]] = {
         "database": lambda: _ping_database(state),
         "redis": state.broker.ping,
         "s3": state.store.ensure_bucket,

@@ -93,7 +93,7 @@ class MLPClassifier(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+            self.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
         )
 
 
@@ -114,7 +114,9 @@ def loaders(data: TabularData, batch_size: int, seed: int, devices: int) -> tupl
     else:
         # The same sampler over one replica. shuffle=True's RandomSampler would keep drawing from one
         # generator, whose state at a resumed epoch Lightning does not restore.
-        sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=seed)
+        sampler: DistributedSampler[tuple[torch.Tensor, ...]] = DistributedSampler(
+            train_set, num_replicas=1, rank=0, shuffle=True, seed=seed
+        )
         train = DataLoader(train_set, batch_size=batch_size, sampler=sampler, generator=loader_rng)
     val = DataLoader(TensorDataset(data.x_val, data.y_val), batch_size=batch_size)
     return train, val

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import ByteSize, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The directory holding `shared/`, `master/`, `worker/`: child processes must import them from a
@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     # Worker
     node_name: str = Field(default_factory=socket.gethostname)
     cache_dir: Path | None = None
+    #: Size limit of the dataset cache: bytes, or a size such as "200GB" or "1.5TiB". Unset: a
+    #: quarter of the file system that holds it. Least recently used datasets leave first when a new
+    #: one arrives; those a running attempt uses never.
+    dataset_cache_max_bytes: ByteSize | None = None
+    #: The same for the code-bundle cache; unset: 5 % of its file system.
+    code_cache_max_bytes: ByteSize | None = None
     work_dir: Path | None = None
     heartbeat_interval: float = 2.0
     node_offline_after: float = 15.0
@@ -126,6 +132,11 @@ class Settings(BaseSettings):
     def dataset_cache_dir(self) -> Path:
         assert self.cache_dir is not None
         return self.cache_dir / "datasets"
+
+    @property
+    def code_cache_dir(self) -> Path:
+        assert self.cache_dir is not None
+        return self.cache_dir / "code"
 
     @property
     def job_work_dir(self) -> Path:

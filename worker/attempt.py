@@ -18,6 +18,7 @@ from shared.schemas import AttemptOutcome, EventKind, TaskMessage
 from shared.streams import cancel_key, drain_key, node_attempts_key
 from worker import draining
 from worker.backends.base import Execution, Launch
+from worker.cache_budget import Pins
 from worker.checkpoints import CheckpointSync, PeriodicSync
 from worker.context import WorkerContext
 from worker.jobenv import AttemptDirs
@@ -88,7 +89,9 @@ class AttemptRunner:
         self.reporter.report(EventKind.STARTED, {"pid": os.getpid()})
         pump.note(f"attempt {number} of job {job_id} on {self.node}")
         try:
-            ending = self._prepare_and_run(dirs, pump, checkpoints, keeper)
+            # The caches keep what this attempt uses until it ends, whatever other attempts add.
+            with Pins(self.holder) as pins:
+                ending = self._prepare_and_run(dirs, pump, checkpoints, keeper, pins)
         except FinalError as exc:
             ending = Ending(AttemptOutcome.FAILED, exc.message)
         except (RetryableError, redis.RedisError, urllib3.exceptions.HTTPError, OSError) as exc:
@@ -121,18 +124,18 @@ class AttemptRunner:
         return ending
 
     def _prepare_and_run(
-        self, dirs: AttemptDirs, pump: LogPump, checkpoints: CheckpointSync, keeper: LeaseKeeper
+        self, dirs: AttemptDirs, pump: LogPump, checkpoints: CheckpointSync, keeper: LeaseKeeper, pins: Pins
     ) -> Ending:
         fetched = []
         for ref in self.msg.datasets:
-            item = self.ctx.datasets.fetch(ref)
+            item = self.ctx.datasets.fetch(ref, pins)
             self.ctx.datasets.place(item, dirs.data)
             how = "cache hit" if item.cached else "downloaded"
             pump.note(f"dataset {item.name}: {item.size} bytes, {how}")
             fetched.append({"name": item.name, "cached": item.cached, "size": item.size})
         workdir = dirs.root
         if self.spec.code is not None:
-            count = self.ctx.code.unpack(self.spec.code, dirs.code)
+            count = self.ctx.code.unpack(self.spec.code, dirs.code, pins)
             pump.note(f"code bundle {self.spec.code[:12]}: {count} files")
             workdir = dirs.code
         restored = checkpoints.restore()

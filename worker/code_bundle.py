@@ -1,13 +1,17 @@
-"""Code bundles on the node: downloaded once per digest into a local cache, unpacked into each attempt."""
+"""Code bundles on the node: downloaded once per digest into a local cache (kept under its size limit,
+worker/cache_budget.py), unpacked into each attempt."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import tarfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from shared.errors import FinalError, NotFound, RetryableError
 from shared.storage import ArtifactStore, code_bundle_key, file_sha256
+from worker.cache_budget import Pins, code_budget
 
 log = logging.getLogger(__name__)
 #: Far above any project `trainfarm submit` packs (200 MiB compressed at most), far below a full disk.
@@ -19,15 +23,24 @@ class CodeBundles:
 
     :param store: Where bundles live, under `code/<digest>.tar.gz`.
     :param root: The node's cache folder; one archive per digest, checked against it before each use.
+    :param max_bytes: Its size limit; None: a share of its disk (`cache_budget.CODE_DISK_SHARE`).
     """
 
-    def __init__(self, store: ArtifactStore, root: Path) -> None:
+    def __init__(self, store: ArtifactStore, root: Path, max_bytes: int | None = None) -> None:
         self._store = store
-        self._root = root
+        self.budget = code_budget(root, max_bytes)
 
-    def unpack(self, digest: str, dest: Path) -> int:
-        """Extract bundle `digest` into `dest`; the number of files. FinalError if it is missing or unsafe."""
-        archive = self._archive(digest)
+    def unpack(self, digest: str, dest: Path, pins: Pins | None = None) -> int:
+        """Extract bundle `digest` into `dest`; the number of files. FinalError if it is missing or unsafe.
+
+        `pins` keeps the archive cached until released; without, only during the call.
+        """
+        with contextlib.ExitStack() as stack:
+            if pins is None:
+                pins = stack.enter_context(Pins(f"code unpack in pid {os.getpid()}"))
+            return self._unpack(self._archive(digest, pins), digest, dest)
+
+    def _unpack(self, archive: Path, digest: str, dest: Path) -> int:
         dest.mkdir(parents=True, exist_ok=True)
         try:
             with tarfile.open(archive, "r:gz") as tar:
@@ -46,25 +59,28 @@ class CodeBundles:
             raise FinalError(f"code bundle {digest} cannot be unpacked: {exc}", field="code") from None
         return sum(1 for m in members if m.isfile())
 
-    def _archive(self, digest: str) -> Path:
-        path = self._root / f"{digest}.tar.gz"
+    def _archive(self, digest: str, pins: Pins) -> Path:
+        key = f"{digest}.tar.gz"
+        # Pinned before it is hashed, so no other process evicts it between the check and the unpack.
+        path = pins.hold(self.budget, key)
         # Hashed on every use, not only after download: a cut-off or damaged cache file is fetched again.
         if path.is_file() and file_sha256(path) == digest:
             log.info("code bundle %s: cache hit", digest[:12])
             return path
-        key = code_bundle_key(digest)
+        remote = code_bundle_key(digest)
         try:
-            self._store.stat(key)
+            self._store.stat(remote)
         except NotFound:
             raise FinalError(
-                f"code bundle {digest} is not in storage ({key}); submit the project again to upload it",
+                f"code bundle {digest} is not in storage ({remote}); submit the project again to upload it",
                 field="code",
             ) from None
-        self._store.download(key, path)  # into place by rename: a concurrent reader never sees half
+        self._store.download(remote, path)  # into place by rename: a concurrent reader never sees half
         got = file_sha256(path)
         if got != digest:  # the master checked it on upload: a damaged download, worth another attempt
             path.unlink(missing_ok=True)
-            raise RetryableError(f"code bundle {key} arrived with SHA-256 {got}, not its name")
+            raise RetryableError(f"code bundle {remote} arrived with SHA-256 {got}, not its name")
+        self.budget.added(key)
         log.info("code bundle %s: downloaded", digest[:12])
         return path
 

@@ -59,9 +59,9 @@ class WorkerContext:
             store=store,
             bus=EventBus(client),
             logs=LogStream(client, settings.log_stream_maxlen),
-            datasets=DatasetCache(store, settings.dataset_cache_dir),
+            datasets=DatasetCache(store, settings.dataset_cache_dir, settings.dataset_cache_max_bytes),
             leases=Leases(client, settings.lease_ttl),
-            code=CodeBundles(store, settings.cache_dir / "code"),  # type: ignore[operator]
+            code=CodeBundles(store, settings.code_cache_dir, settings.code_cache_max_bytes),
             gpu_slots=GpuSlots(node_gpu_indices(settings), settings.job_work_dir / "gpu-locks"),
             process_backend=ProcessBackend(settings),
         )

@@ -1,7 +1,9 @@
-"""A local cache of datasets keyed by their S3 ETag: a dataset is downloaded once per version."""
+"""A local cache of datasets keyed by their S3 ETag: a dataset is downloaded once per version, and
+the cache kept under its size limit (worker/cache_budget.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -11,6 +13,7 @@ from pathlib import Path
 from shared.errors import DatasetMissing, NotFound
 from shared.schemas import DatasetRef
 from shared.storage import ArtifactStore
+from worker.cache_budget import Pins, dataset_budget
 
 
 @dataclass(frozen=True)
@@ -22,22 +25,36 @@ class Fetched:
 
 
 class DatasetCache:
-    def __init__(self, store: ArtifactStore, root: Path) -> None:
-        self._store = store
-        self._root = root
+    """The node's datasets.
 
-    def fetch(self, ref: DatasetRef) -> Fetched:
+    :param store: Where datasets live.
+    :param root: The cache folder, shared by the worker processes of the machine.
+    :param max_bytes: Its size limit; None: a share of its disk (`cache_budget.DATASET_DISK_SHARE`).
+    """
+
+    def __init__(self, store: ArtifactStore, root: Path, max_bytes: int | None = None) -> None:
+        self._store = store
+        self.budget = dataset_budget(root, max_bytes)
+
+    def fetch(self, ref: DatasetRef, pins: Pins | None = None) -> Fetched:
+        """The cached file of `ref`, downloaded first if needed; `pins` keeps it cached until released
+        (without, only during the call)."""
         try:
             info = self._store.stat(ref.key)
         except NotFound:
             raise DatasetMissing(f"dataset '{ref.name}' is missing from storage ({ref.key})") from None
         # The ETag names the version: a re-uploaded dataset lands in a new place, old jobs keep theirs.
-        slot = self._root / hashlib.sha256(ref.key.encode()).hexdigest()[:16] / info.etag
-        path = slot / ref.name
-        if path.exists() and path.stat().st_size == info.size:
-            return Fetched(ref.name, path, True, info.size)
-        self._store.download(ref.key, path)
-        return Fetched(ref.name, path, False, info.size)
+        key = f"{hashlib.sha256(ref.key.encode()).hexdigest()[:16]}/{info.etag}"
+        with contextlib.ExitStack() as stack:
+            if pins is None:
+                pins = stack.enter_context(Pins(f"dataset fetch in pid {os.getpid()}"))
+            # Pinned before it is looked at, so no other process evicts it between the check and the use.
+            path = pins.hold(self.budget, key) / ref.name
+            if path.exists() and path.stat().st_size == info.size:
+                return Fetched(ref.name, path, True, info.size)
+            self._store.download(ref.key, path)
+            self.budget.added(key)
+            return Fetched(ref.name, path, False, info.size)
 
     @staticmethod
     def place(fetched: Fetched, data_dir: Path) -> None:

@@ -17,6 +17,7 @@ from master.api import artifacts, code, datasets, errors, health, jobs, logs, no
 from master.background import start_loops
 from master.db import init_db, make_engine
 from master.events import EventConsumer
+from master.lifecycle import RetryPolicy
 from master.metrics import RequestTimer, make_registry
 from master.reaper import LeaseReaper
 from master.state import MasterState
@@ -45,7 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _ensure_bucket(state)
         app.state.master = state
         app.state.registry = make_registry(engine, state.broker)
-        consumer = EventConsumer(EventBus(state.broker), engine)
+        policy = RetryPolicy(max_handbacks=settings.max_handbacks)
+        consumer = EventConsumer(EventBus(state.broker), engine, policy=policy)
         reaper = LeaseReaper(
             engine,
             Leases(state.broker, settings.lease_ttl),

@@ -12,6 +12,7 @@ from sqlmodel import Session
 
 from master.dispatch import Dispatcher
 from master.events import EventConsumer
+from master.metrics import LOOP_ERRORS
 from master.nodes import sync_nodes
 from master.reaper import LeaseReaper
 
@@ -35,6 +36,7 @@ class Loop(threading.Thread):
                 self._step()
             except Exception:
                 log.exception("%s failed; retrying in %.1fs", self.name, self._backoff)
+                LOOP_ERRORS.labels(self.name).inc()
                 self.stopping.wait(self._backoff)
                 continue
             if self._interval:
@@ -51,18 +53,36 @@ REAP_INTERVAL = 2.0
 
 class ConsumeThenReap:
     """Events first, then leases, in one thread: an attempt whose `finished` event is still
-    waiting in the stream must not be declared lost, and the two never race on a job's row."""
+    waiting in the stream must not be declared lost, and the two never race on a job's row.
 
-    def __init__(self, consumer: EventConsumer, reaper: LeaseReaper) -> None:
+    Neither stops the other: an error in either is logged, counted and followed by a short pause.
+    A round whose events failed skips the reaper, because its verdicts need the events applied; a
+    bad event no longer fails a round (it is dead-lettered), so that only happens while Redis or
+    the database is away, when the reaper could not work either.
+    """
+
+    def __init__(self, consumer: EventConsumer, reaper: LeaseReaper, pause: float = 1.0) -> None:
         self._consumer = consumer
         self._reaper = reaper
+        self._pause = pause
         self._last_reap = 0.0
 
     def __call__(self) -> None:
-        backlog = self._consumer.poll() >= self._consumer.batch
+        try:
+            backlog = self._consumer.poll() >= self._consumer.batch
+        except Exception:
+            log.exception("applying events failed; again in %.1fs", self._pause)
+            LOOP_ERRORS.labels("events").inc()
+            time.sleep(self._pause)
+            return
         if not backlog and time.monotonic() - self._last_reap >= REAP_INTERVAL:
-            self._reaper.poll()
+            # Stamped first: a failing reaper waits its interval too rather than run every round.
             self._last_reap = time.monotonic()
+            try:
+                self._reaper.poll()
+            except Exception:
+                log.exception("the lease check failed; again in %.1fs", REAP_INTERVAL)
+                LOOP_ERRORS.labels("leases").inc()
 
 
 def start_loops(

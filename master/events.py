@@ -1,19 +1,39 @@
-"""Applying workers' events to the database, each exactly once, in the order they were sent."""
+"""Applying workers' events to the database, each exactly once, in the order they were sent.
+
+The stream is untrusted input (anything that reaches Redis can write to it, and a worker of another
+version may be wrong): each entry is parsed again into the models of shared/events.py and applied
+in a savepoint of its own. An entry that cannot be parsed or applied goes to the dead-letter stream
+with the reason, is acknowledged, and shows on its job as a warning; the consumer goes on with the
+rest of the batch and never reads it again.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime
-from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session, select
 
-from master.lifecycle import end_attempt
-from master.metrics import EVENTS_APPLIED
+from master.job_warnings import add_warning
+from master.lifecycle import DEFAULT_POLICY, RetryPolicy, end_attempt
+from master.metrics import EVENTS_APPLIED, EVENTS_DEAD_LETTERED
 from master.models import Artifact, Job, JobAttempt, JobMetric
-from shared.schemas import AttemptOutcome, Event, EventKind
-from shared.status import JobStatus, can_move
+from master.transitions import move_attempt, move_job
+from shared.events import (
+    ArtifactEvent,
+    Event,
+    FinishedEvent,
+    MetricsEvent,
+    StartedEvent,
+    describe,
+    parse_event,
+)
+from shared.schemas import AttemptOutcome
+from shared.status import JobStatus
 from shared.streams import EventBus
 
 log = logging.getLogger(__name__)
@@ -23,7 +43,7 @@ def _ts(event: Event) -> datetime:
     return datetime.fromtimestamp(event.ts, UTC)
 
 
-def apply_event(session: Session, event: Event) -> bool:
+def apply_event(session: Session, event: Event, policy: RetryPolicy = DEFAULT_POLICY) -> bool:
     """Apply one event inside the caller's transaction; False when it was already applied."""
     attempt = session.exec(
         select(JobAttempt).where(JobAttempt.job_id == event.job_id, JobAttempt.number == event.attempt)
@@ -36,80 +56,150 @@ def apply_event(session: Session, event: Event) -> bool:
         return False
     attempt.last_event_seq = event.seq
     current = attempt.number == job.attempts
-    handler = _HANDLERS[event.kind]
-    handler(session, job, attempt, event, current)
+    match event:
+        case StartedEvent():
+            _started(job, attempt, event, current)
+        case MetricsEvent():
+            _metrics(session, job, attempt, event, current)
+        case ArtifactEvent():
+            _artifact(session, job, attempt, event)
+        case FinishedEvent():
+            _finished(session, job, attempt, event, current, policy)
     session.add(attempt)
     session.add(job)
     EVENTS_APPLIED.labels(event.kind.value).inc()
     return True
 
 
-def _started(session: Session, job: Job, attempt: JobAttempt, event: Event, current: bool) -> None:
+def _started(job: Job, attempt: JobAttempt, event: StartedEvent, current: bool) -> None:
+    # Sent twice (at once, then with datasets and code in place): the second finds it running.
     if attempt.status == JobStatus.QUEUED:
-        attempt.status = JobStatus.RUNNING
-    attempt.node, attempt.started_at = event.node, _ts(event)
-    attempt.info = {**attempt.info, **event.data}
-    if current and can_move(job.status, JobStatus.RUNNING):
-        job.status, job.node = JobStatus.RUNNING, event.node
-        job.started_at = job.started_at or _ts(event)
+        move_attempt(attempt, JobStatus.RUNNING, at=_ts(event))
+    attempt.node = event.node
+    attempt.info = {**attempt.info, **event.data.model_dump(mode="json", exclude_none=True)}
+    if current and job.status != JobStatus.RUNNING and move_job(job, JobStatus.RUNNING, at=_ts(event)):
+        job.node = event.node
 
 
-def _metrics(session: Session, job: Job, attempt: JobAttempt, event: Event, current: bool) -> None:
-    data: dict[str, Any] = event.data
-    values = {k: float(v) for k, v in (data.get("metrics") or {}).items()}
+def _metrics(session: Session, job: Job, attempt: JobAttempt, event: MetricsEvent, current: bool) -> None:
+    data = event.data
     session.add(
         JobMetric(
             job_id=job.id,  # type: ignore[arg-type]
             attempt=attempt.number,
-            kind=str(data.get("kind", "metrics")),
-            epoch=data.get("epoch"),
-            step=data.get("step"),
-            values=values,
+            kind=data.kind,
+            epoch=data.epoch,
+            step=data.step,
+            values=dict(data.metrics),
             ts=_ts(event),
         )
     )
     if current:
-        progress = {k: data[k] for k in ("epoch", "step", "max_epochs") if data.get(k) is not None}
+        progress = {
+            k: v
+            for k, v in (("epoch", data.epoch), ("step", data.step), ("max_epochs", data.max_epochs))
+            if v is not None
+        }
         job.progress = {**job.progress, **progress, "attempt": attempt.number}
-        job.metrics = {**job.metrics, **values}
+        job.metrics = {**job.metrics, **data.metrics}
 
 
-def _artifact(session: Session, job: Job, attempt: JobAttempt, event: Event, current: bool) -> None:
+def _artifact(session: Session, job: Job, attempt: JobAttempt, event: ArtifactEvent) -> None:
     d = event.data
-    row = session.exec(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == d["name"])).first()
-    row = row or Artifact(job_id=job.id, name=d["name"], key=d["key"], size=0, attempt=attempt.number)  # type: ignore[arg-type]
-    row.key, row.size, row.sha256, row.attempt = d["key"], int(d["size"]), d.get("sha256"), attempt.number
+    row = session.exec(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == d.name)).first()
+    row = row or Artifact(job_id=job.id, name=d.name, key=d.key, size=0, attempt=attempt.number)  # type: ignore[arg-type]
+    row.key, row.size, row.sha256, row.attempt = d.key, d.size, d.sha256, attempt.number
     session.add(row)
 
 
-def _finished(session: Session, job: Job, attempt: JobAttempt, event: Event, current: bool) -> None:
+def _finished(
+    session: Session, job: Job, attempt: JobAttempt, event: FinishedEvent, current: bool, policy: RetryPolicy
+) -> None:
     d = event.data
-    outcome = AttemptOutcome(d["outcome"])
-    attempt.status = JobStatus(outcome.value)
-    attempt.finished_at = _ts(event)
-    attempt.exit_code = d.get("exit_code")
-    attempt.error = d.get("error")
-    attempt.log_key = d.get("log_key")
+    attempt.log_key = d.log_key or attempt.log_key
+    if not move_attempt(attempt, JobStatus(d.outcome.value), at=_ts(event)):
+        # Ended already by another path (declared lost, cancelled while queued): that path moved
+        # the job; a second end would start a second retry.
+        return
+    attempt.exit_code = d.exit_code
+    attempt.error = d.error
     if not current:
         return
-    job.log_tail = d.get("log_tail")
+    job.log_tail = d.log_tail
     end_attempt(
         session,
         job,
         attempt,
-        outcome,
-        retryable=bool(d.get("retryable")),
-        error=d.get("error"),
-        handed_back=bool(d.get("handed_back")),
+        AttemptOutcome(d.outcome),
+        retryable=d.retryable,
+        error=d.error,
+        handed_back=d.handed_back,
+        policy=policy,
     )
 
 
-_HANDLERS = {
-    EventKind.STARTED: _started,
-    EventKind.METRICS: _metrics,
-    EventKind.ARTIFACT: _artifact,
-    EventKind.FINISHED: _finished,
-}
+#: Errors that say the database is away, not that the event is bad: the batch stays pending and is
+#: read again once the database is back, as before.
+_UNAVAILABLE = (OperationalError, InterfaceError)
+
+
+def _unavailable(exc: Exception) -> bool:
+    return isinstance(exc, _UNAVAILABLE) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def _job_of(raw: bytes) -> int | None:
+    """The job an unparseable entry claims to be about, to warn on it; None when it names none."""
+    try:
+        value = json.loads(raw).get("job_id")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63 else None
+
+
+def apply_entry(session: Session, raw: bytes, policy: RetryPolicy = DEFAULT_POLICY) -> str | None:
+    """Parse and apply one stream entry in a savepoint of its own: the reason it is dead (it is then
+    noted on its job), or None when it was applied or was a replay."""
+    try:
+        event = parse_event(raw)
+    except Exception as exc:  # ValidationError, or anything a hostile entry provokes
+        reason = f"invalid event: {describe(exc) if isinstance(exc, ValidationError) else exc!r}"[:2000]
+        EVENTS_DEAD_LETTERED.labels("invalid").inc()
+        _warn(session, _job_of(raw), reason)
+        return reason
+    try:
+        with session.begin_nested():
+            apply_event(session, event, policy)
+            # Flushed here so a later event of the same batch sees this one's rows, and so an
+            # error shows inside this event's savepoint.
+            session.flush()
+    except Exception as exc:
+        if _unavailable(exc):
+            raise
+        log.exception(
+            "event %s of job %s attempt %s could not be applied", event.seq, event.job_id, event.attempt
+        )
+        reason = f"{event.kind.value} event {event.seq} of attempt {event.attempt} not applied: {type(exc).__name__}: {exc}"
+        EVENTS_DEAD_LETTERED.labels("apply").inc()
+        _warn(session, event.job_id, reason[:500])
+        return reason[:2000]
+    return None
+
+
+def _warn(session: Session, job_id: int | None, reason: str) -> None:
+    """Note the dead event on its job; the dead-letter stream keeps it if even that fails."""
+    if job_id is None:
+        return
+    try:
+        with session.begin_nested():
+            job = session.get(Job, job_id)
+            if job is not None:
+                add_warning(job, reason)
+                session.add(job)
+                session.flush()
+    except Exception as exc:
+        if _unavailable(exc):
+            raise
+        log.exception("could not note a dead event on job %s", job_id)
 
 
 class EventConsumer:
@@ -117,16 +207,20 @@ class EventConsumer:
 
     Entries are acknowledged only after their transaction commits; a master that dies in between
     gets them again on restart (pending entries are read first) and the sequence check drops the
-    ones already applied.
+    ones already applied. An entry that is bad in itself is dead-lettered and acknowledged with
+    the others, so it is never read again.
     """
 
     #: Events read per round; a full round means more are waiting.
     batch = 500
 
-    def __init__(self, bus: EventBus, engine: Engine, consumer: str = "master-1") -> None:
+    def __init__(
+        self, bus: EventBus, engine: Engine, consumer: str = "master-1", policy: RetryPolicy = DEFAULT_POLICY
+    ) -> None:
         self._bus = bus
         self._engine = engine
         self._consumer = consumer
+        self._policy = policy
         self._pending_done = False
 
     def poll(self, block_ms: int = 500) -> int:
@@ -139,11 +233,14 @@ class EventConsumer:
         if not self._pending_done and not entries:
             self._pending_done = True
             return self.batch  # not caught up yet: new events come next
+        dead: list[tuple[str, bytes, str]] = []
         with Session(self._engine) as session:
-            for _entry_id, event in entries:
-                apply_event(session, event)
-                # Flush per event so a later event of the same batch sees this one's rows.
-                session.flush()
+            for entry_id, raw in entries:
+                reason = apply_entry(session, raw, self._policy)
+                if reason is not None:
+                    dead.append((entry_id, raw, reason))
             session.commit()
+        # Dead-lettered before the acknowledgement: a crash in between only dead-letters it twice.
+        self._bus.dead_letter(dead)
         self._bus.ack([entry_id for entry_id, _ in entries])
         return len(entries)

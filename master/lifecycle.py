@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from datetime import timedelta
 
 import redis
 from sqlmodel import Session, select
 
 from master.dispatch import Dispatcher
+from master.job_warnings import add_warning
+from master.metrics import HANDBACKS
 from master.models import Dataset, Job, JobAttempt, utcnow
+from master.transitions import move_attempt, move_job
 from shared.errors import Conflict, InvalidRequest
 from shared.schemas import AttemptOutcome, JobSpec
-from shared.status import JobStatus, can_move
+from shared.status import JobStatus
 from shared.storage import ArtifactStore, code_bundle_key
 from shared.streams import cancel_key
 
@@ -80,10 +84,10 @@ def cancel_job(session: Session, broker: redis.Redis, job: Job) -> Job:
     if job.status == JobStatus.QUEUED:
         # Nothing runs yet: the job is cancelled now, and a worker that receives it drops it.
         now = utcnow()
-        job.status, job.finished_at = JobStatus.CANCELLED, now
+        move_job(job, JobStatus.CANCELLED, at=now)
         attempt = current_attempt(session, job)
         if attempt is not None and attempt.status == JobStatus.QUEUED:
-            attempt.status, attempt.finished_at = JobStatus.CANCELLED, now
+            move_attempt(attempt, JobStatus.CANCELLED, at=now)
             session.add(attempt)
     session.add(job)
     session.commit()
@@ -97,6 +101,28 @@ def current_attempt(session: Session, job: Job) -> JobAttempt | None:
     ).first()
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How attempts that end are retried; the master builds it from its settings."""
+
+    #: Hand-backs a job gets free of its retries (settings.max_handbacks).
+    max_handbacks: int = 10
+    base_delay: float = RETRY_BASE_DELAY
+    max_delay: float = RETRY_MAX_DELAY
+
+
+DEFAULT_POLICY = RetryPolicy()
+
+
+def retry_delay(failures: int, policy: RetryPolicy, jitter: float = 1.0) -> float:
+    """Seconds before the retry that follows `failures` failed attempts: doubling from the base,
+    capped; `jitter` (0.5 to 1 in use) spreads the retries of many jobs hit by the same outage."""
+    if failures <= 0:
+        return 0.0
+    # The exponent is capped too, so a huge count cannot overflow the float.
+    return min(policy.max_delay, policy.base_delay * 2.0 ** min(failures - 1, 64)) * jitter
+
+
 def end_attempt(
     session: Session,
     job: Job,
@@ -106,29 +132,41 @@ def end_attempt(
     retryable: bool,
     error: str | None,
     handed_back: bool = False,
+    policy: RetryPolicy = DEFAULT_POLICY,
 ) -> None:
-    """Move the job after its current attempt ended: done, or a new attempt (after a backoff)."""
+    """Move the job after its current attempt ended: done, or a new attempt (after a backoff).
+
+    A hand-back is free (no retry used, no backoff) up to `policy.max_handbacks` per job; past that
+    it counts as a failed retryable attempt, so a worker handing back again and again ends the job.
+    """
     spec = JobSpec.model_validate(job.spec)
-    failures = attempt.number - job.handbacks - (1 if handed_back else 0)
+    free_handback = handed_back and job.handbacks < policy.max_handbacks
+    if handed_back:
+        HANDBACKS.inc()
+        if not free_handback:
+            add_warning(
+                job,
+                f"attempt {attempt.number} was handed back after {job.handbacks} free hand-backs "
+                f"(the limit, max_handbacks): counted as a failed attempt",
+            )
+            error = f"{error} (beyond the limit of {policy.max_handbacks} hand-backs per job)"
+    failures = attempt.number - job.handbacks - (1 if free_handback else 0)
     retry = outcome == AttemptOutcome.FAILED and retryable and not job.cancel_requested
-    if retry and (handed_back or failures <= spec.max_retries):
-        delay = 0.0 if handed_back else min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2 ** (failures - 1))
+    if retry and (free_handback or failures <= spec.max_retries):
+        if job.status != JobStatus.QUEUED and not move_job(job, JobStatus.QUEUED):
+            return  # the job ended by another path meanwhile: no new attempt
+        delay = 0.0 if free_handback else retry_delay(failures, policy, random.uniform(0.5, 1.0))
         nxt = JobAttempt(
             job_id=job.id,  # type: ignore[arg-type]
             number=attempt.number + 1,
-            # Jitter spreads the retries of many jobs hit by the same outage.
-            not_before=utcnow() + timedelta(seconds=delay * random.uniform(0.5, 1.0)),
+            not_before=utcnow() + timedelta(seconds=delay),
         )
         session.add(nxt)
         job.attempts = nxt.number
-        job.handbacks += 1 if handed_back else 0
-        job.status = JobStatus.QUEUED
+        job.handbacks += 1 if free_handback else 0
         job.error = f"attempt {attempt.number}: {error}; retrying"
         return
     if retry:
         error = f"{error} (no retries left after {failures} failed attempts)"
-    new = JobStatus(outcome.value)
-    if can_move(job.status, new):
-        job.status = new
-        job.finished_at = utcnow()
+    if move_job(job, JobStatus(outcome.value)):
         job.error = error

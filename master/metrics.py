@@ -19,6 +19,15 @@ from shared.status import JobStatus
 
 EVENTS_APPLIED = Counter("trainfarm_events_applied_total", "Worker events applied to the database", ["kind"])
 JOBS_SUBMITTED = Counter("trainfarm_jobs_submitted_total", "Jobs accepted by the API", ["queue"])
+#: reason: "invalid" (the entry is not an event of a known kind within bounds) or "apply" (applying it failed).
+EVENTS_DEAD_LETTERED = Counter(
+    "trainfarm_events_dead_lettered_total", "Worker events moved to tf:events:dead unapplied", ["reason"]
+)
+HANDBACKS = Counter("trainfarm_handbacks_total", "Attempts handed back by a worker shutting down")
+STATUS_MOVES_REFUSED = Counter(
+    "trainfarm_status_moves_refused_total", "Status changes refused by the transition tables", ["entity"]
+)
+LOOP_ERRORS = Counter("trainfarm_loop_errors_total", "Errors caught in the master's background loops", ["loop"])
 HTTP_LATENCY = Histogram(
     "trainfarm_http_request_seconds",
     "API request latency",
@@ -92,7 +101,15 @@ class RequestTimer:
 def make_registry(engine: Engine, broker: redis.Redis) -> CollectorRegistry:
     """One registry per app: the process-wide counters plus this app's view of the farm."""
     registry = CollectorRegistry()
-    for collector in (EVENTS_APPLIED, JOBS_SUBMITTED, HTTP_LATENCY):
+    for collector in (
+        EVENTS_APPLIED,
+        JOBS_SUBMITTED,
+        HTTP_LATENCY,
+        EVENTS_DEAD_LETTERED,
+        HANDBACKS,
+        STATUS_MOVES_REFUSED,
+        LOOP_ERRORS,
+    ):
         registry.register(collector)
     registry.register(FarmCollector(engine, broker))
     return registry

@@ -14,13 +14,27 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from master.lifecycle import end_attempt
-from master.models import Job, JobAttempt, utcnow
+from master.models import Job, JobAttempt
+from master.transitions import move_attempt
 from shared.leases import Leases
 from shared.schemas import AttemptOutcome
 from shared.status import JobStatus
 from shared.streams import LogBatch, LogStream
 
 log = logging.getLogger(__name__)
+
+
+Key = tuple[int, int]
+
+
+def overdue(
+    present: dict[Key, bool], missing: dict[Key, float], now: float, grace: float
+) -> tuple[list[Key], dict[Key, float]]:
+    """The reaper's decision, without Redis or a database: which running attempts have been
+    without a lease for `grace` seconds by `now`, and when each still-running attempt without one
+    was first seen so (attempts no longer running are forgotten; one whose lease is back is too)."""
+    still = {key: missing.get(key, now) for key, alive in present.items() if not alive}
+    return [key for key, since in still.items() if now - since >= grace], still
 
 
 class LeaseReaper:
@@ -30,7 +44,7 @@ class LeaseReaper:
         self._logs = logs
         self._grace = grace
         #: When each running attempt was first seen without a lease (monotonic seconds).
-        self._missing: dict[tuple[int, int], float] = {}
+        self._missing: dict[Key, float] = {}
 
     def poll(self) -> int:
         with Session(self._engine) as session:
@@ -40,21 +54,16 @@ class LeaseReaper:
                 .where(JobAttempt.status == JobStatus.RUNNING)
             ).all()
             keys = [(a.job_id, a.number) for a, _ in rows]
-            present = self._leases.present(keys) if keys else []
-            now = time.monotonic()
-            self._missing = {k: t for k, t in self._missing.items() if k in set(keys)}
+            present = dict(zip(keys, self._leases.present(keys) if keys else [], strict=True))
+            due, self._missing = overdue(present, self._missing, time.monotonic(), self._grace)
+            by_key = {(a.job_id, a.number): (a, j) for a, j in rows}
             lost = 0
-            for (attempt, job), alive in zip(rows, present, strict=True):
-                key = (attempt.job_id, attempt.number)
-                if alive:
-                    self._missing.pop(key, None)
-                    continue
-                if now - self._missing.setdefault(key, now) < self._grace:
-                    continue
+            for key in due:
                 # Fence first: if the worker renewed in the meantime, the attempt is not lost.
                 if not self._leases.mark_lost(*key):
                     continue
                 self._missing.pop(key, None)
+                attempt, job = by_key[key]
                 self._declare_lost(session, job, attempt)
                 lost += 1
             session.commit()
@@ -63,7 +72,9 @@ class LeaseReaper:
     def _declare_lost(self, session: Session, job: Job, attempt: JobAttempt) -> None:
         error = f"worker lost: {attempt.node or 'its node'} stopped renewing the lease"
         log.warning("job %s attempt %s: %s", job.id, attempt.number, error)
-        attempt.status, attempt.finished_at, attempt.error = JobStatus.FAILED, utcnow(), error
+        if not move_attempt(attempt, JobStatus.FAILED):
+            return
+        attempt.error = error
         session.add(attempt)
         assert job.id is not None
         try:

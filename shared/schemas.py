@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -98,23 +97,12 @@ class TaskMessage(BaseModel):
 
 
 class EventKind(StrEnum):
+    """What a worker reports about an attempt; the models of each are in shared/events.py."""
+
     STARTED = "started"
     METRICS = "metrics"
     ARTIFACT = "artifact"
     FINISHED = "finished"
-
-
-class Event(BaseModel):
-    """A worker's report about one attempt. `seq` rises by one per event of an attempt, so the
-    master applies each exactly once however often Redis delivers it."""
-
-    job_id: int
-    attempt: int
-    seq: int
-    kind: EventKind
-    node: str
-    ts: float = Field(default_factory=time.time)
-    data: dict[str, Any] = Field(default_factory=dict)
 
 
 class AttemptOutcome(StrEnum):

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     #: Seconds before Redis hands an unacknowledged task message to another worker. Leases, not
     #: this timeout, keep long jobs from running twice, so it can stay short.
     broker_visibility_timeout: int = 300
+    #: Hand-backs (a worker shutting down gives its attempt back) a job gets free of its retries;
+    #: past this, a hand-back counts as a failed retryable attempt, so a hand-back storm ends.
+    max_handbacks: int = Field(default=10, ge=0)
 
     # Worker
     node_name: str = Field(default_factory=socket.gethostname)

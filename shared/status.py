@@ -31,6 +31,22 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.CANCELLED: frozenset(),
 }
 
+#: An attempt runs at most once: it never goes back to queued (a retry is a new attempt), and it
+#: cannot succeed without having started. Attempts share the job's status names.
+ATTEMPT_ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
 
 def can_move(current: JobStatus, new: JobStatus) -> bool:
+    """Whether a job may go from `current` to `new`."""
     return new in ALLOWED[current]
+
+
+def can_move_attempt(current: JobStatus, new: JobStatus) -> bool:
+    """Whether an attempt may go from `current` to `new`."""
+    return new in ATTEMPT_ALLOWED[current]

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from redis.exceptions import ResponseError
 
-from shared.schemas import Event
+from shared.events import Event
 
 EVENTS_KEY = "tf:events"
+#: Events the master could not parse or apply, with the reason; capped, newest kept.
+DEAD_EVENTS_KEY = "tf:events:dead"
+DEAD_EVENTS_MAXLEN = 10_000
 EVENTS_GROUP = "master"
 NODES_KEY = "tf:nodes"
 
@@ -131,7 +135,8 @@ class EventBus:
         self._redis = client
 
     def publish(self, event: Event) -> str:
-        return self._redis.xadd(EVENTS_KEY, {"event": event.model_dump_json()})
+        entry = self._redis.xadd(EVENTS_KEY, {"event": event.model_dump_json()})
+        return entry.decode() if isinstance(entry, bytes) else str(entry)
 
     def ensure_group(self) -> None:
         try:
@@ -141,16 +146,18 @@ class EventBus:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def read(self, consumer: str, *, pending: bool, count: int, block_ms: int) -> list[tuple[str, Event]]:
-        """Pending entries (delivered before but never acknowledged) first, then new ones."""
-        response = self._redis.xreadgroup(
+    def read(self, consumer: str, *, pending: bool, count: int, block_ms: int) -> list[tuple[str, bytes]]:
+        """Pending entries (delivered before but never acknowledged) first, then new ones, as the raw
+        JSON: parsing is the consumer's, so one bad entry cannot fail the read of the others."""
+        response: Any = self._redis.xreadgroup(
             EVENTS_GROUP,
             consumer,
             {EVENTS_KEY: "0" if pending else ">"},
             count=count,
             block=None if pending else block_ms,
         )
-        out, vanished = [], []
+        out: list[tuple[str, bytes]] = []
+        vanished: list[str] = []
         for _stream, entries in response or []:
             for entry_id, fields in entries:
                 eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
@@ -158,9 +165,18 @@ class EventBus:
                     vanished.append(eid)
                     continue
                 raw = fields.get(b"event", fields.get("event"))
-                out.append((eid, Event.model_validate_json(raw)))
+                out.append((eid, raw.encode() if isinstance(raw, str) else raw or b""))
         self.ack(vanished)
         return out
+
+    def dead_letter(self, entries: Sequence[tuple[str, bytes, str]]) -> None:
+        """Keep (entry id, raw event, reason) of events that will never be applied, for a person to read."""
+        if entries:
+            pipe = self._redis.pipeline(transaction=False)
+            for entry_id, raw, reason in entries:
+                fields = {"entry": entry_id, "event": raw[:65536], "reason": reason}
+                pipe.xadd(DEAD_EVENTS_KEY, fields, maxlen=DEAD_EVENTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            pipe.execute()
 
     def ack(self, entry_ids: Sequence[str]) -> None:
         if entry_ids:

@@ -14,7 +14,8 @@ import redis
 import urllib3
 
 from shared.errors import FinalError, RetryableError
-from shared.schemas import AttemptOutcome, EventKind, TaskMessage
+from shared.events import DatasetFetched, Finished, Started
+from shared.schemas import AttemptOutcome, TaskMessage
 from shared.streams import cancel_key, drain_key, node_attempts_key
 from worker import draining
 from worker.backends.base import Execution, Launch
@@ -86,7 +87,7 @@ class AttemptRunner:
         dirs = AttemptDirs.create(self.ctx.settings.job_work_dir, job_id, number)
         pump = LogPump(self.ctx.logs, job_id, number, dirs.log, self.ctx.settings.log_flush_interval)
         checkpoints = CheckpointSync(self.ctx.store, self.reporter, job_id, dirs.checkpoints)
-        self.reporter.report(EventKind.STARTED, {"pid": os.getpid()})
+        self.reporter.report(Started(pid=os.getpid()))
         pump.note(f"attempt {number} of job {job_id} on {self.node}")
         try:
             # The caches keep what this attempt uses until it ends, whatever other attempts add.
@@ -126,13 +127,13 @@ class AttemptRunner:
     def _prepare_and_run(
         self, dirs: AttemptDirs, pump: LogPump, checkpoints: CheckpointSync, keeper: LeaseKeeper, pins: Pins
     ) -> Ending:
-        fetched = []
+        fetched: list[DatasetFetched] = []
         for ref in self.msg.datasets:
             item = self.ctx.datasets.fetch(ref, pins)
             self.ctx.datasets.place(item, dirs.data)
             how = "cache hit" if item.cached else "downloaded"
             pump.note(f"dataset {item.name}: {item.size} bytes, {how}")
-            fetched.append({"name": item.name, "cached": item.cached, "size": item.size})
+            fetched.append(DatasetFetched(name=item.name, cached=item.cached, size=item.size))
         workdir = dirs.root
         if self.spec.code is not None:
             count = self.ctx.code.unpack(self.spec.code, dirs.code, pins)
@@ -141,7 +142,7 @@ class AttemptRunner:
         restored = checkpoints.restore()
         if restored:
             pump.note(f"restored checkpoint {restored} from an earlier attempt")
-        self.reporter.report(EventKind.STARTED, {"datasets": fetched, "restored_checkpoint": restored})
+        self.reporter.report(Started(datasets=fetched, restored_checkpoint=restored))
         dirs.spec.write_text(self.spec.model_dump_json())
         backend = self.ctx.backend(self.spec)
         where = f"GPUs {','.join(map(str, self.gpus))}" if self.gpus else "no GPU"
@@ -152,7 +153,7 @@ class AttemptRunner:
             syncer = PeriodicSync(checkpoints, self.spec.checkpoint_interval)
             syncer.start()
             try:
-                return self._supervise(execution, pump, EventsFileTail(dirs.events), keeper)
+                return self._supervise(execution, pump, EventsFileTail(dirs.events, pump.note), keeper)
             finally:
                 syncer.stop()
         finally:
@@ -198,17 +199,24 @@ class AttemptRunner:
                 code = execution.wait()
                 break
             time.sleep(POLL_SECONDS)
-        self._forward(events)
+        self._forward(events, final=True)
         if ending is None:
             failed = Ending(AttemptOutcome.FAILED, f"training process exited with code {code}")
             ending = Ending(AttemptOutcome.SUCCEEDED) if code == 0 else failed
         ending.exit_code = code
         return ending
 
-    def _forward(self, events: EventsFileTail) -> None:
-        for item in events.read_new():
-            item.setdefault("max_epochs", self.spec.max_epochs)
-            self.reporter.report(EventKind.METRICS, item)
+    def _forward(self, events: EventsFileTail, final: bool = False) -> None:
+        """Report the job's new metrics lines (its bad lines become warnings in its log); `final`
+        reads to the end of the file and says how many bad lines went unwarned."""
+        while True:
+            for line in events.read_new():
+                self.reporter.report(line if line.max_epochs else _with_max_epochs(line, self.spec.max_epochs))
+            if not final or events.at_end:
+                break
+        summary = events.summary() if final else None
+        if summary is not None:
+            self._pump_note(summary)
 
     def _flags(self) -> tuple[bool, bool]:
         """(cancel requested, node draining); Redis away means neither, read again soon."""
@@ -227,14 +235,13 @@ class AttemptRunner:
 
     def _finish(self, ending: Ending, log_key: str | None, tail: list[str]) -> None:
         self.reporter.report(
-            EventKind.FINISHED,
-            {
-                "outcome": ending.outcome.value,
-                "error": ending.error,
-                "retryable": ending.retryable,
-                "handed_back": ending.handed_back,
-                "exit_code": ending.exit_code,
-                "log_key": log_key,
-                "log_tail": "\n".join(tail),
-            },
+            Finished(
+                outcome=ending.outcome,
+                error=ending.error,
+                retryable=ending.retryable,
+                handed_back=ending.handed_back,
+                exit_code=ending.exit_code,
+                log_key=log_key,
+                log_tail="\n".join(tail),
+            )
         )

@@ -6,7 +6,7 @@ import logging
 import threading
 from pathlib import Path
 
-from shared.schemas import EventKind
+from shared.events import ArtifactStored
 from shared.storage import ArtifactStore
 from worker.reporter import AttemptReporter
 from worker.uploads import put_file, regular_files, storage_retry
@@ -52,13 +52,9 @@ class CheckpointSync:
                 info = put_file(self._store, self._prefix + name, path)
                 self._synced[name] = (stat.st_mtime_ns, stat.st_size)
                 self._reporter.report(
-                    EventKind.ARTIFACT,
-                    {
-                        "name": f"checkpoints/{name}",
-                        "key": info.key,
-                        "size": info.size,
-                        "sha256": info.sha256,
-                    },
+                    ArtifactStored(
+                        name=f"checkpoints/{name}", key=info.key, size=info.size, sha256=info.sha256
+                    )
                 )
                 count += 1
             return count

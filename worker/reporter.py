@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import redis
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from shared.schemas import Event, EventKind
+from shared.events import Event, EventData, envelope
 from shared.streams import EventBus
 
 
@@ -22,17 +21,11 @@ class AttemptReporter:
         # One lock over numbering and publishing: stream order must equal sequence order.
         self._lock = threading.Lock()
 
-    def report(self, kind: EventKind, data: dict[str, Any]) -> None:
+    def report(self, data: EventData) -> None:
+        """Number `data` as this attempt's next event and publish it."""
         with self._lock:
             self._seq += 1
-            event = Event(
-                job_id=self._job_id,
-                attempt=self._attempt,
-                seq=self._seq,
-                kind=kind,
-                node=self._node,
-                data=data,
-            )
+            event = envelope(data, job_id=self._job_id, attempt=self._attempt, seq=self._seq, node=self._node)
             self._publish(event)
 
     # Redis restarting or briefly unreachable must not lose an event: retry for up to ten minutes.

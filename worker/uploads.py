@@ -10,7 +10,7 @@ import urllib3
 from minio.error import S3Error
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
-from shared.schemas import EventKind
+from shared.events import ArtifactStored
 from shared.storage import ArtifactStore, ObjectInfo
 from worker.reporter import AttemptReporter
 
@@ -59,8 +59,6 @@ def upload_tree(store: ArtifactStore, reporter: AttemptReporter, root: Path, job
     for path in regular_files(root):
         name = path.relative_to(root).as_posix()
         info = put_file(store, f"artifacts/{job_id}/{name}", path)
-        reporter.report(
-            EventKind.ARTIFACT, {"name": name, "key": info.key, "size": info.size, "sha256": info.sha256}
-        )
+        reporter.report(ArtifactStored(name=name, key=info.key, size=info.size, sha256=info.sha256))
         count += 1
     return count

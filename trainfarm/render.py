@@ -176,6 +176,11 @@ def job_summary(job: dict[str, Any]) -> Table:
     ]
     if job.get("error"):
         rows.append(("error", Text(job["error"], style="red")))
+    if job.get("handbacks"):
+        rows.append(("hand-backs", str(job["handbacks"])))
+    # What the farm noticed without ending the job (events it could not apply, a hand-back storm).
+    for i, warning in enumerate(job.get("warnings") or []):
+        rows.append(("warnings" if i == 0 else "", Text(str(warning), style="yellow")))
     for key, value in rows:
         add_row(table, key, value)
     return table

@@ -29,6 +29,7 @@ export class JobDetail {
     this.cancelBtn = el("button", { type: "button", class: "danger", onclick: () => this.cancel() }, "Cancel job");
     this.closeBtn = el("button", { type: "button", class: "small", title: "Close", onclick: () => this.close(true) }, "✕");
     this.errorBox = el("pre", { class: "job-error", hidden: true });
+    this.warningsBox = el("ul", { class: "job-warnings", hidden: true, title: "What the farm noticed without ending the job" });
     this.metrics = el("div", { class: "kv" });
     this.chart = el("div", { class: "chart-wrap" });
     this.attempts = el("tbody");
@@ -41,6 +42,7 @@ export class JobDetail {
       this.summary,
       this.message,
       this.errorBox,
+      this.warningsBox,
       el("div", { class: "detail-grid" },
         el("section", {}, el("h3", {}, "Latest metrics"), this.metrics, this.chart),
         el("section", {}, el("h3", {}, "Artifacts"), this.artifacts),
@@ -97,6 +99,7 @@ export class JobDetail {
       el("span", {}, `priority ${job.priority}`),
       el("span", {}, `devices ${job.spec.devices ?? 1}`),
       job.node ? el("span", {}, `node ${job.node}`) : null,
+      job.handbacks ? el("span", { title: "attempts handed back by a worker shutting down" }, `hand-backs ${job.handbacks}`) : null,
       el("span", { title: job.created_at }, `submitted ${fmtTime(job.created_at)}`),
       job.started_at ? el("span", {}, `ran ${fmtDuration(job.started_at, job.finished_at)}`) : null,
       progressBar(job.progress),
@@ -105,6 +108,9 @@ export class JobDetail {
     this.cancelBtn.disabled = job.cancel_requested;
     this.errorBox.hidden = !job.error;
     this.errorBox.textContent = job.error || "";
+    const warnings = job.warnings || [];
+    this.warningsBox.hidden = !warnings.length;
+    fill(this.warningsBox, warnings.map((w) => el("li", {}, w)));
     const keys = Object.keys(job.metrics || {}).sort();
     fill(
       this.metrics,

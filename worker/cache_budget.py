@@ -56,7 +56,8 @@ class Entry:
     key: str
     size: int
     last_use_ns: int
-    paths: tuple[Path, ...]
+    #: The entry and its partial downloads, as strings: a scan of a large cache builds no Path objects.
+    paths: tuple[str, ...]
 
 
 class CacheBudget:
@@ -103,7 +104,8 @@ class CacheBudget:
         """A download of `key` finished: mark its use and make room for it; the keys evicted."""
         with self.locked():
             self.touch(key)
-            size = sum(_size(p) for p in self._paths_of(key))
+            entry = self._entry_of(key)
+            size = entry.size if entry else 0
             if size > self.max_bytes:
                 log.warning(
                     "%s: %s is %d bytes, more than the whole limit of %d; kept while in use, evicted first after",
@@ -121,18 +123,7 @@ class CacheBudget:
 
     def entries(self) -> list[Entry]:
         """What the cache holds now, partial downloads included under the name they will have."""
-        groups: dict[str, list[Path]] = {}
-        for path in self._walk(self.root, self.depth):
-            groups.setdefault(self._key_of(path), []).append(path)
-        found = []
-        for key, paths in groups.items():
-            main = self.path(key)
-            try:
-                stamp = (main if main in paths else paths[0]).lstat().st_mtime_ns
-            except FileNotFoundError:  # removed while we looked (outside the lock: a usage report)
-                continue
-            found.append(Entry(key, sum(_size(p) for p in paths), stamp, tuple(paths)))
-        return found
+        return self._scan(str(self.root), "", self.depth)
 
     def usage(self) -> dict[str, int]:
         """Bytes and entries held, the limit, and how many entries live attempts pin."""
@@ -204,35 +195,44 @@ class CacheBudget:
                 return None
         return keys
 
-    def _walk(self, folder: Path, depth: int) -> Iterator[Path]:
+    def _scan(self, folder: str, prefix: str, depth: int) -> list[Entry]:
+        """The entries `depth` levels below `folder`, whose key starts with `prefix`."""
         try:
             children = sorted(os.scandir(folder), key=lambda c: c.name)
         except (FileNotFoundError, NotADirectoryError):
-            return
+            return []
+        found: list[Entry] = []
+        here: dict[str, list[os.DirEntry[str]]] = {}
         for child in children:
-            if folder == self.root and child.name == BOOKKEEPING:
+            if not prefix and child.name == BOOKKEEPING:
                 continue
-            if depth <= 1 or not child.is_dir(follow_symlinks=False):
-                yield Path(child.path)
-            else:
-                yield from self._walk(Path(child.path), depth - 1)
+            if depth > 1 and child.is_dir(follow_symlinks=False):
+                found.extend(self._scan(child.path, f"{prefix}{child.name}/", depth - 1))
+            else:  # an entry, or (above the entry depth) the leftover of an older layout: one too
+                here.setdefault(_entry_name(child.name), []).append(child)
+        for name, items in here.items():
+            try:
+                main = next((c for c in items if c.name == name), items[0])
+                stamp = main.stat(follow_symlinks=False).st_mtime_ns
+                size = sum(_size(c) for c in items)
+            except FileNotFoundError:  # removed while we looked
+                continue
+            found.append(Entry(prefix + name, size, stamp, tuple(c.path for c in items)))
+        return found
 
-    def _key_of(self, path: Path) -> str:
-        name = path.name
-        if name.startswith(".") and name.endswith(".part"):
-            # `ArtifactStore.download` writes `.<name>.<id>.part` beside `<name>`, then renames.
-            name = name[1 : -len(".part")].rsplit(".", 1)[0]
-        return (path.parent / name).relative_to(self.root).as_posix()
-
-    def _paths_of(self, key: str) -> list[Path]:
-        return [p for p in self._walk(self.path(key).parent, 1) if self._key_of(p) == key]
+    def _entry_of(self, key: str) -> Entry | None:
+        parent = key.rpartition("/")[0]
+        folder = str(self.root / parent) if parent else str(self.root)
+        prefix = f"{parent}/" if parent else ""
+        return next((e for e in self._scan(folder, prefix, 1) if e.key == key), None)
 
     def _remove(self, entry: Entry) -> None:
         for path in entry.paths:
-            if path.is_dir() and not path.is_symlink():
+            if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
             else:
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
         # Folders left empty above the entry (a dataset's key folder once its last version left).
         parent = self.path(entry.key).parent
         while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
@@ -329,16 +329,24 @@ def cache_usage(settings: Settings) -> dict[str, dict[str, int]]:
     }
 
 
-def _size(path: Path) -> int:
-    """Bytes under `path`, links not followed; what vanishes meanwhile counts nothing."""
+def _entry_name(name: str) -> str:
+    """The entry a file belongs to: `ArtifactStore.download` writes `.<name>.<id>.part` beside `<name>`
+    and renames it into place when complete."""
+    if name.startswith(".") and name.endswith(".part"):
+        return name[1 : -len(".part")].rsplit(".", 1)[0]
+    return name
+
+
+def _size(item: os.DirEntry[str]) -> int:
+    """Bytes under `item`, links not followed; what vanishes meanwhile counts nothing."""
+    if not item.is_dir(follow_symlinks=False):
+        return item.stat(follow_symlinks=False).st_size
+    total = 0
     try:
-        if not path.is_dir() or path.is_symlink():
-            return path.lstat().st_size
-        total = 0
-        for folder, _, files in os.walk(path):
-            for name in files:
+        with os.scandir(item.path) as children:
+            for child in children:
                 with contextlib.suppress(FileNotFoundError):
-                    total += os.lstat(os.path.join(folder, name)).st_size
-        return total
+                    total += _size(child)
     except FileNotFoundError:
         return 0
+    return total

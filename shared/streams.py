@@ -32,14 +32,27 @@ def cancel_key(job_id: int) -> str:
     return f"tf:cancel:{job_id}"
 
 
-def drain_key(node: str) -> str:
-    """Set while a node shuts down: its running attempts checkpoint and hand themselves back."""
-    return f"tf:drain:{node}"
+#: Between node name and instance id in a worker's key (`worker.identity`); no hostname holds it.
+WORKER_KEY_SEPARATOR = "#"
 
 
-def node_attempts_key(node: str) -> str:
-    """Hash of the attempts running on a node, for its heartbeat."""
-    return f"tf:node-attempts:{node}"
+def split_worker_key(key: str) -> tuple[str, str | None]:
+    """(node name, instance id) of a worker's key; a bare node name (an older worker's beat) has
+    no instance. The last separator counts: a node name set by hand may hold one."""
+    node, sep, instance = key.rpartition(WORKER_KEY_SEPARATOR)
+    return (node, instance) if sep and node else (key, None)
+
+
+def drain_key(worker: str) -> str:
+    """Set while one worker (`worker.identity` key: node name and instance) shuts down: its running
+    attempts checkpoint and hand themselves back. Per worker, never per node: a sibling worker on
+    the same machine and name must not read it."""
+    return f"tf:drain:{worker}"
+
+
+def node_attempts_key(worker: str) -> str:
+    """Hash of the attempts one worker (its identity key) runs, for its heartbeat."""
+    return f"tf:node-attempts:{worker}"
 
 
 @dataclass(frozen=True, order=True)

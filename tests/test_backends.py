@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from docker.types import Mount
 
@@ -308,29 +309,49 @@ def test_docker_errors_are_final_when_the_job_is_at_fault_and_retryable_when_the
 
 
 @pytest.mark.parametrize("kind", ["docker"])
-def test_remove_orphans_removes_this_nodes_leftover_containers(
+def test_remove_orphans_removes_containers_of_gone_workers_never_a_live_siblings(
     kind, backend, dirs, node_settings, docker_image
 ):
-    # A worker killed with -9 leaves its running container; another node's must survive the sweep.
-    leftover = backend.start(launch(kind, dirs, "import time; time.sleep(120)"))
+    # This test process stands for a live worker of node-b: its running container survives.
+    running = backend.start(launch(kind, dirs, "import time; time.sleep(120)"))
     other_settings = node_settings.model_copy(update={"node_name": "node-other"})
     client = docker_client(node_settings)
     other = DockerBackend(client, other_settings).create(launch(kind, dirs, "pass"))
-    try:
-        # One whose worker process has died goes as soon as this node starts another container.
-        dead = subprocess.Popen([sys.executable, "-c", "pass"])
-        dead.wait()
-        labels = {"trainfarm.node": "node-b", "trainfarm.owner-pid": str(dead.pid)}
-        abandoned = client.containers.create(docker_image, ["true"], labels=labels)
-        backend.start(launch(kind, dirs, "pass")).close()
-        assert abandoned.id not in [c.id for c in client.containers.list(all=True)]
-        assert leftover.poll() is None  # its owner, this test, lives: left alone
+    # A second worker on this machine under the same node name, and one whose process has ended.
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
 
+    def labelled(pid: int, started: float | None) -> str:
+        labels = {
+            "trainfarm.node": "node-b",
+            "trainfarm.worker": "node-b#sibling",
+            "trainfarm.owner-pid": str(pid),
+        }
+        if started is not None:
+            labels["trainfarm.owner-started"] = f"{started:.3f}"
+        return client.containers.create(docker_image, ["true"], labels=labels).id
+
+    try:
+        of_sibling = labelled(sibling.pid, psutil.Process(sibling.pid).create_time())
+        of_dead = labelled(dead.pid, None)
+        # The owner's pid is in use again, by a process that started later: not the owner.
+        reused = labelled(os.getpid(), psutil.Process().create_time() - 3600)
+        # Before each new container, the sweep removes what gone owners left, and nothing else.
+        backend.start(launch(kind, dirs, "pass")).close()
+        ids = {c.id for c in client.containers.list(all=True)}
+        assert of_sibling in ids and of_dead not in ids and reused not in ids
+        assert running.poll() is None
+
+        sibling.kill()  # that worker killed with -9: its container is an orphan now
+        sibling.wait()
         assert remove_orphans(client, "node-b") == 1
-        assert leftover.poll() == 137  # gone: as good as killed
-        assert [c.id for c in client.containers.list(all=True)] == [other.id]
-        assert remove_orphans(client, "node-b") == 0
+        assert of_sibling not in {c.id for c in client.containers.list(all=True)}
+        assert running.poll() is None and remove_orphans(client, "node-b") == 0
     finally:
+        sibling.kill()
+        sibling.wait()
+        finish(running, node_settings)
         other.remove(force=True)
         client.close()
 

@@ -241,16 +241,15 @@ def nodes_table(nodes: list[dict[str, Any]]) -> Table:
     table = Table(box=None, pad_edge=False)
     columns = ("NAME", "STATE", "QUEUES", "POOL", "CPUS", "MEMORY FREE/TOTAL", "GPUS", "RUNNING", "LAST SEEN")
     for column in columns:
-        table.add_column(column, no_wrap=column not in ("GPUS", "RUNNING"))
+        table.add_column(column, no_wrap=column not in ("STATE", "GPUS", "RUNNING"))
     for node in nodes:
         info = node.get("info") or {}
         online = bool(node.get("online"))
-        pool, concurrency = info.get("pool"), info.get("concurrency")
         table.add_row(
             Text(node["name"]),
-            Text("online", style="green") if online else Text("offline", style="red"),
+            state_text(online, info.get("paused")),
             Text(",".join(node.get("queues") or []) or "-"),
-            Text(f"{pool} x{concurrency}" if pool and concurrency else str(pool or "-")),
+            Text(pool_text(info)),
             Text(cpus_text(info)),
             Text(memory_text(info)),
             Text(gpus_text(info.get("gpus"))),
@@ -260,6 +259,27 @@ def nodes_table(nodes: list[dict[str, Any]]) -> Table:
             style=None if online else "dim",
         )
     return table
+
+
+def state_text(online: bool, paused: object) -> Text:
+    """`online`, `offline`, or `paused: <why>` for an online node that takes no jobs (disk low)."""
+    if not online:
+        return Text("offline", style="red")
+    if paused:
+        return Text(f"paused: {paused}", style="yellow")
+    return Text("online", style="green")
+
+
+def pool_text(info: dict[str, Any]) -> str:
+    """`prefork x4`; with several workers on the node, each: `prefork x1 + threads x2`."""
+    workers = info.get("workers")
+    parts = workers if isinstance(workers, list) and len(workers) > 1 else [info]
+    texts = []
+    for part in parts:
+        pool = part.get("pool") if isinstance(part, dict) else None
+        concurrency = part.get("concurrency") if isinstance(part, dict) else None
+        texts.append(f"{pool} x{concurrency}" if pool and concurrency else str(pool or "-"))
+    return " + ".join(texts)
 
 
 def cpus_text(info: dict[str, Any]) -> str:

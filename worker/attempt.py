@@ -17,7 +17,7 @@ from shared.errors import FinalError, RetryableError
 from shared.events import DatasetFetched, Finished, Started
 from shared.schemas import AttemptOutcome, TaskMessage
 from shared.streams import cancel_key, drain_key, node_attempts_key
-from worker import draining
+from worker import draining, identity
 from worker.backends.base import Execution, Launch
 from worker.cache_budget import Pins
 from worker.checkpoints import CheckpointSync, PeriodicSync
@@ -55,6 +55,8 @@ class AttemptRunner:
         self.gpus = gpus
         self.spec = message.spec
         self.node = ctx.settings.node_name
+        #: Drain flag and running-attempts entry are this worker's, not the node's (siblings share it).
+        self.worker = identity.current().key
         self.holder = f"{self.node}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.reporter = AttemptReporter(ctx.bus, message.job_id, message.attempt, self.node)
 
@@ -69,7 +71,7 @@ class AttemptRunner:
         running = json.dumps(
             {"job_id": job_id, "attempt": number, "started": time.time(), "pid": os.getpid()}
         )
-        self.ctx.redis.hset(node_attempts_key(self.node), f"{job_id}-{number}", running)
+        self.ctx.redis.hset(node_attempts_key(self.worker), f"{job_id}-{number}", running)
         try:
             if self._flags()[0]:
                 ending = Ending(AttemptOutcome.CANCELLED, "cancelled before it started")
@@ -79,7 +81,7 @@ class AttemptRunner:
             self.ctx.leases.end(job_id, number, self.holder)
         finally:
             keeper.stop()
-            self.ctx.redis.hdel(node_attempts_key(self.node), f"{job_id}-{number}")
+            self.ctx.redis.hdel(node_attempts_key(self.worker), f"{job_id}-{number}")
         return ending
 
     def _run_leased(self, keeper: LeaseKeeper) -> Ending:
@@ -219,9 +221,9 @@ class AttemptRunner:
             self._pump_note(summary)
 
     def _flags(self) -> tuple[bool, bool]:
-        """(cancel requested, node draining); Redis away means neither, read again soon."""
+        """(cancel requested, this worker draining); Redis away means neither, read again soon."""
         try:
-            cancel, drain = self.ctx.redis.mget(cancel_key(self.msg.job_id), drain_key(self.node))
+            cancel, drain = self.ctx.redis.mget(cancel_key(self.msg.job_id), drain_key(self.worker))
         except redis.RedisError as exc:
             log.warning("cannot read the cancel and drain flags: %s", exc)
             return False, draining.requested()

@@ -1,9 +1,15 @@
-"""This worker process is shutting down: its running attempts checkpoint and hand their jobs back.
+"""This worker process is shutting down: its running attempts checkpoint and hand their jobs back,
+and a task that reaches it is returned to its queue unstarted.
 
-Two ways to learn it: the Celery main process sets a Redis flag for the node (reaches pool children
-whatever signals they got), and a pool child that receives SIGTERM itself (systemd's default
-`KillMode=control-group` signals every process of the service) sets the local flag at once instead
-of dying mid-attempt.
+Two ways to learn it: the Celery main process sets a Redis flag for this worker (`drain_key` of its
+identity: it reaches pool children whatever signals they got, and no sibling worker on the same
+machine), and a pool child that receives SIGTERM itself (systemd's default `KillMode=control-group`
+signals every process of the service) sets the local flag at once instead of dying mid-attempt.
+
+A pool child's own flag drains the attempt it runs, not the child for good: once that is handed
+back, and the worker as a whole is not shutting down (its Redis flag is absent), the child takes
+jobs again (`settle`). Otherwise a child signalled on its own would return every job it receives,
+over and over, without any running.
 """
 
 from __future__ import annotations
@@ -23,6 +29,13 @@ def request() -> None:
 
 def requested() -> bool:
     return _requested.is_set()
+
+
+def settle(worker_draining: bool) -> None:
+    """After a task: a pool child whose SIGTERM drained it takes jobs again unless the worker
+    drains too. In the main process (solo, threads) the flag means the worker stops: it stays."""
+    if _pool_child and not worker_draining:
+        _requested.clear()
 
 
 def mark_pool_child() -> None:

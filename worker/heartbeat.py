@@ -1,7 +1,10 @@
-"""A node's heartbeat: what it is, what it offers and what it runs, written to Redis every few seconds.
+"""A worker's heartbeat: what it is, what it offers and what it runs, written to Redis every few seconds.
 
+One field of `NODES_KEY` per worker (its identity key, `node#instance`), so two workers on one
+machine under one node name do not overwrite each other; the master merges them into one node.
 The beat runs in a thread of the Celery main process; with a prefork pool that process never runs a
-job, so it must not import torch either: versions are read from package metadata.
+job, so it must not import torch either: versions are read from package metadata. The same thread
+decides whether the worker takes jobs (`worker.intake`) and reports why not.
 """
 
 from __future__ import annotations
@@ -23,21 +26,25 @@ from celery.concurrency import ALIASES
 
 from shared.settings import get_settings
 from shared.streams import NODES_KEY, node_attempts_key
-from worker import context, gpus
+from worker import context, gpus, identity
+from worker.intake import Intake
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
 
 
-def node_info(consumer: Any, client: redis.Redis) -> dict[str, Any]:
-    """The beat: who the node is, how Celery runs there, its CPUs, memory and GPUs, the attempts
-    it runs and the software they get. Times are Unix seconds; memory is in bytes."""
-    settings = get_settings()
+def node_info(consumer: Any, client: redis.Redis, paused: str | None = None) -> dict[str, Any]:
+    """The beat: who the worker is, how Celery runs there, its CPUs, memory and GPUs, the attempts
+    it runs, the software they get and why it takes no jobs (`paused`, None when it does). Times
+    are Unix seconds; memory is in bytes."""
+    me = identity.current()
     worker = getattr(consumer, "controller", None)
     memory = psutil.virtual_memory()
     seconds, micros = client.time()
     return {
-        "name": settings.node_name,
+        "name": me.node,
+        "instance": me.instance,
+        "worker": me.key,
         "hostname": socket.gethostname(),
         "os": f"{platform.system()} {platform.release()}",
         "pid": os.getpid(),
@@ -56,19 +63,20 @@ def node_info(consumer: Any, client: redis.Redis) -> dict[str, Any]:
         "gpus": gpus.list_gpus(),
         # The GPUs this worker hands out to jobs (TRAINFARM_GPUS may hold some back).
         "gpu_slots": list(context.current().gpu_slots.indices),
-        "running": running_attempts(client, settings.node_name),
+        "running": running_attempts(client, me.key),
         "versions": software_versions(),
+        "paused": paused,
     }
 
 
-def running_attempts(client: redis.Redis, node: str) -> list[dict[str, Any]]:
-    """The attempts the attempt runner registered under `node_attempts_key` (field
+def running_attempts(client: redis.Redis, worker: str) -> list[dict[str, Any]]:
+    """The attempts the attempt runner of `worker` registered under `node_attempts_key` (field
     `<job_id>-<attempt>`, value JSON {job_id, attempt, started, pid}), oldest job first.
 
     An entry whose process is gone was left by a worker that was killed before it could remove it:
     it is dropped, so a restarted node does not report jobs it no longer runs.
     """
-    key = node_attempts_key(node)
+    key = node_attempts_key(worker)
     running = []
     for field, raw in client.hgetall(key).items():
         try:
@@ -126,11 +134,13 @@ def _pool_name(pool: object) -> str | None:
 def _beat(consumer: Any) -> None:
     settings = get_settings()
     client = context.current().redis
+    me = identity.current()
+    intake = Intake(consumer, settings, client, me)
     failing = False
     while not _stop.is_set():
         try:
-            info = node_info(consumer, client)
-            client.hset(NODES_KEY, settings.node_name, json.dumps(info))
+            info = node_info(consumer, client, paused=intake.check())
+            client.hset(NODES_KEY, me.key, json.dumps(info))
         except Exception as exc:  # a missed beat is harmless; the next one is seconds away
             if not failing:
                 log.warning("heartbeat failed, retrying every %ss: %s", settings.heartbeat_interval, exc)
@@ -150,3 +160,12 @@ def start_heartbeat(consumer: Any) -> None:
 
 def stop_heartbeat() -> None:
     _stop.set()
+
+
+def forget() -> None:
+    """Remove this worker's beat at a clean exit: the master keeps the node's last state, and a
+    sibling's beat no longer shows a worker that is gone."""
+    try:
+        context.current().redis.hdel(NODES_KEY, identity.current().key)
+    except redis.RedisError as exc:  # the master ages it out instead
+        log.info("could not remove this worker's heartbeat: %s", exc)

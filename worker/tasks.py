@@ -10,8 +10,8 @@ from celery import shared_task
 
 from shared.celery_config import RUN_ATTEMPT_TASK
 from shared.schemas import TaskMessage
-from shared.streams import cancel_key
-from worker import context, draining
+from shared.streams import cancel_key, drain_key
+from worker import context, draining, identity
 from worker.attempt import AttemptRunner
 from worker.gpu_slots import Claim
 
@@ -24,6 +24,21 @@ def run_attempt(self: Any, message: dict[str, Any]) -> str:
     draining.handle_sigterm()
     task = TaskMessage.model_validate(message)
     ctx = context.current()
+    try:
+        return _run(self, ctx, task, message)
+    finally:
+        draining.settle(_worker_draining(ctx))
+
+
+def _run(self: Any, ctx: context.WorkerContext, task: TaskMessage, message: dict[str, Any]) -> str:
+    if draining.requested() or _worker_draining(ctx):
+        # Before the lease, the GPUs and any event: the attempt is not started, so it is not used
+        # up and not handed back; the job simply waits for a worker that is not leaving.
+        _put_back(self, message, task.spec.queue)
+        log.info(
+            "job %s attempt %s: this worker drains; back on the queue unstarted", task.job_id, task.attempt
+        )
+        return "returned"
     if _nothing_to_run(ctx, task):
         claim: Claim | None = Claim(())  # the runner records the cancel, or drops the duplicate
     else:
@@ -43,6 +58,15 @@ def run_attempt(self: Any, message: dict[str, Any]) -> str:
     outcome = ending.outcome.value if ending else "duplicate"
     log.info("job %s attempt %s: %s", task.job_id, task.attempt, outcome)
     return outcome
+
+
+def _worker_draining(ctx: context.WorkerContext) -> bool:
+    """This worker's own drain flag, set by its main process at shutdown; Redis away: unknown, so
+    only the local flag counts."""
+    try:
+        return bool(ctx.redis.exists(drain_key(identity.current().key)))
+    except redis.RedisError:
+        return False
 
 
 def _nothing_to_run(ctx: context.WorkerContext, task: TaskMessage) -> bool:

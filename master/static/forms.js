@@ -25,8 +25,13 @@ export async function refreshNodes(tbody, countEl) {
     const mem = info.memory_total
       ? `${fmtBytes(info.memory_available)} free of ${fmtBytes(info.memory_total)}`
       : "";
-    return el("tr", {},
-      el("td", {}, el("span", { class: `dot ${n.online ? "on" : "off"}`, title: n.online ? "online" : "offline" }), n.name),
+    // An online node that takes no jobs (its disk is low, say) says why.
+    const paused = n.online && info.paused ? String(info.paused) : "";
+    const state = paused ? `paused: ${paused}` : n.online ? "online" : "offline";
+    return el("tr", { class: paused ? "paused" : "" },
+      el("td", {},
+        el("span", { class: `dot ${paused ? "paused" : n.online ? "on" : "off"}`, title: state }), n.name,
+        paused ? el("div", { class: "muted node-paused" }, state) : null),
       el("td", {}, (n.queues || []).join(", ")),
       el("td", { class: "num" }, info.cpu_count ?? ""),
       el("td", {}, mem),

@@ -20,6 +20,7 @@ from docker.types import DeviceRequest, Mount
 from shared.errors import FinalError, RetryableError
 from shared.schemas import JobSpec
 from shared.settings import PROJECT_ROOT, Settings
+from worker import identity
 from worker.backends.base import Backend, Launch
 from worker.backends.docker_execution import DockerExecution
 from worker.jobenv import AttemptDirs, job_environment
@@ -33,10 +34,14 @@ CONTAINER_ROOT = "/trainfarm"
 #: recipe runs in any image that has its libraries, without trainfarm installed there.
 CONTAINER_LIBRARY = "/opt/trainfarm"
 LIBRARY_PACKAGES = ("worker", "shared")
-#: On every job container; `remove_orphans` finds a dead worker's containers by the node label.
+#: On every job container; `remove_orphans` looks at this node's containers by the node label.
 NODE_LABEL, JOB_LABEL, ATTEMPT_LABEL = "trainfarm.node", "trainfarm.job", "trainfarm.attempt"
-#: The worker process that runs the container's attempt; a container whose owner died is an orphan.
-OWNER_LABEL = "trainfarm.owner-pid"
+#: The worker (identity key, `node#instance`) whose attempt the container runs: several workers
+#: may share a machine, a node name and its Docker engine.
+WORKER_LABEL = "trainfarm.worker"
+#: The worker process that runs the container's attempt, and when that process started (a pid is
+#: reused after a reboot or a while): a container whose owner is gone is an orphan.
+OWNER_LABEL, OWNER_STARTED_LABEL = "trainfarm.owner-pid", "trainfarm.owner-started"
 
 
 def docker_client(settings: Settings, timeout: float = 60) -> docker.DockerClient:
@@ -47,21 +52,41 @@ def docker_client(settings: Settings, timeout: float = 60) -> docker.DockerClien
     return docker.from_env(version="auto", timeout=int(timeout))
 
 
-def remove_orphans(client: docker.DockerClient, node_name: str, *, dead_owners_only: bool = False) -> int:
-    """Remove the job containers of this node that no worker runs any more: at the worker's start,
-    all of them (a worker killed with -9 never removed them); before each new container, those whose
-    owning pool process died (killed by the OOM killer, say), so they do not hold on to a GPU whose
-    lock their death released. Their attempts were declared lost and run again."""
-    leftovers = client.containers.list(all=True, filters={"label": f"{NODE_LABEL}={node_name}"})
-    if dead_owners_only:
-        leftovers = [c for c in leftovers if not _owner_alive(c.labels.get(OWNER_LABEL))]
+def remove_orphans(client: docker.DockerClient, node_name: str) -> int:
+    """Remove the job containers of this node whose owning worker process is gone: at the worker's
+    start (a worker killed with -9 never removed them) and before each new container (a pool
+    process killed by the OOM killer, say), so they do not hold on to a GPU whose lock their death
+    released. Their attempts were declared lost and run again. A container whose owner lives is
+    left alone, whichever worker it belongs to: a sibling worker on this machine, under the same
+    node name, runs it."""
+    mine = client.containers.list(all=True, filters={"label": f"{NODE_LABEL}={node_name}"})
+    leftovers = [c for c in mine if not owner_alive(c.labels)]
     for container in leftovers:
         container.remove(force=True)
     return len(leftovers)
 
 
-def _owner_alive(pid: str | None) -> bool:
-    return pid is not None and pid.isdigit() and psutil.pid_exists(int(pid))
+def owner_labels() -> dict[str, str]:
+    """Who runs a container: this worker and this very process (a pool child's, under prefork)."""
+    return {
+        WORKER_LABEL: identity.current().key,
+        OWNER_LABEL: str(os.getpid()),
+        OWNER_STARTED_LABEL: f"{psutil.Process().create_time():.3f}",
+    }
+
+
+def owner_alive(labels: dict[str, str]) -> bool:
+    """The labelled owner process runs: its pid exists and, where the label says when it started,
+    it is that process and not a later one that got the pid again."""
+    pid, started = labels.get(OWNER_LABEL), labels.get(OWNER_STARTED_LABEL)
+    if pid is None or not pid.isdigit():
+        return False
+    try:
+        process = psutil.Process(int(pid))
+        return started is None or abs(process.create_time() - float(started)) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        # AccessDenied: someone else's process has the pid now, so not our worker either.
+        return False
 
 
 def parse_mount(text: str) -> Mount:
@@ -85,7 +110,7 @@ class DockerBackend(Backend):
 
     def start(self, launch: Launch) -> DockerExecution:
         try:
-            removed = remove_orphans(self._client, self._settings.node_name, dead_owners_only=True)
+            removed = remove_orphans(self._client, self._settings.node_name)
         except (DockerException, requests.RequestException) as exc:
             raise RetryableError(f"Docker engine unreachable on {self._settings.node_name}: {exc}") from exc
         if removed:
@@ -136,7 +161,7 @@ class DockerBackend(Backend):
                     NODE_LABEL: self._settings.node_name,
                     JOB_LABEL: job,
                     ATTEMPT_LABEL: attempt,
-                    OWNER_LABEL: str(os.getpid()),
+                    **owner_labels(),
                 },
                 environment=environment,
                 working_dir=str(workdir),

@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     #: Where named `environment`s are looked up: each folder holds venvs or conda envs by name.
     #: Unset: ~/.virtualenvs and the envs folder of the conda installation the worker runs under.
     environment_dirs: list[Path] = Field(default_factory=list)
+    #: A worker stops taking jobs while the disk of its work or cache dir has less free than this
+    #: (MiB) or than `min_free_disk_percent` of the disk, and takes them again once there is more.
+    min_free_disk_mb: int = Field(default=2048, ge=0)
+    #: 0 turns the percent floor off; the larger of the two floors applies.
+    min_free_disk_percent: float = Field(default=1.0, ge=0, le=100)
 
     # Docker backend
     #: Docker engine address (e.g. unix:///run/docker.sock, npipe:////./pipe/docker_engine); unset:
@@ -109,11 +114,6 @@ class Settings(BaseSettings):
             self.database_url = "postgresql+psycopg://" + self.database_url.removeprefix("postgresql://")
         if "://" in self.s3_endpoint:
             parts = urlsplit(self.s3_endpoint)
-    #: A worker stops taking jobs while the disk of its work or cache dir has less free than this
-    #: (MiB) or than `min_free_disk_percent` of the disk, and takes them again once there is more.
-    min_free_disk_mb: int = Field(default=2048, ge=0)
-    #: 0 turns the percent floor off; the larger of the two floors applies.
-    min_free_disk_percent: float = Field(default=1.0, ge=0, le=100)
             self.s3_secure = parts.scheme == "https"
             self.s3_endpoint = parts.netloc
         self.api_url = self.api_url.rstrip("/")

@@ -62,7 +62,10 @@ def report(
     max_epochs: int | None = None,
     is_global_zero: bool = True,
 ) -> None:
-    """Append one event to the job's events file; outside trainfarm, do nothing (warn once)."""
+    """Append one event to the job's events file; outside trainfarm, do nothing (warn once).
+
+    `kind` is "metrics" or "progress"; the worker ignores other lines (shared/events.py: Metrics).
+    """
     if not is_global_zero:
         return
     ctx = _context()
@@ -72,13 +75,14 @@ def report(
     # NaN and inf have no JSON form the master can store; the printed log still shows them.
     event: dict[str, Any] = {
         "kind": kind,
-        "step": step,
-        "epoch": epoch,
+        # int(): a NumPy or tensor integer is an int to the worker, which takes no floats here.
+        "step": None if step is None else int(step),
+        "epoch": None if epoch is None else int(epoch),
         "metrics": {name: value for name, value in values.items() if math.isfinite(value)},
         "ts": time.time(),
     }
     if max_epochs is not None:
-        event["max_epochs"] = max_epochs
+        event["max_epochs"] = int(max_epochs)
     # One write of one whole line in append mode: the tailing worker never sees half an event.
     with ctx.events_file.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(event) + "\n")

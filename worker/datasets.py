@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,9 @@ class DatasetCache:
         except NotFound:
             raise DatasetMissing(f"dataset '{ref.name}' is missing from storage ({ref.key})") from None
         # The ETag names the version: a re-uploaded dataset lands in a new place, old jobs keep theirs.
-        key = f"{hashlib.sha256(ref.key.encode()).hexdigest()[:16]}/{info.etag}"
+        # Only name-safe characters of it: an ETag (hex, `-N` for multipart) must not climb out of the cache.
+        version = re.sub(r"[^A-Za-z0-9_-]", "_", info.etag)
+        key = f"{hashlib.sha256(ref.key.encode()).hexdigest()[:16]}/{version}"
         with contextlib.ExitStack() as stack:
             if pins is None:
                 pins = stack.enter_context(Pins(f"dataset fetch in pid {os.getpid()}"))

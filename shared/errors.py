@@ -34,7 +34,8 @@ class RetryableError(TrainfarmError):
 
 
 class StorageUnavailable(RetryableError):
-    pass
+    """S3 unreachable or failing for now (refused, reset, timed out, a 5xx); a missing object is
+    `NotFound` instead. The master answers 503 with Retry-After; workers retry."""
 
 
 class FinalError(TrainfarmError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -18,16 +18,19 @@ CODE_DIGEST_PATTERN = r"^[0-9a-f]{64}$"
 #: Docker image references: [registry[:port]/]path[:tag][@digest].
 IMAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$"
 ENVIRONMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+#: An argv string cannot hold a NUL byte (exec refuses it), so one is refused at submission.
+NO_NUL_PATTERN = r"^[^\x00]*$"
 
 
 class JobSpec(BaseModel):
     """What a user asks to run: a built-in recipe or a command, on named datasets."""
 
-    model_config = ConfigDict(extra="forbid")
+    # No NaN or infinity: the database's JSON and the answers' JSON cannot hold them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Display name")
     recipe: Literal["tabular-classifier"] | None = Field(default=None, description="Built-in recipe")
-    command: list[str] | None = Field(
+    command: list[Annotated[str, Field(pattern=NO_NUL_PATTERN)]] | None = Field(
         default=None, min_length=1, description="Command to run instead of a recipe, as argv"
     )
     code: str | None = Field(
@@ -47,7 +50,7 @@ class JobSpec(BaseModel):
         default=None, ge=64, le=16 * 1024 * 1024, description="Memory limit in MiB (Docker backend)"
     )
     cpus: float | None = Field(default=None, gt=0, le=1024, description="CPU limit in cores (Docker backend)")
-    datasets: list[str] = Field(
+    datasets: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
         default_factory=list, max_length=32, description="Dataset names, as uploaded to /api/datasets"
     )
     hyperparameters: dict[str, HyperValue] = Field(default_factory=dict)
@@ -58,7 +61,9 @@ class JobSpec(BaseModel):
     timeout: int | None = Field(default=None, ge=1, le=30 * 86400, description="Seconds per attempt")
     max_retries: int = Field(default=2, ge=0, le=20)
     checkpoint_interval: int = Field(default=300, ge=5, le=86400, description="Seconds between uploads")
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(
+        default=0, ge=0, le=2**32 - 1, description="Random seed (NumPy's range, which Lightning seeds)"
+    )
 
     @model_validator(mode="after")
     def _one_entrypoint(self) -> JobSpec:

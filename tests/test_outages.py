@@ -4,22 +4,33 @@ worker killed and restarted at random moments. Nothing may be lost, nothing may 
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import random
 import sys
+import tarfile
 import textwrap
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+import redis
+import urllib3
+from minio.error import S3Error, ServerError
 
-from tests.conftest import log_texts, wait_for, wait_status
+from shared.errors import NotFound, StorageUnavailable
+from shared.storage import translated
+from shared.streams import log_key
+from tests.conftest import DIGITS, log_texts, upload_dataset, wait_for, wait_status
 from tests.test_faults import kill_tree
 
 PY = sys.executable
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+#: Outages are about the services, not the database: one database is enough.
+SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
+@SQLITE
 def test_redis_restart_during_a_job_loses_no_line_or_metric(api, worker, redis_server):
     script = textwrap.dedent(
         """
@@ -41,6 +52,7 @@ def test_redis_restart_during_a_job_loses_no_line_or_metric(api, worker, redis_s
     assert len(job["attempt_list"]) == 1
 
 
+@SQLITE
 def test_s3_outage_during_artifact_upload_delivers_it_intact(api, worker, s3_server):
     script = textwrap.dedent(
         """
@@ -90,6 +102,7 @@ SOAK_JOB = textwrap.dedent(
 )
 
 
+@SQLITE
 @pytest.mark.skipif(sys.platform == "win32", reason="the soak job's lock uses fcntl")
 def test_soak_fifty_jobs_with_a_worker_killed_at_random(api, start_worker, tmp_path: Path):
     locks = tmp_path / "locks"
@@ -125,3 +138,105 @@ def test_soak_fifty_jobs_with_a_worker_killed_at_random(api, start_worker, tmp_p
         lines = api.get(f"/jobs/{job_id}/logs", params={"limit": 10_000}).json()["lines"]
         mine = [line["text"] for line in lines if line["attempt"] == last and line["text"].startswith("n ")]
         assert mine == [f"n {i}" for i in range(15)], job_id
+
+
+def s3_error(code: str, status: int) -> S3Error:
+    return S3Error(urllib3.HTTPResponse(status=status), code, "message", "/b/k", "req", "host")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        urllib3.exceptions.MaxRetryError(None, "/b/k", reason=ConnectionRefusedError("refused")),  # type: ignore[arg-type]
+        urllib3.exceptions.ReadTimeoutError(None, "/b/k", "read timed out"),  # type: ignore[arg-type]
+        urllib3.exceptions.ProtocolError("connection reset"),
+        ConnectionResetError("reset by peer"),
+        TimeoutError("timed out"),
+        s3_error("ServiceUnavailable", 503),
+        s3_error("SlowDown", 503),
+        s3_error("InternalError", 500),
+        ServerError("bad gateway", 502),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_an_unreachable_or_failing_store_is_storage_unavailable(error: Exception):
+    with pytest.raises(StorageUnavailable) as raised, translated("logs/1/attempt-1.log"):
+        raise error
+    assert raised.value.__cause__ is error and raised.value.http_status == 503
+    assert type(error).__name__ in raised.value.message  # which failure it was stays readable
+
+
+def test_a_missing_object_is_not_found_and_other_faults_stay_as_they_are():
+    with pytest.raises(NotFound), translated("k"):
+        raise s3_error("NoSuchKey", 404)
+    refused = s3_error("AccessDenied", 403)  # a wrong credential is a fault to fix, not to wait out
+    with pytest.raises(S3Error) as raised, translated("k"):
+        raise refused
+    assert raised.value is refused
+    with pytest.raises(FileNotFoundError), translated("k"):  # the local side of an upload
+        raise FileNotFoundError("no such file")
+
+
+def code_bundle() -> tuple[str, bytes]:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        script = b"print('from the bundle')\n"
+        info = tarfile.TarInfo("main.py")
+        info.size = len(script)
+        tar.addfile(info, io.BytesIO(script))
+    data = buffer.getvalue()
+    return hashlib.sha256(data).hexdigest(), data
+
+
+@SQLITE
+def test_s3_outage_answers_503_with_retry_after_and_the_routes_work_again(
+    api: httpx.Client, worker, settings, s3_server
+):
+    upload_dataset(api, DIGITS)
+    digest, bundle = code_bundle()
+    assert api.put(f"/code/{digest}", content=bundle).status_code == 201
+    script = "import os; open(os.path.join(os.environ['TRAINFARM_OUTPUT_DIR'], 'out.txt'), 'w').write('hi')"
+    job_id = api.post(
+        "/jobs", json={"command": [PY, "-c", script + "; print('done')"], "queue": "cpu"}
+    ).json()["id"]
+    assert wait_status(api, job_id, {"succeeded", "failed"})["status"] == "succeeded"
+    # The live copy gone, the log is read from its archive in S3.
+    redis.Redis.from_url(settings.redis_url).delete(log_key(job_id))
+    other_digest, other_bundle = hashlib.sha256(b"other").hexdigest(), b"other"
+    with_code = {"command": [PY, "main.py"], "code": digest, "queue": "cpu"}
+
+    def calls() -> dict[str, httpx.Response]:
+        return {
+            "artifact download": api.get(f"/jobs/{job_id}/artifacts/out.txt"),
+            "archived log": api.get(f"/jobs/{job_id}/logs"),
+            "dataset upload": api.post("/datasets", params={"name": "new.csv"}, content=b"a,b\n1,2\n"),
+            "code upload": api.put(f"/code/{other_digest}", content=other_bundle),
+            "code HEAD": api.head(f"/code/{digest}"),
+            "code GET": api.get(f"/code/{digest}"),
+            "submission with code": api.post("/jobs", json=with_code),
+            "batch with code": api.post("/jobs/batch", json={"jobs": [with_code]}),
+        }
+
+    s3_server.stop()
+    try:
+        during = calls()
+    finally:
+        s3_server.start()
+    wrong = {
+        name: (r.status_code, r.headers.get("retry-after"), r.text[:200])
+        for name, r in during.items()
+        if r.status_code != 503 or not r.headers.get("retry-after", "").isdigit()
+    }
+    assert not wrong, wrong
+    for name, response in during.items():
+        if response.request.method != "HEAD":
+            assert response.json()["error"] == "StorageUnavailable", (name, response.text)
+
+    after = calls()
+    assert after["artifact download"].content == b"hi"
+    assert "done" in [line["text"] for line in after["archived log"].json()["lines"]]
+    assert after["dataset upload"].status_code == 201
+    assert after["code upload"].status_code == 201
+    assert after["code HEAD"].status_code == 200 and after["code GET"].json()["digest"] == digest
+    assert after["submission with code"].status_code == 201
+    assert after["batch with code"].status_code == 201

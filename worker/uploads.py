@@ -10,6 +10,7 @@ import urllib3
 from minio.error import S3Error
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
+from shared.errors import StorageUnavailable
 from shared.events import ArtifactStored
 from shared.storage import ArtifactStore, ObjectInfo
 from worker.reporter import AttemptReporter
@@ -21,6 +22,8 @@ TRANSIENT_S3_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "Reques
 
 
 def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, StorageUnavailable):  # what ArtifactStore makes of an outage
+        return True
     if isinstance(exc, S3Error):
         return exc.code in TRANSIENT_S3_CODES
     return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)

@@ -13,11 +13,12 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel
 
 from master.api.deps import StateDep
+from master.api.errors import documented, raw_body
 from shared.errors import InvalidRequest, NotFound
 from shared.schemas import CODE_DIGEST_PATTERN
 from shared.storage import ArtifactStore, code_bundle_key
 
-router = APIRouter(prefix="/code", tags=["code"])
+router = APIRouter(prefix="/code", tags=["code"], responses=documented(404, 422, 503))
 
 Digest = Annotated[str, PathParam(pattern=CODE_DIGEST_PATTERN, description="SHA-256 of the .tar.gz, hex")]
 
@@ -54,6 +55,7 @@ async def get_code_bundle(digest: Digest, state: StateDep, response: Response) -
     response_model=CodeBundlePublic,
     status_code=201,
     responses={200: {"description": "Already stored"}, 413: {"description": "Over the size limit"}},
+    openapi_extra=raw_body("The bundle's bytes (a .tar.gz)"),
 )
 async def put_code_bundle(
     digest: Digest, request: Request, state: StateDep, response: Response

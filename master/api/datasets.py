@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from sqlmodel import col, select
 
 from master.api.deps import SessionDep, StateDep
+from master.api.errors import documented, raw_body
 from master.models import Dataset, DatasetPublic, utcnow
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.schemas import NAME_PATTERN
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(prefix="/datasets", tags=["datasets"], responses=documented(404, 409, 422, 503))
 
 
 class ChunkReader:
@@ -41,17 +41,17 @@ class ChunkReader:
         return out
 
 
-@router.post("", status_code=201, response_model=DatasetPublic)
+@router.post(
+    "", status_code=201, response_model=DatasetPublic, openapi_extra=raw_body("The file's bytes, any size")
+)
 async def upload_dataset(
     request: Request,
     state: StateDep,
     session: SessionDep,
-    name: Annotated[str, Query(description="Dataset name, e.g. digits.csv")],
+    name: Annotated[str, Query(pattern=NAME_PATTERN, description="Dataset name, e.g. digits.csv")],
     overwrite: bool = False,
 ) -> Dataset:
     """Upload a dataset as the raw request body; it is streamed into S3, never held in memory."""
-    if not re.match(NAME_PATTERN, name):
-        raise InvalidRequest("name may hold letters, digits, '.', '_' and '-' (at most 128)", field="name")
     existing = session.exec(select(Dataset).where(Dataset.name == name)).first()
     if existing is not None and not overwrite:
         raise Conflict(
@@ -60,16 +60,23 @@ async def upload_dataset(
     key = f"datasets/{name}"
     send, receive = anyio.create_memory_object_stream[bytes](max_buffer_size=16)
     reader = ChunkReader(receive)
-    async with anyio.create_task_group() as tg:
 
-        async def pump() -> None:
-            async with send:
-                async for chunk in request.stream():
-                    if chunk:
-                        await send.send(chunk)
+    async def pump() -> None:
+        async with send:
+            async for chunk in request.stream():
+                if chunk:
+                    await send.send(chunk)
 
-        tg.start_soon(pump)
-        info = await anyio.to_thread.run_sync(state.store.put_stream, key, reader)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pump)
+            info = await anyio.to_thread.run_sync(state.store.put_stream, key, reader)
+    except BaseExceptionGroup as group:
+        # anyio wraps even a lone error (storage unreachable, say) in a group, which no handler
+        # maps; hand the error itself on, so it gets its own answer (503) instead of a 500.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     if info.size == 0:
         raise InvalidRequest("the request body is empty; send the file's bytes", field="body")
     row = existing or Dataset(name=name, key=key, size=0, sha256="", etag="")
@@ -87,7 +94,9 @@ def list_datasets(session: SessionDep) -> list[Dataset]:
 
 
 @router.get("/{name}", response_model=DatasetPublic)
-def get_dataset(name: str, session: SessionDep) -> Dataset:
+def get_dataset(
+    name: Annotated[str, Path(pattern=NAME_PATTERN, description="Dataset name")], session: SessionDep
+) -> Dataset:
     """One dataset's size and checksum."""
     row = session.exec(select(Dataset).where(Dataset.name == name)).first()
     if row is None:

@@ -5,12 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from sqlmodel import Session
 
 from master.models import Job
 from master.state import MasterState
 from shared.errors import NotFound
+
+#: Ids and offsets are 64-bit signed in both databases; a larger number is bad input (422), not a
+#: driver overflow (500).
+MAX_INT64 = 2**63 - 1
+
+JobId = Annotated[int, Path(ge=1, le=MAX_INT64, description="The job's id")]
+#: A row count to skip, for paging.
+Offset = Annotated[int, Query(ge=0, le=MAX_INT64, description="Rows to skip")]
 
 
 async def get_state(request: Request) -> MasterState:
@@ -29,7 +37,7 @@ def get_session(state: StateDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_job(job_id: int, session: SessionDep) -> Job:
+def get_job(job_id: JobId, session: SessionDep) -> Job:
     job = session.get(Job, job_id)
     if job is None:
         raise NotFound(f"job {job_id} not found", field="job_id")

@@ -2,12 +2,84 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
+from typing import Any
+
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
-from shared.errors import TrainfarmError
+from shared.errors import RetryableError, TrainfarmError
+
+#: Seconds a client is asked to wait before trying again after a 503 (a dependency away for now).
+RETRY_AFTER_SECONDS = "2"
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorPublic(BaseModel):
+    """Every error answer: what kind of error, a message for people, and the request field at fault."""
+
+    error: str
+    message: str
+    field: str | None
+    #: Every field at fault, when a request had several (422 only).
+    details: list[FieldError] | None = None
+
+
+_DESCRIPTIONS = {
+    400: "The body could not be read",
+    404: "Not found; `field` names what was looked for",
+    409: "In conflict with the current state",
+    413: "Over a size limit",
+    422: "Invalid input; `field` names it",
+    503: "Redis or storage is unavailable for now; retry after `Retry-After` seconds",
+}
+
+
+def raw_body(description: str) -> dict[str, Any]:
+    """OpenAPI for a route that reads its body as a raw stream (FastAPI sees no body parameter)."""
+    schema = {"type": "string", "format": "binary"}
+    content = {"application/octet-stream": {"schema": schema}}
+    return {"requestBody": {"required": True, "description": description, "content": content}}
+
+
+def raw_answer(description: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI for a 200 that streams bytes rather than JSON."""
+    schema = {"type": "string", "format": "binary"}
+    return {200: {"description": description, "content": {"application/octet-stream": {"schema": schema}}}}
+
+
+def event_stream() -> dict[int | str, dict[str, Any]]:
+    """OpenAPI for a 200 that is a Server-Sent Events stream: the schema is each event's."""
+    event = {
+        "type": "object",
+        "properties": {
+            "event": {"type": "string", "enum": ["log", "end"]},
+            "data": {"type": "string", "contentMediaType": "application/json"},
+            "id": {"type": "string"},
+        },
+        "required": ["event", "data"],
+    }
+    content = {"text/event-stream": {"schema": event}}
+    return {200: {"description": "Server-Sent Events, one `end` event last", "content": content}}
+
+
+def documented(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers a router gives, for its OpenAPI: each one in the `ErrorPublic` shape."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        out[code] = {"model": ErrorPublic, "description": _DESCRIPTIONS[code]}
+        if code == 503:
+            retry = {"description": "Seconds to wait", "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+            out[code]["headers"] = {"Retry-After": retry}
+    return out
 
 
 def field_path(loc: tuple | list) -> str:
@@ -23,13 +95,23 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(TrainfarmError)
     async def _trainfarm_error(_request: Request, exc: TrainfarmError) -> JSONResponse:
         body = {"error": type(exc).__name__, "message": exc.message, "field": exc.field}
-        return JSONResponse(body, status_code=exc.http_status)
+        # Retryable (storage unreachable, say): the client should come back, and is told when.
+        headers = {"Retry-After": RETRY_AFTER_SECONDS} if isinstance(exc, RetryableError) else None
+        return JSONResponse(body, status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(redis.RedisError)
     async def _redis_error(_request: Request, exc: redis.RedisError) -> JSONResponse:
         # Redis restarting or unreachable: a temporary condition, not a bug; clients retry.
         body = {"error": "Unavailable", "message": f"Redis is unavailable: {exc}", "field": None}
-        return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
+        return JSONResponse(body, status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        # FastAPI's and Starlette's own (no such route, a body that is not text): the same shape.
+        name = "".join(word.capitalize() for word in HTTPStatus(exc.status_code).phrase.split())
+        field = "body" if exc.status_code == 400 else None
+        body = {"error": name, "message": str(exc.detail), "field": field}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

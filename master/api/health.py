@@ -36,7 +36,7 @@ def _check(state: MasterState) -> dict[str, str]:
     return checks
 
 
-@router.get("/health")
+@router.get("/health", responses={503: {"description": "A dependency does not answer; it is named"}})
 async def health(state: StateDep) -> JSONResponse:
     """`ok` with 200 when every dependency answers, else 503 naming the one that does not."""
     checks = await run_in_threadpool(_check, state)

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
-from master.api.deps import JobDep, SessionDep, StateDep
+from master.api.deps import MAX_INT64, JobDep, Offset, SessionDep, StateDep
+from master.api.errors import documented
 from master.lifecycle import cancel_job, check_code, submit_jobs
 from master.metrics import JOBS_SUBMITTED
 from master.models import (
@@ -25,10 +26,12 @@ from master.placement import check_fits
 from shared.schemas import JobSpec
 from shared.status import JobStatus
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=documented(400, 404, 409, 422, 503))
 
 #: A hyperparameter sweep fits in one request up to this many jobs.
 MAX_BATCH = 1000
+#: What a queue name can look like in a filter (a NUL byte, say, would reach PostgreSQL as an error).
+QUEUE_FILTER = r"^[A-Za-z0-9._-]+$"
 
 
 class JobBatch(BaseModel):
@@ -62,9 +65,11 @@ def submit_batch(batch: JobBatch, session: SessionDep, state: StateDep) -> list[
 def list_jobs(
     session: SessionDep,
     status: JobStatus | None = None,
-    queue: str | None = None,
+    queue: Annotated[str | None, Query(max_length=32, pattern=QUEUE_FILTER)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    before: Annotated[int | None, Query(description="Return jobs older than this id (next page)")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, le=MAX_INT64, description="Return jobs older than this id (next page)")
+    ] = None,
 ) -> JobsPublic:
     """Jobs, newest first, filtered by status and queue, one page at a time."""
     query = select(Job).order_by(col(Job.id).desc()).limit(limit + 1)
@@ -104,7 +109,7 @@ def metrics_history(
     job: JobDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> list[JobMetric]:
     """Every metrics and progress report of the job, oldest first."""
     query = (

@@ -13,14 +13,15 @@ from pydantic import BaseModel
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
-from master.api.deps import JobDep, StateDep
+from master.api.deps import MAX_INT64, JobDep, StateDep
+from master.api.errors import documented, event_stream
 from master.logs import ArchivedLog
 from master.models import Job, JobAttempt
 from master.state import MasterState
 from shared.errors import InvalidRequest
 from shared.streams import LogBatch, LogPosition
 
-router = APIRouter(prefix="/jobs/{job_id}/logs", tags=["logs"])
+router = APIRouter(prefix="/jobs/{job_id}/logs", tags=["logs"], responses=documented(404, 422, 503))
 
 #: A comment line keeps idle SSE connections open through proxies that drop silent ones.
 KEEPALIVE_SECONDS = 15.0
@@ -45,9 +46,14 @@ def parse_after(after: str | None) -> LogPosition | None:
     if not after:
         return None
     try:
-        return LogPosition.parse(after)
+        position = LogPosition.parse(after)
     except ValueError:
-        raise InvalidRequest("after must look like '<attempt>-<line>', e.g. '1-99'", field="after") from None
+        position = None
+    # Both halves become a Redis stream id, which holds two unsigned 64-bit numbers: anything else
+    # would come back from Redis as an error, and the client is at fault, not Redis.
+    if position is None or not (0 <= position.attempt <= MAX_INT64 and 0 <= position.line <= MAX_INT64):
+        raise InvalidRequest("after must look like '<attempt>-<line>', e.g. '1-99'", field="after")
+    return position
 
 
 def _snapshot(state: MasterState, job_id: int) -> tuple[bool, list[ArchivedLog]]:
@@ -88,7 +94,7 @@ def _sse(event: str, data: dict, event_id: str | None = None) -> str:
     return f"{head}event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-@router.get("/stream")
+@router.get("/stream", response_class=StreamingResponse, responses=event_stream())
 async def stream_logs(
     job: JobDep,
     state: StateDep,

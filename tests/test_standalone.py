@@ -87,3 +87,22 @@ def test_standalone_runs_a_job_stops_cleanly_and_restarts_on_its_data(tmp_path):
         assert "hello farm" in [line["text"] for line in api.get(f"/jobs/{job['id']}/logs").json()["lines"]]
     finally:
         interrupt(farm)
+
+
+def test_a_second_farm_on_a_data_dir_that_a_running_farm_holds_is_refused(tmp_path):
+    data_dir, api_port, flower_port = tmp_path / "farm", free_port(), free_port()
+    farm = start_farm(data_dir, api_port, flower_port)
+    try:
+        wait_healthy(f"http://127.0.0.1:{api_port}", flower_port, farm)
+        ports = (data_dir / "ports.json").read_text()
+        second = start_farm(data_dir, free_port(), free_port())
+        out, _ = second.communicate(timeout=60)
+        said = [line for line in out.decode().splitlines() if line.strip()]
+        assert second.returncode == 1, said
+        # One line, naming the farm that holds the directory; nothing of the first farm touched.
+        assert len(said) == 1 and f"in use by another running farm (pid {farm.pid})" in said[0], said
+        assert (data_dir / "ports.json").read_text() == ports
+        assert farm.poll() is None
+    finally:
+        interrupt(farm)
+    assert not (data_dir / "farm.pid").exists()  # a clean stop leaves no holder behind

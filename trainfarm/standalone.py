@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.panel import Panel
 
 from shared.settings import get_settings
+from trainfarm.services.data_dir import DataDirBusy, DataDirLock
 from trainfarm.supervisor import StandaloneFarm
 
 console = Console(stderr=True)
@@ -56,6 +57,18 @@ def _say(message: str) -> None:
     console.print(f"[dim]{message}[/dim]")
 
 
+def _hold(data_dir: Path) -> DataDirLock:
+    """The data directory, held until this process ends; a second farm on it stops here, before it
+    touches anything of the first (its ports file, its database, its Redis)."""
+    lock = DataDirLock(data_dir.expanduser().resolve())
+    try:
+        lock.acquire()
+    except DataDirBusy as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    return lock
+
+
 def _start(farm: StandaloneFarm) -> None:
     try:
         farm.start(say=_say)
@@ -87,6 +100,7 @@ def register(app: typer.Typer) -> None:
         reuses that data.
         """
         settings = get_settings()
+        hold = _hold(data_dir or settings.data_dir)
         farm = StandaloneFarm(
             data_dir or settings.data_dir, settings, port, flower_port, concurrency, with_flower=flower
         )
@@ -102,6 +116,7 @@ def register(app: typer.Typer) -> None:
             code = 0
         finally:
             farm.stop(say=_say)
+            hold.release()
         raise typer.Exit(code)
 
     @app.command()
@@ -120,6 +135,7 @@ def register(app: typer.Typer) -> None:
         from trainfarm.demo import run_demo
 
         settings = get_settings()
+        hold = _hold(data_dir or settings.data_dir)
         farm = StandaloneFarm(data_dir or settings.data_dir, settings, port, None, 1, with_flower=False)
         _raise_on_sigterm()
         _start(farm)
@@ -134,4 +150,5 @@ def register(app: typer.Typer) -> None:
             code = 130
         finally:
             farm.stop(say=_say)
+            hold.release()
         sys.exit(code)

@@ -3,6 +3,7 @@ door through them, the retry backoff, the lease reaper's verdicts and the hand-b
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -44,6 +45,33 @@ def test_the_attempt_table_allows_exactly_its_moves(current: JobStatus, new: Job
 def test_running_to_queued_is_a_job_edge_only() -> None:
     assert can_move(R, Q) and not can_move_attempt(R, Q)
     assert set(ALLOWED) == set(ATTEMPT_ALLOWED) == set(JobStatus)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _status_writes(path: Path) -> list[int]:
+    """Lines of `path` that assign to some object's `.status` (plain, tuple or augmented)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if isinstance(node, ast.AnnAssign | ast.AugAssign):
+            targets = [node.target]
+        for target in targets:
+            parts = target.elts if isinstance(target, ast.Tuple) else [target]
+            found += [t.lineno for t in parts if isinstance(t, ast.Attribute) and t.attr == "status"]
+    return found
+
+
+def test_every_status_write_goes_through_the_one_door() -> None:
+    writes = {
+        str(path.relative_to(ROOT)): lines
+        for folder in ("master", "shared")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if path.name != "transitions.py" and (lines := _status_writes(path))
+    }
+    assert writes == {}, "write status through master/transitions.py (move_job, move_attempt)"
+    assert _status_writes(ROOT / "master" / "transitions.py")  # the door itself is seen
 
 
 def test_move_job_stamps_times_and_refuses_without_changing_anything() -> None:

@@ -58,9 +58,9 @@ def _clip(limit: int, keep_end: bool = False) -> AfterValidator:
 
 Bigint = Annotated[int, Field(ge=0, le=MAX_BIGINT, strict=True)]
 Number = Annotated[float, Field(allow_inf_nan=False, strict=True)]
-MetricName = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_METRIC_NAME, pattern=r"^[^\x00]+$")
-]
+#: PostgreSQL's text and JSON refuse NUL.
+NO_NUL = r"^[^\x00]+$"
+MetricName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_METRIC_NAME, pattern=NO_NUL)]
 Text = Annotated[str, _clip(MAX_TEXT_CHARS)]
 
 
@@ -102,8 +102,9 @@ class Started(_Strict):
 class ArtifactStored(_Strict):
     """A file of the attempt is in S3 under `key` (outputs, and checkpoints while it runs)."""
 
-    name: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]
-    key: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]
+    #: As long as the database's column; S3 keys stop at 1,024 bytes anyway.
+    name: Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=NO_NUL)]
+    key: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS, pattern=NO_NUL)]
     size: Bigint
     sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
 
@@ -134,7 +135,7 @@ class _Envelope(_Strict):
     job_id: Annotated[int, Field(ge=1, le=MAX_BIGINT)]
     attempt: Annotated[int, Field(ge=1, le=2**31 - 1)]
     seq: Annotated[int, Field(ge=1, le=MAX_BIGINT)]
-    node: Annotated[str, StringConstraints(max_length=255)]
+    node: Annotated[str, _clip(255)]
     ts: Annotated[float, Field(allow_inf_nan=False, ge=0)] = Field(default_factory=time.time)
 
 

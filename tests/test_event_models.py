@@ -42,6 +42,7 @@ BAD_LINES: list[tuple[str, str]] = [
     ("null", "event"),
     ("not json at all", "event"),
     ('{"kind":"metrics","metrics":{"' + "k" * 200 + '":1}}', "metrics"),
+    ('{"kind":"metrics","metrics":{"a\\u0000b":1}}', "metrics"),
 ]
 
 

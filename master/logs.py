@@ -12,6 +12,22 @@ from shared.storage import ArtifactStore
 from shared.streams import LogBatch, LogPosition, batches_after, log_key
 
 
+def gap_note(after: LogPosition | None, oldest: LogPosition | None) -> LogBatch | None:
+    """One line standing for lines that left Redis (the live budget) before they were archived:
+    said rather than skipped in silence. It takes the place of the last missing line, so a reader
+    going on from it reads on from Redis's oldest line."""
+    if oldest is None or oldest.line == 0 or (after is not None and after >= oldest):
+        return None
+    first = after.line + 1 if after is not None and after.attempt == oldest.attempt else 0
+    if first >= oldest.line:
+        return None
+    text = (
+        f"[trainfarm] {oldest.line - first:,} lines of attempt {oldest.attempt} are no longer in the "
+        "live log (log_live_max_bytes); its archived log has them once the attempt ends"
+    )
+    return LogBatch(oldest.attempt, oldest.line - 1, [text])
+
+
 @dataclass(frozen=True)
 class ArchivedLog:
     attempt: int
@@ -43,7 +59,9 @@ class LogReader:
                 found = await self._redis.xrevrange(key, max=str(after), min="-", count=1)
                 start = found[0][0] if found else "-"
             entries = await self._redis.xrange(key, min=start, max="+", count=min(1000, remaining))
-            batches += batches_after(entries, after)
+            live = batches_after(entries, after)
+            gap = gap_note(after, oldest_start) if live else None
+            batches += [gap, *live] if gap else live
         return batches
 
     async def wait(self, job_id: int, after: LogPosition | None, timeout_ms: int) -> None:

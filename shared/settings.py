@@ -42,6 +42,25 @@ class Settings(BaseSettings):
     #: Upper bound on entries (each a batch of lines) kept per job log stream in Redis.
     log_stream_maxlen: int = 200_000
     log_flush_interval: float = 0.05
+    #: Longest line of a job's output kept, in bytes; the rest of a longer line is cut as it is read
+    #: and a marker `… [line cut: N bytes, kept M]` ends what is kept.
+    log_line_max_bytes: int = Field(default=16 * 1024, ge=256)
+    #: Bytes of one job's log its live Redis stream holds; older lines leave Redis (they stay in
+    #: the attempt's log file and its archive in S3, which `GET /api/jobs/{id}/logs` reads).
+    log_live_max_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024)
+    #: Largest log file kept, and archived to S3, per attempt; a note line marks where it was cut.
+    log_archive_max_bytes: int = Field(default=1024**3, ge=64 * 1024)
+    #: Seconds a job's live stream stays in Redis once its attempt's log is archived in S3.
+    log_archived_ttl: int = Field(default=600, ge=1)
+    #: Live log lines are dropped (still kept in the file and S3) while Redis's used memory is above
+    #: this share of its maxmemory, so events, leases and the queue keep the rest.
+    log_live_memory_fraction: float = Field(default=0.95, gt=0, le=1)
+    #: `maxmemory` of the farm's own redis-server (standalone, tests), bytes; 0: no limit. Evicting
+    #: is never allowed (`noeviction`): the queue must not lose a message.
+    redis_maxmemory: int = Field(default=1024**3, ge=0)
+    #: Submissions answer 503 with Retry-After once Redis's used memory is above this share of its
+    #: maxmemory, before Redis would refuse writes.
+    admission_redis_memory_fraction: float = Field(default=0.9, gt=0, le=1)
 
     # Object storage
     s3_endpoint: str = "127.0.0.1:9000"

@@ -7,12 +7,13 @@ can resume from any line without a separate index.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from shared.events import Event
 
@@ -97,6 +98,41 @@ class LogBatch:
         return LogBatch(self.attempt, self.first + skip, self.lines[skip:])
 
 
+class LiveBudget:
+    """The bytes a job's live stream may hold, and where to cut it so the newest entries fit.
+
+    Entries leave oldest first; the newest always stays, even alone over the limit, so a live reader
+    still sees the latest lines. Pure arithmetic: the caller does the XTRIM.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        #: Bytes the stream holds, by this count.
+        self.held = 0
+        self._entries: deque[tuple[LogPosition, int]] = deque()
+
+    def add(self, first: LogPosition, size: int) -> None:
+        """An entry written, `first` its ID (`<attempt>-<first line>`), `size` its bytes."""
+        self._entries.append((first, size))
+        self.held += size
+
+    def trim_point(self) -> LogPosition | None:
+        """The MINID that brings the stream back within the limit: entries with a smaller ID leave.
+        None when nothing needs to leave."""
+        cut = None
+        while self.held > self.limit and len(self._entries) > 1:
+            _, size = self._entries.popleft()
+            self.held -= size
+            cut = self._entries[0][0]
+        return cut
+
+    def forget_newest(self, count: int) -> None:
+        """The last `count` entries added were not written after all (Redis was away)."""
+        for _ in range(min(count, len(self._entries))):
+            _, size = self._entries.pop()
+            self.held -= size
+
+
 class LogStream:
     """Append and read a job's log lines in Redis (synchronous side, used by workers)."""
 
@@ -104,20 +140,66 @@ class LogStream:
         self._redis = client
         self._maxlen = maxlen
 
-    def append(self, job_id: int, batches: Sequence[LogBatch]) -> None:
-        """Write batches in one round trip; batches Redis already holds are skipped, not doubled."""
+    @property
+    def client(self) -> redis.Redis:
+        return self._redis
+
+    def append(
+        self,
+        job_id: int,
+        batches: Sequence[LogBatch],
+        *,
+        trim_before: LogPosition | None = None,
+        persist: bool = False,
+    ) -> list[int | None]:
+        """Write batches in one round trip; batches Redis already holds are skipped, not doubled.
+
+        `trim_before`: entries older than this leave the stream (XTRIM MINID, exact), after the
+        writes. `persist`: remove an expiry set when an earlier attempt's log was archived. Returns
+        each batch's size in bytes, None for one Redis refused for want of memory (OOM).
+        """
+        key = log_key(job_id)
+        payloads = ["\n".join(batch.lines).encode() for batch in batches]
         pipe = self._redis.pipeline(transaction=False)
-        for batch in batches:
+        if persist:
+            pipe.persist(key)
+        for batch, payload in zip(batches, payloads, strict=True):
             pipe.xadd(
-                log_key(job_id),
-                {"lines": "\n".join(batch.lines)},
+                key,
+                {"lines": payload},
                 id=f"{batch.attempt}-{batch.first}",
                 maxlen=self._maxlen,
                 approximate=True,
             )
-        for result in pipe.execute(raise_on_error=False):
-            if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
+        if trim_before is not None:
+            # XTRIM is not refused when Redis is out of memory (it frees some): it always runs.
+            pipe.xtrim(key, minid=str(trim_before), approximate=False)
+        results = pipe.execute(raise_on_error=False)
+        written = results[1 if persist else 0 :][: len(batches)]
+        sizes: list[int | None] = []
+        for result, payload in zip(written, payloads, strict=True):
+            if isinstance(result, OutOfMemoryError):
+                sizes.append(None)
+            elif isinstance(result, ResponseError) and "equal or smaller" not in str(result):
                 raise result
+            else:
+                sizes.append(len(payload))
+        for result in results:
+            if isinstance(result, redis.RedisError) and not isinstance(result, ResponseError):
+                raise result
+        return sizes
+
+    def trim(self, job_id: int, before: LogPosition) -> None:
+        """Entries older than `before` leave the stream (allowed when Redis is out of memory)."""
+        self._redis.xtrim(log_key(job_id), minid=str(before), approximate=False)
+
+    def expire(self, job_id: int, seconds: int) -> None:
+        """The job's live stream goes after `seconds` (its log is archived); a new write keeps it."""
+        self._redis.expire(log_key(job_id), seconds)
+
+    def memory(self, job_id: int) -> int:
+        """Bytes the job's stream takes in Redis now (sampled estimate), 0 when it has none."""
+        return int(self._redis.memory_usage(log_key(job_id)) or 0)
 
     def next_line(self, job_id: int, attempt: int) -> int:
         """Index the next line of `attempt` would get (for notes written after its worker died)."""

@@ -24,10 +24,10 @@ from worker.checkpoints import CheckpointSync, PeriodicSync
 from worker.context import WorkerContext
 from worker.jobenv import AttemptDirs
 from worker.lease_keeper import LeaseKeeper
-from worker.logpump import LogPump
+from worker.logpump import LogLimits, LogPump
 from worker.progress import EventsFileTail
 from worker.reporter import AttemptReporter
-from worker.uploads import put_file, upload_tree
+from worker.uploads import archive_log, upload_tree
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,10 @@ class AttemptRunner:
     def _run_leased(self, keeper: LeaseKeeper) -> Ending:
         job_id, number = self.msg.job_id, self.msg.attempt
         dirs = AttemptDirs.create(self.ctx.settings.job_work_dir, job_id, number)
-        pump = LogPump(self.ctx.logs, job_id, number, dirs.log, self.ctx.settings.log_flush_interval)
+        settings = self.ctx.settings
+        pump = LogPump(
+            self.ctx.logs, job_id, number, dirs.log, settings.log_flush_interval, LogLimits.of(settings)
+        )
         checkpoints = CheckpointSync(self.ctx.store, self.reporter, job_id, dirs.checkpoints)
         self.reporter.report(Started(pid=os.getpid()))
         pump.note(f"attempt {number} of job {job_id} on {self.node}")
@@ -116,7 +119,9 @@ class AttemptRunner:
                 dirs.log.write_text(
                     "[trainfarm] the job replaced its log file with a link; it was not kept\n"
                 )
-            log_key = put_file(self.ctx.store, f"logs/{job_id}/attempt-{number}.log", dirs.log).key
+            log_key = archive_log(
+                self.ctx.store, self.ctx.logs, job_id, number, dirs.log, settings.log_archived_ttl
+            )
         except Exception as exc:
             log.exception("uploads of job %s attempt %s failed", job_id, number)
             ending = Ending(AttemptOutcome.FAILED, f"upload failed: {exc}", retryable=True)

@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+import redis
 import urllib3
 from minio.error import S3Error
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential_jitter
@@ -13,6 +14,7 @@ from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponenti
 from shared.errors import StorageUnavailable
 from shared.events import ArtifactStored
 from shared.storage import ArtifactStore, ObjectInfo
+from shared.streams import LogStream
 from worker.reporter import AttemptReporter
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,19 @@ storage_retry = retry(
 @storage_retry
 def put_file(store: ArtifactStore, key: str, path: Path) -> ObjectInfo:
     return store.put_file(key, path)
+
+
+def archive_log(
+    store: ArtifactStore, logs: LogStream, job_id: int, attempt: int, path: Path, ttl: int
+) -> str:
+    """Upload an attempt's log file; from then on its live Redis stream may go after `ttl` seconds
+    (`GET /logs` reads archived attempts from S3). A later attempt's first write keeps it again."""
+    key = put_file(store, f"logs/{job_id}/attempt-{attempt}.log", path).key
+    try:
+        logs.expire(job_id, ttl)
+    except redis.RedisError as exc:  # the stream stays, bounded by its budget, until a later trim
+        log.warning("could not set the expiry of job %s's live log: %s", job_id, exc)
+    return key
 
 
 def regular_files(root: Path) -> list[Path]:

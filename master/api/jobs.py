@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
+from master.admission import Admission
 from master.api.deps import MAX_INT64, JobDep, Offset, SessionDep, StateDep
 from master.api.errors import documented
 from master.lifecycle import cancel_job, check_code, submit_jobs
@@ -38,7 +39,7 @@ class JobBatch(BaseModel):
     jobs: list[JobSpec] = Field(min_length=1, max_length=MAX_BATCH)
 
 
-@router.post("", status_code=201, response_model=JobPublic)
+@router.post("", status_code=201, response_model=JobPublic, dependencies=[Admission])
 def submit_job(spec: JobSpec, session: SessionDep, state: StateDep) -> Job:
     """Validate a job spec, store the job and put it on its queue."""
     check_fits(spec, state.capacities.largest(session))
@@ -48,7 +49,7 @@ def submit_job(spec: JobSpec, session: SessionDep, state: StateDep) -> Job:
     return job
 
 
-@router.post("/batch", status_code=201, response_model=list[JobPublic])
+@router.post("/batch", status_code=201, response_model=list[JobPublic], dependencies=[Admission])
 def submit_batch(batch: JobBatch, session: SessionDep, state: StateDep) -> list[Job]:
     """Submit many jobs at once (a sweep); all are validated before any is stored."""
     largest = state.capacities.largest(session)

@@ -10,6 +10,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from shared.settings import get_settings
 from trainfarm.services.process import ManagedProcess, free_port
 
 
@@ -36,15 +37,24 @@ class RedisServer(ManagedProcess):
     :param port: TCP port; a free one when omitted (kept across restarts).
     :param persistent: keep data across restarts with an append-only file fsynced every second
         (streams survive a restart); off, Redis keeps nothing on disk.
+    :param maxmemory: bytes Redis may use, with `noeviction` (at the limit it refuses writes rather
+        than drop a queued task); 0 for no limit; omitted: the `redis_maxmemory` setting.
     """
 
     name = "redis"
     ready_timeout = 20.0
 
-    def __init__(self, data_dir: Path, port: int | None = None, persistent: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        persistent: bool = True,
+        maxmemory: int | None = None,
+    ) -> None:
         super().__init__(data_dir)
         self.port = port or free_port()
         self.persistent = persistent
+        self.maxmemory = get_settings().redis_maxmemory if maxmemory is None else maxmemory
         self.binary = find_redis_server()
 
     @property
@@ -63,6 +73,8 @@ class RedisServer(ManagedProcess):
             "--dir", str(self.data_dir.resolve()),
             "--protected-mode", "yes",
             "--daemonize", "no",
+            "--maxmemory", str(self.maxmemory),
+            "--maxmemory-policy", "noeviction",
             *persistence,
         ]  # fmt: skip
 

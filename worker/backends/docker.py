@@ -120,7 +120,7 @@ class DockerBackend(Backend):
             # Attached before the start, so no line is missed; not the log stream, which can end
             # before the engine has logged an unterminated last line.
             stream = self._client.api.attach(container.id, stdout=True, stderr=True, stream=True)
-            execution = DockerExecution(self._client, container.id, stream)
+            execution = DockerExecution(self._client, container.id, stream, self._settings.log_line_max_bytes)
             container.start()
         except (DockerException, requests.RequestException) as exc:
             # Best effort: if the engine is away, the worker's next start removes it (labelled).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from collections.abc import Iterable, Iterator
 
@@ -14,6 +15,7 @@ from docker.errors import DockerException, NotFound
 
 from shared.errors import RetryableError
 from worker.backends.base import Execution
+from worker.loglines import split_lines
 
 log = logging.getLogger(__name__)
 
@@ -22,30 +24,32 @@ KILLED = 137
 WAIT_POLL_SECONDS = 0.1
 
 
-def lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Whole lines out of a stream cut anywhere (the engine sends each write as it came)."""
-    pending = b""
-    for chunk in chunks:
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
-            yield line + b"\n"
-    if pending:
-        yield pending
+def lines(chunks: Iterable[bytes], max_line: int = sys.maxsize) -> Iterator[bytes]:
+    """Whole lines out of a stream cut anywhere (the engine sends each write as it came); a line
+    longer than `max_line` bytes is cut as it arrives, never held whole."""
+    return split_lines(chunks, max_line)
 
 
 class DockerExecution(Execution):
-    def __init__(self, client: docker.DockerClient, container_id: str, stream: Iterable[bytes]) -> None:
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        container_id: str,
+        stream: Iterable[bytes],
+        max_line: int,
+    ) -> None:
         self._api = client.api
         self.container_id = container_id
         #: The container's stdout and stderr, attached before it started.
         self._stream = stream
+        #: Longest line kept whole, in bytes (settings.log_line_max_bytes).
+        self._max_line = max_line
         self._code: int | None = None
         self._closed = False
 
     def output(self) -> Iterator[bytes]:
         try:
-            yield from lines(self._stream)
+            yield from lines(self._stream, self._max_line)
         except (DockerException, requests.RequestException) as exc:
             yield f"[trainfarm] the container's output could not be read to its end: {exc}\n".encode()
             return

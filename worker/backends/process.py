@@ -16,17 +16,20 @@ from worker import process
 from worker.backends.base import Backend, Execution, Launch
 from worker.environments import activation, find_environment, first_on_path, interpreter
 from worker.jobenv import job_environment
+from worker.loglines import read_lines
 
 
 class ProcessExecution(Execution):
-    def __init__(self, proc: subprocess.Popen[bytes], grace: float) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], grace: float, max_line: int) -> None:
         self._proc = proc
         self._grace = grace
+        #: Longest line kept whole, in bytes; a longer one is cut as it is read (worker/loglines.py).
+        self._max_line = max_line
 
     def output(self) -> Iterator[bytes]:
         assert self._proc.stdout is not None
         with self._proc.stdout:
-            yield from iter(self._proc.stdout.readline, b"")
+            yield from read_lines(self._proc.stdout.readline, self._max_line)
 
     def poll(self) -> int | None:
         return self._proc.poll()
@@ -70,7 +73,9 @@ class ProcessBackend(Backend):
             raise FinalError(
                 f"cannot run '{launch.argv[0]}': {exc.strerror or exc}", field="command"
             ) from exc
-        return ProcessExecution(started, self._settings.cancel_grace_period)
+        return ProcessExecution(
+            started, self._settings.cancel_grace_period, self._settings.log_line_max_bytes
+        )
 
     def _resolve(self, argv: list[str], python: Path | None, path: str, workdir: Path) -> list[str]:
         """The executable looked up on the job's PATH, not the worker's: Windows resolves a bare

@@ -1,0 +1,343 @@
+"""Bounded logs: line length cut with a marker, a byte budget for each job's live Redis stream, an
+expiry once a log is archived, live lines dropped (not the job) when Redis is full, and submissions
+refused with 503 before Redis would refuse writes."""
+
+from __future__ import annotations
+
+import io
+import random
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from master.logs import gap_note
+from shared.redis_memory import MemoryGauge, MemoryReading
+from shared.settings import Settings
+from shared.storage import ArtifactStore, make_s3_client
+from shared.streams import LiveBudget, LogPosition, LogStream, log_key
+from tests.conftest import S3_ACCESS, S3_SECRET, wait_for, wait_status
+from trainfarm.services import RedisServer
+from trainfarm.services.farm import MasterProcess
+from worker.loglines import cut, cut_marker, read_lines, split_lines
+from worker.logpump import LogLimits, LogPump
+from worker.uploads import archive_log
+
+PY = sys.executable
+MARK = "… [line cut:"
+
+
+# --- fast unit tests: no services -------------------------------------------------------------
+
+
+def _reader(data: bytes) -> io.BufferedReader:
+    return io.BufferedReader(io.BytesIO(data), buffer_size=4096)
+
+
+def test_lines_up_to_the_limit_are_kept_whole_longer_ones_cut_with_their_length():
+    data = b"short\n" + b"x" * 10 + b"\n" + b"y" * 11 + b"\n" + b"z" * 25
+    expected = [
+        b"short\n",
+        b"x" * 10 + b"\n",
+        b"y" * 10 + cut_marker(11, 10) + b"\n",
+        b"z" * 10 + cut_marker(25, 10),  # no newline at the end: the last line, cut all the same
+    ]
+    assert list(read_lines(_reader(data).readline, 10)) == expected
+    assert list(split_lines([data], 10)) == expected
+    assert cut_marker(61_440, 16_384) == " … [line cut: 61,440 bytes, kept 16,384]".encode()
+
+
+def test_a_huge_line_without_newline_is_read_in_bounded_pieces():
+    """Neither reader ever asks for, or builds, more than the kept part plus one skip chunk."""
+    size = 50 * 1024 * 1024
+    asked: list[int] = []
+    reader = _reader(b"a" * size)
+
+    def readline(n: int) -> bytes:
+        asked.append(n)
+        return reader.readline(n)
+
+    [line] = list(read_lines(readline, 1000))
+    assert line == b"a" * 1000 + cut_marker(size, 1000)
+    assert max(asked) <= 1024 * 1024
+
+    chunks = (b"b" * 65536 for _ in range(size // 65536))
+    [piece] = list(split_lines(chunks, 1000))
+    assert piece == b"b" * 1000 + cut_marker(size, 1000)
+
+
+def test_both_readers_agree_with_cutting_whole_lines_however_the_stream_is_split():
+    rng = random.Random(7)
+    for _ in range(200):
+        lines = [
+            bytes(rng.choice(b"ab") for _ in range(rng.choice([0, 1, 5, 9, 10, 11, 40]))) for _ in range(8)
+        ]
+        data = b"\n".join(lines) + rng.choice([b"", b"\n"])
+        whole = [cut(line, 10) for line in data.split(b"\n")]
+        if data.endswith(b"\n"):
+            whole.pop()
+        cuts = sorted(rng.sample(range(len(data) + 1), min(len(data), 6)))
+        chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        assert [line.rstrip(b"\n") for line in split_lines(chunks, 10)] == whole
+        assert [line.rstrip(b"\n") for line in read_lines(_reader(data).readline, 10)] == whole
+
+
+def test_live_budget_trims_oldest_first_and_always_keeps_the_newest():
+    budget = LiveBudget(100)
+    budget.add(LogPosition(1, 0), 40)
+    budget.add(LogPosition(1, 10), 40)
+    assert budget.trim_point() is None and budget.held == 80
+    budget.add(LogPosition(1, 20), 40)
+    assert budget.trim_point() == LogPosition(1, 10)  # entry 1-0 leaves
+    assert budget.held == 80
+    budget.add(LogPosition(1, 30), 500)  # alone over the limit: it stays, the others go
+    assert budget.trim_point() == LogPosition(1, 30) and budget.held == 500
+    budget.forget_newest(1)
+    assert budget.held == 0 and budget.trim_point() is None
+
+
+def test_earlier_attempts_count_against_the_budget_and_leave_first():
+    budget = LiveBudget(100)
+    budget.add(LogPosition(0, 0), 90)  # what attempts before this one left in the stream
+    budget.add(LogPosition(2, 0), 30)
+    assert budget.trim_point() == LogPosition(2, 0)  # MINID 2-0: every entry of attempt 1 leaves
+
+
+def test_gap_note_stands_for_lines_that_left_redis_before_their_archive():
+    oldest = LogPosition(2, 500)
+    note = gap_note(None, oldest)
+    assert note is not None and (note.attempt, note.first) == (2, 499)
+    assert note.lines[0].startswith("[trainfarm] 500 lines of attempt 2 are no longer in the live log")
+    assert "[trainfarm] 400 lines" in gap_note(LogPosition(2, 99), oldest).lines[0]  # type: ignore[union-attr]
+    assert "[trainfarm] 500 lines" in gap_note(LogPosition(1, 99), oldest).lines[0]  # type: ignore[union-attr]
+    assert gap_note(LogPosition(2, 499), oldest) is None  # read up to it: nothing missing
+    assert gap_note(LogPosition(2, 700), oldest) is None
+    assert gap_note(None, LogPosition(2, 0)) is None
+    assert gap_note(None, None) is None
+
+
+def test_memory_reading_shares_of_maxmemory():
+    assert MemoryReading(95, 100).above(0.9) and not MemoryReading(90, 100).above(0.9)
+    assert not MemoryReading(10**12, 0).above(0.01)  # no maxmemory: never full
+
+
+# --- against a real redis-server --------------------------------------------------------------
+
+
+@pytest.fixture
+def small_redis(tmp_path: Path):
+    """A redis-server of its own with an 8 MiB maxmemory (noeviction), as the farm runs one."""
+    with RedisServer(tmp_path / "small-redis", persistent=False, maxmemory=8 * 1024 * 1024) as server:
+        yield server
+
+
+def _fill(client: redis.Redis, fraction: float) -> None:
+    """Fill Redis with plain keys until its used memory is above `fraction` of maxmemory."""
+    limit = int(client.config_get("maxmemory")["maxmemory"])
+    i = 0
+    while int(client.info("memory")["used_memory"]) < fraction * limit:
+        try:
+            client.set(f"fill:{i}", b"f" * 16384)
+        except redis.exceptions.OutOfMemoryError:
+            return
+        i += 1
+
+
+def test_the_farm_redis_runs_with_maxmemory_and_noeviction(small_redis: RedisServer):
+    client = redis.Redis.from_url(small_redis.url)
+    config = client.config_get("maxmemory*")
+    assert config["maxmemory"] == str(8 * 1024 * 1024) and config["maxmemory-policy"] == "noeviction"
+    assert RedisServer(Path("unused")).maxmemory == Settings().redis_maxmemory > 0
+
+
+def test_memory_gauge_reads_info_at_most_once_an_interval(small_redis: RedisServer):
+    client = redis.Redis.from_url(small_redis.url)
+    now = [0.0]
+    gauge = MemoryGauge(client, interval=1.0, clock=lambda: now[0])
+    first = gauge.read()
+    client.set("big", b"x" * 1_000_000)
+    assert gauge.read() == first  # within the interval: the kept reading
+    now[0] = 1.5
+    assert gauge.read().used > first.used + 900_000
+
+
+def _pump(client: redis.Redis, tmp_path: Path, attempt: int = 1, **limits: float) -> LogPump:
+    values = {"live_bytes": 256 * 1024, "file_bytes": 1 << 30, "memory_fraction": 0.95, **limits}
+    return LogPump(
+        LogStream(client, 200_000),
+        7,
+        attempt,
+        tmp_path / f"attempt-{attempt}.log",
+        0.01,
+        LogLimits(**values),  # type: ignore[arg-type]
+    )
+
+
+def test_a_flood_keeps_the_live_stream_within_its_budget_and_every_line_in_the_file(
+    small_redis: RedisServer, tmp_path: Path
+):
+    client = redis.Redis.from_url(small_redis.url)
+    pump = _pump(client, tmp_path)
+    line = "L" * 1000
+    for i in range(20_000):  # ~20 MB through a 256 KiB budget, on an 8 MiB Redis
+        pump.write(f"{i:06d} {line}")
+    pump.close()
+    assert pump.dropped == 0
+    stream_bytes = client.memory_usage(log_key(7), samples=0)
+    assert stream_bytes < 256 * 1024 + 64 * 1024, stream_bytes
+    entries = client.xrange(log_key(7), "-", "+")
+    assert LogPosition.parse(entries[0][0].decode()).line > 0  # the oldest lines left Redis
+    assert entries[-1][1][b"lines"].decode().split("\n")[-1].startswith("019999 ")
+    kept = (tmp_path / "attempt-1.log").read_text().splitlines()
+    assert kept == [f"{i:06d} {line}" for i in range(20_000)]
+
+
+def test_a_later_attempt_trims_what_earlier_ones_left_and_removes_their_expiry(
+    small_redis: RedisServer, tmp_path: Path
+):
+    client = redis.Redis.from_url(small_redis.url)
+    first = _pump(client, tmp_path, attempt=1)
+    for i in range(200):
+        first.write(f"one {i} " + "a" * 1000)
+    first.close()
+    client.expire(log_key(7), 600)  # what archive_log does
+    second = _pump(client, tmp_path, attempt=2)
+    for i in range(1000):
+        second.write(f"two {i} " + "b" * 1000)
+    second.close()
+    assert client.ttl(log_key(7)) == -1
+    entries = client.xrange(log_key(7), "-", "+")
+    assert {LogPosition.parse(e[0].decode()).attempt for e in entries} == {2}
+    assert client.memory_usage(log_key(7), samples=0) < 256 * 1024 + 64 * 1024
+
+
+def test_archive_log_sets_the_stream_expiry(small_redis: RedisServer, s3_server, tmp_path: Path):
+    client = redis.Redis.from_url(small_redis.url)
+    pump = _pump(client, tmp_path)
+    pump.write("hello")
+    pump.close()
+    settings = Settings(
+        s3_endpoint=s3_server.endpoint,
+        s3_access_key=S3_ACCESS,
+        s3_secret_key=S3_SECRET,
+        s3_bucket="t-archive",
+    )
+    store = ArtifactStore(make_s3_client(settings), settings.s3_bucket)
+    store.ensure_bucket()
+    key = archive_log(store, LogStream(client, 1000), 7, 1, tmp_path / "attempt-1.log", 600)
+    assert store.read_text(key) == "hello\n"
+    assert 0 < client.ttl(log_key(7)) <= 600
+
+
+def test_the_log_file_is_capped_with_a_note_while_lines_still_go_live(
+    small_redis: RedisServer, tmp_path: Path
+):
+    client = redis.Redis.from_url(small_redis.url)
+    pump = _pump(client, tmp_path, file_bytes=64 * 1024)
+    for i in range(200):
+        pump.write(f"{i:03d} " + "c" * 995)  # 1000 bytes with the newline
+    pump.close()
+    kept = (tmp_path / "attempt-1.log").read_text().splitlines()
+    assert len(kept) == 66 and kept[:65] == [f"{i:03d} " + "c" * 995 for i in range(65)]
+    assert kept[65].startswith("[trainfarm] this attempt's log file reached its cap of 65,536 bytes")
+    live = client.xrevrange(log_key(7), "+", "-", count=1)[0][1][b"lines"].decode().split("\n")
+    assert live[-1].startswith("199 ")
+
+
+# 2.0: the worker's own check never fires, so Redis itself refuses the writes (OOM).
+@pytest.mark.parametrize("fraction", [0.5, 2.0], ids=["nearly-full", "out-of-memory"])
+def test_a_full_redis_drops_live_lines_not_the_job(small_redis: RedisServer, tmp_path: Path, fraction: float):
+    """Nearly full (the worker's own threshold) or refusing writes (OOM): lines are dropped live,
+    counted and noted; the file keeps every one; small writes such as leases still work when the
+    worker stopped at its threshold."""
+    client = redis.Redis.from_url(small_redis.url)
+    _fill(client, 0.999 if fraction > 1 else 0.7)
+    pump = _pump(client, tmp_path, memory_fraction=fraction)
+    for i in range(2000):
+        pump.write(f"{i} " + "d" * 2000)
+    pump.close()
+    assert pump.dropped > 0
+    kept = (tmp_path / "attempt-1.log").read_text().splitlines()
+    assert [k for k in kept if not k.startswith("[trainfarm]")] == [f"{i} " + "d" * 2000 for i in range(2000)]
+    assert any("live log lines are dropped for now" in k for k in kept)
+    if fraction < 1.0:
+        assert client.set("tf:lease:1-1", "holder", px=15_000)
+
+
+# --- end to end: real master, worker, Redis and S3 --------------------------------------------
+
+
+def _submit(api: httpx.Client, source: str) -> int:
+    spec = {"command": [PY, "-c", textwrap.dedent(source)], "queue": "cpu", "max_retries": 0}
+    response = api.post("/jobs", json=spec)
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+def _log(api: httpx.Client, job_id: int) -> list[str]:
+    return [
+        line["text"] for line in api.get(f"/jobs/{job_id}/logs", params={"limit": 100_000}).json()["lines"]
+    ]
+
+
+def test_a_job_printing_long_lines_and_no_final_newline_gets_them_cut_with_the_marker(api, start_worker):
+    start_worker(overrides={"log_line_max_bytes": 1024})
+    job_id = _submit(
+        api,
+        """
+        import sys
+        print("before")
+        print("x" * 100_000)
+        print("after")
+        sys.stdout.write("y" * 3_000_000)  # never ends its line
+        """,
+    )
+    wait_status(api, job_id, {"succeeded"})
+    lines = [t for t in _log(api, job_id) if not t.startswith("[trainfarm]")]
+    assert lines == [
+        "before",
+        "x" * 1024 + " … [line cut: 100,000 bytes, kept 1,024]",
+        "after",
+        "y" * 1024 + " … [line cut: 3,000,000 bytes, kept 1,024]",
+    ]
+
+
+def test_a_job_over_its_live_budget_keeps_redis_small_while_the_archive_has_every_line(
+    api, start_worker, settings
+):
+    budget = 256 * 1024
+    start_worker(overrides={"log_live_max_bytes": budget})
+    job_id = _submit(api, "for i in range(8000): print(f'{i:05d} ' + 'z' * 994)")  # ~8 MB
+    wait_status(api, job_id, {"succeeded"})
+    client = redis.Redis.from_url(settings.redis_url)
+    assert client.memory_usage(log_key(job_id), samples=0) < budget + 64 * 1024
+    oldest = LogPosition.parse(client.xrange(log_key(job_id), "-", "+", count=1)[0][0].decode())
+    assert oldest.line > 0  # the early lines left Redis: what follows comes from the S3 archive
+    assert 0 < client.ttl(log_key(job_id)) <= settings.log_archived_ttl  # archived: it expires
+    lines = [t for t in _log(api, job_id) if not t.startswith("[trainfarm]")]
+    assert lines == [f"{i:05d} " + "z" * 994 for i in range(8000)]
+
+
+def test_submissions_answer_503_while_redis_is_nearly_full(settings: Settings, tmp_path: Path):
+    with RedisServer(tmp_path / "full-redis", persistent=False, maxmemory=16 * 1024 * 1024) as full:
+        own = settings.model_copy(update={"redis_url": full.url})
+        with (
+            MasterProcess(tmp_path / "master", own) as master,
+            httpx.Client(base_url=f"{master.url}/api") as api,
+        ):
+            spec = {"command": ["true"], "queue": "cpu"}
+            assert api.post("/jobs", json=spec).status_code == 201
+            client = redis.Redis.from_url(full.url)
+            _fill(client, 0.92)
+            refused = wait_for(
+                lambda: (r := api.post("/jobs", json=spec)).status_code == 503 and r, timeout=10
+            )
+            assert refused.headers["Retry-After"]  # type: ignore[union-attr]
+            assert "the farm is full for now" in refused.json()["message"]  # type: ignore[union-attr]
+            batch = api.post("/jobs/batch", json={"jobs": [spec]})
+            assert batch.status_code == 503 and batch.headers["Retry-After"]
+            client.delete(*client.keys("fill:*"))
+            wait_for(lambda: api.post("/jobs", json=spec).status_code == 201, timeout=10)

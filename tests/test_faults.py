@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -18,17 +19,57 @@ from tests.conftest import DIGITS, DIGITS_RECIPE, log_texts, upload_dataset, wai
 PY = sys.executable
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
-TICKER = textwrap.dedent(
+#: Prints its pid and ten ticks, then runs until the file named by argv[1] exists: the test decides
+#: when the attempt may end, so "still running" is a state it holds, not a race it hopes to win.
+HELD = textwrap.dedent(
     """
-    import os, time
+    import os, sys, time
     print("pid", os.getpid(), flush=True)
-    for i in range(60):
+    for i in range(10):
         print("tick", i, flush=True)
-        time.sleep(0.1)
+    while not os.path.exists(sys.argv[1]):
+        time.sleep(0.05)
+    print("released", flush=True)
     """
 )
 
 RECIPE = {**DIGITS_RECIPE, "max_epochs": 40, "checkpoint_interval": 5, "seed": 3}
+
+
+def job_processes(worker_pid: int, job_id: int) -> list[psutil.Process]:
+    """The processes under a worker that run the job (its contract's variables name it)."""
+    found = []
+    for proc in psutil.Process(worker_pid).children(recursive=True):
+        try:
+            if proc.environ().get("TRAINFARM_JOB_ID") == str(job_id):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue  # ended meanwhile, or not ours to read: not a process of the job
+    return found
+
+
+def freeze_at_first_checkpoint(worker_pid: int, job_id: int, timeout: float = 120) -> list[psutil.Process]:
+    """Suspend (SIGSTOP) the job's processes once an epoch's checkpoint is on the node's disk.
+
+    A frozen training cannot finish, so from then on a checkpoint in S3 can only come from the
+    worker's periodic upload, never from the final one, which waits for the process to end.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        procs = job_processes(worker_pid, job_id)
+        try:
+            if procs:
+                checkpoint = Path(procs[0].environ()["TRAINFARM_CHECKPOINT_DIR"]) / "last.ckpt"
+                for proc in procs:
+                    proc.suspend()
+                if checkpoint.exists() and all(proc.status() == psutil.STATUS_STOPPED for proc in procs):
+                    return procs
+                for proc in procs:
+                    proc.resume()
+        except psutil.NoSuchProcess:
+            pass  # a helper process that ended between the listing and the signal: look again
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} wrote no checkpoint within {timeout}s")
 
 
 def kill_tree(pid: int) -> None:
@@ -40,27 +81,36 @@ def kill_tree(pid: int) -> None:
     psutil.wait_procs(procs, timeout=10)
 
 
-def test_redelivered_task_message_does_not_start_a_second_run(api, start_worker, settings):
+def test_redelivered_task_message_does_not_start_a_second_run(api, start_worker, settings, tmp_path):
     a, b = start_worker("node-a"), start_worker("node-b")
-    job = api.post("/jobs", json={"command": [PY, "-c", TICKER], "queue": "cpu"}).json()
-    wait_status(api, job["id"], {"running"})
+    release = tmp_path / "release"
+    job = api.post("/jobs", json={"command": [PY, "-c", HELD, str(release)], "queue": "cpu"}).json()
+    # Running, and held so until released: the copies below reach a live attempt.
+    wait_for(lambda: "tick 9" in log_texts(api, job["id"]), timeout=60, what="the attempt to be running")
     message = TaskMessage(job_id=job["id"], attempt=1, spec=JobSpec.model_validate(job["spec"]))
     publisher = make_publisher(settings)
-    for _ in range(2):  # what a visibility-timeout redelivery or a manual re-send looks like
+
+    def send_copy() -> None:  # what a visibility-timeout redelivery or a manual re-send looks like
         publisher.send_task(
             RUN_ATTEMPT_TASK, kwargs={"message": message.model_dump(mode="json")}, queue="cpu"
         )
-    wait_status(api, job["id"], {"succeeded"})
-    # Once the attempt is over, a late copy is refused too.
-    publisher.send_task(RUN_ATTEMPT_TASK, kwargs={"message": message.model_dump(mode="json")}, queue="cpu")
 
     def dropped() -> int:
         return sum(p.log_path.read_text().count("duplicate dropped") for p in (a, b))
 
-    wait_for(lambda: dropped() == 3, timeout=30, what="three dropped duplicates")
+    for _ in range(2):
+        send_copy()
+    wait_for(lambda: dropped() == 2, timeout=30, what="two copies dropped while the attempt runs")
+    assert api.get(f"/jobs/{job['id']}").json()["status"] == "running"
+    release.touch()
+    wait_status(api, job["id"], {"succeeded"})
+    # Once the attempt is over, a late copy is refused too.
+    send_copy()
+    wait_for(lambda: dropped() == 3, timeout=30, what="the late copy dropped")
     lines = log_texts(api, job["id"])
     assert sum(t.startswith("pid ") for t in lines) == 1
-    assert [t for t in lines if t.startswith("tick ")] == [f"tick {i}" for i in range(60)]
+    assert [t for t in lines if t.startswith("tick ")] == [f"tick {i}" for i in range(10)]
+    assert lines.count("released") == 1
     assert len(api.get(f"/jobs/{job['id']}").json()["attempt_list"]) == 1
 
 
@@ -72,12 +122,18 @@ def test_killed_worker_job_resumes_elsewhere_from_its_checkpoint(api, start_work
     wait_status(api, reference, {"succeeded"}, timeout=240)
 
     job_id = api.post("/jobs", json=RECIPE).json()["id"]
+    # The state this test needs: the attempt on node-a is running, with epochs to go, and an epoch's
+    # checkpoint is in S3. Waiting for `last.ckpt` alone would also be satisfied by the final upload
+    # of an attempt that has already finished; with the training frozen it cannot finish.
+    frozen = freeze_at_first_checkpoint(first.pid, job_id)  # type: ignore[arg-type]
 
     def checkpoint_uploaded() -> bool:
         names = {a["name"] for a in api.get(f"/jobs/{job_id}/artifacts").json()}
         return "checkpoints/last.ckpt" in names
 
-    wait_for(checkpoint_uploaded, timeout=120, what="a periodic checkpoint upload")
+    wait_for(checkpoint_uploaded, timeout=60, what="the periodic checkpoint upload")
+    assert all(proc.status() == psutil.STATUS_STOPPED for proc in frozen)
+    assert api.get(f"/jobs/{job_id}").json()["status"] == "running"
     killed_at = time.time()
     kill_tree(first.pid)  # type: ignore[arg-type]
     start_worker("node-b")
@@ -177,11 +233,10 @@ def test_storage_outage_at_start_is_retried_after_a_backoff(api, worker, s3_serv
     assert "trained" in log_texts(api, job_id)
 
 
-def test_training_process_dies_with_its_worker(api, start_worker):
+def test_training_process_dies_with_its_worker(api, start_worker, tmp_path):
     worker = start_worker("node-a")
-    job_id = api.post(
-        "/jobs", json={"command": [PY, "-c", TICKER.replace("0.1", "1")], "queue": "cpu"}
-    ).json()["id"]
+    never = tmp_path / "never-created"  # the job runs until it is killed
+    job_id = api.post("/jobs", json={"command": [PY, "-c", HELD, str(never)], "queue": "cpu"}).json()["id"]
     wait_for(
         lambda: any(t.startswith("pid ") for t in log_texts(api, job_id)), timeout=60, what="the job's pid"
     )

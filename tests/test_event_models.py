@@ -4,6 +4,7 @@ what becomes a warning instead, and that nothing a job writes raises or grows me
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,15 @@ def test_warnings_are_bounded_then_counted(tmp_path: Path) -> None:
 def test_a_missing_file_is_no_events(tmp_path: Path) -> None:
     tail = EventsFileTail(tmp_path / "absent.jsonl", Notes())
     assert tail.read_new() == [] and tail.at_end
+
+
+@pytest.mark.skipif(os.name == "nt", reason="FIFOs and unprivileged links are POSIX")
+def test_a_file_swapped_for_a_link_or_a_fifo_is_no_longer_read(tmp_path: Path) -> None:
+    secret = tmp_path / "node-file"
+    secret.write_text(_good(9) + "\n")
+    for name, make in (("link", lambda p: p.symlink_to(secret)), ("fifo", os.mkfifo)):
+        path, notes = tmp_path / f"{name}.jsonl", Notes()
+        make(path)
+        tail = EventsFileTail(path, notes)
+        assert tail.read_new() == [] and tail.read_new() == []
+        assert len(notes) == 1 and notes[0].startswith("events file no longer read"), notes

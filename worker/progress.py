@@ -9,6 +9,8 @@ in memory.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +24,8 @@ MAX_LINE_BYTES = 64 * 1024
 READ_BYTES = 4 * 1024 * 1024
 #: Warnings written to the job's log about bad lines; the rest are counted.
 MAX_WARNINGS = 20
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # POSIX; Windows has no symlinks a job can make unprivileged
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 class EventsFileTail:
@@ -40,14 +44,11 @@ class EventsFileTail:
         self.bad_lines = 0
         #: The last read reached the end of the file (a read stops at `READ_BYTES`).
         self.at_end = True
+        #: The file stopped being a plain file: nothing more is read from it.
+        self._refused = False
 
     def read_new(self) -> list[Metrics]:
-        try:
-            with self._path.open("rb") as fh:
-                fh.seek(self._offset)
-                data = fh.read(READ_BYTES)
-        except FileNotFoundError:
-            return []
+        data = self._read()
         self._offset += len(data)
         self.at_end = len(data) < READ_BYTES
         out: list[Metrics] = []
@@ -69,6 +70,29 @@ class EventsFileTail:
         else:
             self._partial = rest
         return out
+
+    def _read(self) -> bytes:
+        """The next bytes of the file, if it is still a plain file of the job's own: the job may
+        swap it for a link to a file of the node, or a FIFO that would block the read forever."""
+        if self._refused:
+            return b""
+        try:
+            fd = os.open(self._path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
+        except FileNotFoundError:
+            return b""
+        except OSError as exc:  # ELOOP: a link
+            self._refuse(f"it cannot be opened as a plain file ({exc.strerror})")
+            return b""
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                self._refuse("it is not a plain file")
+                return b""
+            fh.seek(self._offset)
+            return fh.read(READ_BYTES)
+
+    def _refuse(self, why: str) -> None:
+        self._refused = True
+        self._warn(f"events file no longer read: {why}")
 
     def _parse(self, raw: bytes) -> Metrics | None:
         if len(raw) > MAX_LINE_BYTES:

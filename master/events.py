@@ -117,7 +117,13 @@ def _finished(
 ) -> None:
     d = event.data
     attempt.log_key = d.log_key or attempt.log_key
-    if not move_attempt(attempt, JobStatus(d.outcome.value), at=_ts(event)):
+    ended = JobStatus(d.outcome.value)
+    if ended == JobStatus.SUCCEEDED and attempt.status == JobStatus.QUEUED:
+        # It ran, so its `started` was lost (dead-lettered): through running, as it went.
+        move_attempt(attempt, JobStatus.RUNNING, at=_ts(event))
+        if current and job.status == JobStatus.QUEUED:
+            move_job(job, JobStatus.RUNNING, at=_ts(event))
+    if not move_attempt(attempt, ended, at=_ts(event)):
         # Ended already by another path (declared lost, cancelled while queued): that path moved
         # the job; a second end would start a second retry.
         return

@@ -189,6 +189,16 @@ def test_an_event_that_fails_to_apply_is_rolled_back_alone(engine: Engine, job_i
     assert len(job.warnings) == 1 and "finished event 3" in job.warnings[0]
 
 
+def test_an_attempt_that_finished_without_a_started_report_still_ends_its_job(
+    engine: Engine, job_id: int
+) -> None:
+    """Its `started` was dead-lettered: the job must not wait in `queued` forever."""
+    apply(engine, raw(job_id, 2, Finished(outcome=AttemptOutcome.SUCCEEDED, exit_code=0)))
+    job, [attempt] = state(engine, job_id)
+    assert (job.status, attempt.status) == (JobStatus.SUCCEEDED, JobStatus.SUCCEEDED)
+    assert job.started_at is not None and attempt.started_at is not None
+
+
 def test_an_event_for_an_unknown_job_is_dropped(engine: Engine) -> None:
     assert apply(engine, raw(999, 1, Started(pid=1))) == [None]
 

@@ -21,11 +21,11 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from master.models import Node, NodePublic, utcnow
-from shared.streams import NODES_KEY, split_worker_key
+from shared.streams import NODES_KEY, node_attempts_key, split_worker_key
 
 log = logging.getLogger(__name__)
-#: A worker's beat left in Redis this long (it was killed, never to come back) is removed; the
-#: node's row keeps what it last said.
+#: A worker's beat left in Redis this long (it was killed, never to come back) is removed, with its
+#: running-attempts hash; the node's row keeps what it last said.
 FORGET_AFTER_SECONDS = 24 * 3600
 #: The last unreadable beat logged per node: the sync runs every few seconds and would repeat it.
 _logged_bad: dict[str, bytes] = {}
@@ -63,7 +63,10 @@ def sync_nodes(broker: redis.Redis, engine: Engine, offline_after: float = 15.0)
             session.add(node)
         session.commit()
     if forgotten:
-        broker.hdel(NODES_KEY, *forgotten)
+        pipe = broker.pipeline(transaction=False)
+        pipe.hdel(NODES_KEY, *forgotten)
+        pipe.delete(*(node_attempts_key(key) for key in forgotten))
+        pipe.execute()
     return len(beats)
 
 

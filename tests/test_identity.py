@@ -6,6 +6,7 @@ unstarted, and a pool child drained by a SIGTERM of its own takes jobs again aft
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,10 +16,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
+from sqlmodel import Session, select
 
-from master.nodes import merge_beats
+from master.db import init_db, make_engine
+from master.models import Node
+from master.nodes import merge_beats, sync_nodes
 from shared.settings import Settings
-from shared.streams import split_worker_key
+from shared.streams import NODES_KEY, node_attempts_key, split_worker_key
 from tests.conftest import wait_for, wait_status
 from trainfarm import render
 from trainfarm.services.farm import WorkerProcess
@@ -195,3 +200,30 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_the_sync_merges_a_nodes_workers_and_drops_the_long_silent(redis_server, tmp_path):
+    broker = redis.Redis.from_url(redis_server.url)
+    broker.flushdb()
+    engine = make_engine(f"sqlite:///{tmp_path / 'nodes.db'}")
+    init_db(engine)
+    seconds, micros = broker.time()
+    now = seconds + micros / 1e6
+
+    def beat(key: str, ts: float, queue: str) -> None:
+        node, instance = split_worker_key(key)
+        info = {"name": node, "worker": key, "instance": instance, "ts": ts, "queues": [queue]}
+        broker.hset(NODES_KEY, key, json.dumps(info))
+
+    beat("box#a", now, "gpu")
+    beat("box#b", now - 1, "cpu")
+    beat("box#c", now - 60, "slow")  # killed a minute ago: silent far longer than its siblings
+    beat("box#d", now - 2 * 24 * 3600, "old")  # killed days ago: forgotten
+    broker.hset(node_attempts_key("box#d"), "1-1", "{}")
+    assert sync_nodes(broker, engine, offline_after=6.0) == 4
+    with Session(engine) as session:
+        [row] = session.exec(select(Node)).all()
+    assert (row.name, row.queues) == ("box", ["cpu", "gpu"])
+    assert [w["worker"] for w in row.info["workers"]] == ["box#b", "box#a"]
+    assert sorted(k.decode() for k in broker.hkeys(NODES_KEY)) == ["box#a", "box#b", "box#c"]
+    assert not broker.exists(node_attempts_key("box#d"))

@@ -10,7 +10,9 @@ import psutil
 import pytest
 import redis
 
-from shared.streams import log_key
+from shared.events import parse_event
+from shared.schemas import EventKind
+from shared.streams import EVENTS_KEY, log_key
 from tests.conftest import log_texts, ticking_job, wait_for, wait_status
 
 PY = sys.executable
@@ -56,22 +58,41 @@ def test_cancelled_queued_job_never_runs(api, start_worker):
     assert marker not in log_texts(api, first)
 
 
+def finished_event_waiting(settings, job_id: int) -> bool:
+    """Whether the job's attempt has reported its end into the events stream (read or not)."""
+    entries = redis.Redis.from_url(settings.redis_url).xrange(EVENTS_KEY)
+    for _id, fields in entries:
+        event = parse_event(fields[b"event"])
+        if event.job_id == job_id and event.kind == EventKind.FINISHED:
+            return True
+    return False
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_master_restart_during_a_job_loses_no_event(api, master, worker):
+def test_master_restart_during_a_job_loses_no_event(api, master, worker, settings, tmp_path):
+    # Half the steps, then held until released: the master stops while the job runs, and the rest
+    # of its events (the end included) reach Redis while no master runs.
     script = textwrap.dedent(
         """
-        import time
+        import os, sys, time
         from worker.runtime import report
         for i in range(40):
+            if i == 20:
+                while not os.path.exists(sys.argv[1]):
+                    time.sleep(0.05)
             print("step", i, flush=True)
             report({"loss": 1.0 / (i + 1)}, step=i, epoch=i // 10)
-            time.sleep(0.15)
+            time.sleep(0.05)
         """
     )
-    job_id = api.post("/jobs", json={"command": [PY, "-c", script], "queue": "cpu"}).json()["id"]
-    wait_status(api, job_id, {"running"})
+    release = tmp_path / "release"
+    job_id = api.post("/jobs", json={"command": [PY, "-c", script, str(release)], "queue": "cpu"}).json()[
+        "id"
+    ]
+    wait_for(lambda: "step 19" in log_texts(api, job_id), timeout=60, what="the first half of the steps")
     master.stop()
-    time.sleep(10)  # the job finishes while no master runs: events wait in the Redis stream
+    release.touch()
+    wait_for(lambda: finished_event_waiting(settings, job_id), timeout=60, what="the end of the job in Redis")
     master.start()
 
     job = wait_status(api, job_id, {"succeeded", "failed"}, timeout=60)

@@ -31,20 +31,28 @@ SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @SQLITE
-def test_redis_restart_during_a_job_loses_no_line_or_metric(api, worker, redis_server):
+def test_redis_restart_during_a_job_loses_no_line_or_metric(api, worker, redis_server, tmp_path):
+    # Prints on through the restart, then waits to be released: the restart happens during the job
+    # however slowly it goes, never after the job has ended.
     script = textwrap.dedent(
         """
-        import time
+        import os, sys, time
         from worker.runtime import report
         for i in range(80):
             print("line", i, flush=True)
             report({"loss": 1.0 / (i + 1)}, step=i)
             time.sleep(0.1)
+        while not os.path.exists(sys.argv[1]):
+            time.sleep(0.05)
         """
     )
-    job_id = api.post("/jobs", json={"command": [PY, "-c", script], "queue": "cpu"}).json()["id"]
+    release = tmp_path / "release"
+    job_id = api.post("/jobs", json={"command": [PY, "-c", script, str(release)], "queue": "cpu"}).json()[
+        "id"
+    ]
     wait_for(lambda: "line 10" in log_texts(api, job_id), timeout=60, what="the job to print")
     redis_server.restart()  # SIGTERM: Redis writes its append-only file, then comes back with it
+    release.touch()
     job = wait_status(api, job_id, {"succeeded", "failed"}, timeout=120)
     assert job["status"] == "succeeded", job["error"]
     assert [t for t in log_texts(api, job_id) if t.startswith("line ")] == [f"line {i}" for i in range(80)]
@@ -53,21 +61,27 @@ def test_redis_restart_during_a_job_loses_no_line_or_metric(api, worker, redis_s
 
 
 @SQLITE
-def test_s3_outage_during_artifact_upload_delivers_it_intact(api, worker, s3_server):
+def test_s3_outage_during_artifact_upload_delivers_it_intact(api, worker, s3_server, tmp_path):
+    # The job ends (and its upload starts) only once released, after S3 has gone.
     script = textwrap.dedent(
         """
-        import hashlib, os, time
+        import hashlib, os, sys, time
         data = os.urandom(24 * 1024 * 1024)
         open(os.path.join(os.environ["TRAINFARM_OUTPUT_DIR"], "weights.bin"), "wb").write(data)
         print("sha256", hashlib.sha256(data).hexdigest(), flush=True)
-        time.sleep(1)
+        while not os.path.exists(sys.argv[1]):
+            time.sleep(0.05)
         """
     )
-    job_id = api.post("/jobs", json={"command": [PY, "-c", script], "queue": "cpu"}).json()["id"]
+    release = tmp_path / "release"
+    job_id = api.post("/jobs", json={"command": [PY, "-c", script, str(release)], "queue": "cpu"}).json()[
+        "id"
+    ]
     wait_for(
         lambda: any(t.startswith("sha256 ") for t in log_texts(api, job_id)), timeout=60, what="the hash"
     )
     s3_server.stop()
+    release.touch()
     try:
         ended = "[trainfarm] attempt 1 ended: succeeded"
         wait_for(lambda: ended in log_texts(api, job_id), timeout=60, what="the process to end")

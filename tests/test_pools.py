@@ -37,6 +37,9 @@ TREE_JOB = textwrap.dedent(
 )
 
 TICKER = ticking_job(15, 0.2)
+#: The same, but a first attempt, once done ticking, runs on until stopped: the warm shutdown always
+#: finds it running, however long the test takes to send it.
+HELD_FIRST = TICKER + 'if os.environ["TRAINFARM_ATTEMPT"] == "1":\n    time.sleep(600)\n'
 
 
 def gone(pid: int) -> bool:
@@ -95,7 +98,7 @@ def test_pool_runs_jobs_and_cancel_kills_the_process_tree(api, start_worker, tmp
 def test_pool_warm_shutdown_hands_the_running_job_back(api, start_worker, pool, concurrency, stop_signal):
     leaving = start_worker("node-a", queues="cpu", pool=pool, concurrency=concurrency)
     leaving.stop_signal = stop_signal
-    spec = {"command": [PY, "-c", TICKER], "queue": "cpu", "max_retries": 0}
+    spec = {"command": [PY, "-c", HELD_FIRST], "queue": "cpu", "max_retries": 0}
     job_id = api.post("/jobs", json=spec).json()["id"]
     wait_for(lambda: "tick 2" in log_texts(api, job_id), timeout=60, what="the job to tick")
     first_pid = int(next(t for t in log_texts(api, job_id) if t.startswith("pid ")).split()[1])

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 import urllib3
 from minio import Minio
@@ -53,10 +53,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class Readable(Protocol):
+    """What an upload reads from: a file, or the master's bridge from a request body."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class HashingReader:
     """Wraps a readable so the bytes that pass through are counted and hashed on the way."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: Readable) -> None:
         self._raw = raw
         self.size = 0
         self._digest = hashlib.sha256()
@@ -129,14 +135,14 @@ class ArtifactStore:
             result = self._s3.fput_object(
                 self.bucket, key, str(path), metadata={"sha256": sha}, part_size=PART_SIZE
             )
-        return ObjectInfo(key, path.stat().st_size, result.etag.strip('"'), sha)
+        return ObjectInfo(key, path.stat().st_size, (result.etag or "").strip('"'), sha)
 
-    def put_stream(self, key: str, reader: BinaryIO) -> ObjectInfo:
+    def put_stream(self, key: str, reader: Readable) -> ObjectInfo:
         """Upload a stream of unknown length part by part: memory stays at one part."""
         hashing = HashingReader(reader)
         with translated(key):
             result = self._s3.put_object(self.bucket, key, hashing, length=-1, part_size=PART_SIZE)  # type: ignore[arg-type]
-        return ObjectInfo(key, hashing.size, result.etag.strip('"'), hashing.sha256)
+        return ObjectInfo(key, hashing.size, (result.etag or "").strip('"'), hashing.sha256)
 
     def stat(self, key: str) -> ObjectInfo:
         with translated(key):

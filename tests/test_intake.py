@@ -155,8 +155,10 @@ def test_a_worker_whose_disk_is_low_pauses_and_resumes_with_space(
 
 
 @SQLITE
-def test_a_draining_worker_stops_consuming(api, start_worker: Callable[..., WorkerProcess], settings):
-    start_worker("node-1", queues="cpu")
+@pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
+def test_a_draining_worker_stops_consuming(api, start_worker: Callable[..., WorkerProcess], settings, pool):
+    # Each pool runs the consumer on another loop; the pause is made on that loop in each.
+    start_worker("node-1", queues="cpu", pool=pool)
     node: dict = wait_for(lambda: (n := _node(api)) and n["queues"] == ["cpu"] and n, timeout=30)  # type: ignore[assignment]
     client = redis.Redis.from_url(settings.redis_url)
     client.set(drain_key(node["info"]["worker"]), "1")  # what its main process sets at shutdown

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from pathlib import Path
 
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
-from sqlmodel import SQLModel, create_engine
+from sqlmodel import create_engine
 
-from master import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from master import migrations, models  # noqa: F401  (models registers the tables on SQLModel.metadata)
+
+log = logging.getLogger("trainfarm.master")
 
 
 def make_engine(url: str) -> Engine:
@@ -89,4 +92,9 @@ def _queue_writers(engine: Engine) -> None:
 
 
 def init_db(engine: Engine) -> None:
-    SQLModel.metadata.create_all(engine)
+    """Bring the schema to the newest revision: create it in an empty database, adopt one made
+    before migrations existed, apply what is missing (`master.migrations`)."""
+    before, after = migrations.upgrade(engine)
+    if before.revision != after.revision:
+        was = before.revision or (f"unversioned, at {before.unversioned}" if before.unversioned else "empty")
+        log.info("database schema upgraded to %s (was %s)", migrations.describe(after.revision), was)

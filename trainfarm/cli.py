@@ -13,7 +13,7 @@ from typer.core import TyperGroup
 
 from shared.errors import TrainfarmError
 from shared.settings import get_settings
-from trainfarm import cli_data, cli_jobs
+from trainfarm import cli_data, cli_db, cli_jobs
 from trainfarm.client import ApiClient
 
 
@@ -75,6 +75,7 @@ for command in (cli_jobs.jobs, cli_jobs.show, cli_jobs.logs, cli_jobs.cancel):
 app.command()(cli_data.artifacts)
 app.add_typer(cli_data.datasets, name="datasets")
 app.command()(cli_data.nodes)
+app.add_typer(cli_db.db, name="db")
 
 
 def main() -> None:

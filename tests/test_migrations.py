@@ -1,0 +1,360 @@
+"""Schema migrations on SQLite and PostgreSQL: a database made at commit 8bdff0f (a real dump, see
+tests/fixtures/make_schema_8bdff0f.py) and ones `create_all` made later reach head with every row
+kept; an empty one upgrades from nothing; the models agree with what the migrations make; two
+upgraders at once run the upgrade once; `trainfarm db` and an installed package work."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine, MetaData, text
+from sqlalchemy.engine import make_url
+from sqlmodel import Session, SQLModel, select
+from typer.testing import CliRunner
+
+from master import migrations
+from master.db import init_db, make_engine
+from master.migrations.compare import diff, render_item
+from master.models import Job, JobAttempt, JobPublic, StatusColumn
+from shared.status import JobStatus
+from tests.conftest import wait_for
+from trainfarm.cli import app
+from trainfarm.services.farm import MasterProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+HEAD = "0003"
+#: Each table of the 8bdff0f fixture, its key, and how many rows the fixture holds.
+TABLES = {
+    "jobs": ("id", 4),
+    "job_attempts": ("id", 5),
+    "job_metrics": ("id", 3),
+    "artifacts": ("id", 2),
+    "datasets": ("id", 2),
+    "nodes": ("name", 2),
+}
+runner = CliRunner()
+
+
+def engine_for(url: str) -> Engine:
+    return make_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+
+
+def load_8bdff0f(url: str) -> None:
+    """Restore the 8bdff0f dump into the empty database at `url`, outside SQLAlchemy, as an
+    operator's existing master.db or PostgreSQL database would be."""
+    if url.startswith("sqlite"):
+        conn = sqlite3.connect(make_url(url).database or "")
+        conn.executescript((FIXTURES / "schema_8bdff0f.sqlite.sql").read_text())
+        conn.close()
+    else:
+        with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1)) as pg:
+            pg.execute((FIXTURES / "schema_8bdff0f.postgresql.sql").read_text().encode())
+
+
+def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
+    with engine.connect() as conn:
+        return {
+            table: [dict(row._mapping) for row in conn.execute(text(f"SELECT * FROM {table} ORDER BY {key}"))]
+            for table, (key, _) in TABLES.items()
+        }
+
+
+def as_json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value  # SQLite hands JSON back as text
+
+
+# Upgrades keep every row ---------------------------------------------------------------------------
+
+
+def test_8bdff0f_database_upgrades_to_head_with_every_row_kept(database_url):
+    load_8bdff0f(database_url)
+    engine = engine_for(database_url)
+    before = snapshot(engine)
+    assert {table: len(rows) for table, rows in before.items()} == {t: n for t, (_, n) in TABLES.items()}
+    assert "handbacks" not in before["jobs"][0]
+    assert migrations.state(engine) == migrations.DatabaseState(None, "0001", HEAD)
+
+    init_db(engine)  # what the master runs at start
+
+    assert migrations.state(engine) == migrations.DatabaseState(HEAD, None, HEAD)
+    after = snapshot(engine)
+    for table, rows in before.items():
+        kept = [{column: row[column] for column in rows[0]} for row in after[table]]
+        assert kept == rows, table
+    assert [(row["handbacks"], as_json(row["warnings"])) for row in after["jobs"]] == [(0, [])] * 4
+    with engine.connect() as conn:
+        assert diff(conn) == []
+
+    # Today's models read the old rows, values and types intact, and the ids carry on.
+    with Session(engine) as session:
+        jobs = session.exec(select(Job).order_by(Job.id)).all()  # type: ignore[arg-type]
+        public = [JobPublic.model_validate(job) for job in jobs]
+        assert [(j.id, j.name, j.status) for j in public] == [
+            (1, "digits-mlp", JobStatus.SUCCEEDED),
+            (2, None, JobStatus.FAILED),
+            (3, "queued, \"quoted\" 'name'", JobStatus.QUEUED),
+            (4, "running", JobStatus.RUNNING),
+        ]
+        assert public[0].spec["hyperparameters"] == {"target": "digit", "lr": 0.003}
+        assert public[0].created_at == datetime(2026, 11, 23, 12, 1, 0, 250000, tzinfo=UTC)
+        assert (public[1].node, public[1].error) == ("node-ä", "exited with code 3\nsee the log")
+        assert public[2].cancel_requested is True
+        job = Job(queue="cpu", spec={"command": ["true"]})
+        session.add(job)
+        session.commit()
+        session.add(JobAttempt(job_id=job.id, number=1))
+        session.commit()
+        assert (job.id, job.handbacks, job.warnings) == (5, 0, [])
+    engine.dispose()
+
+
+@pytest.mark.parametrize(("era", "revision"), [("c0411ab", "0002"), ("712b682", "0003")])
+def test_later_unversioned_databases_are_recognised_and_reach_head(database_url, era, revision):
+    """Databases `create_all` made after 8bdff0f, before migrations: stamped where they are."""
+    engine = engine_for(database_url)
+    SQLModel.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add(Job(queue="gpu", spec={"command": ["true"]}, handbacks=2, warnings=["log cut"]))
+        session.commit()
+    if era == "c0411ab":  # its jobs table was today's without `warnings`
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE jobs DROP COLUMN warnings"))
+
+    assert migrations.state(engine) == migrations.DatabaseState(None, revision, HEAD)
+    init_db(engine)
+
+    assert migrations.state(engine).at_head
+    with engine.connect() as conn:
+        assert diff(conn) == []
+        [(handbacks, warnings)] = conn.execute(text("SELECT handbacks, warnings FROM jobs")).all()
+    assert (handbacks, as_json(warnings)) == (2, [] if era == "c0411ab" else ["log cut"])
+    engine.dispose()
+
+
+def test_empty_database_upgrades_from_nothing_and_matches_the_models(database_url):
+    engine = engine_for(database_url)
+    assert migrations.state(engine) == migrations.DatabaseState(None, None, HEAD)
+    before, after = migrations.upgrade(engine)
+    assert (before.revision, after.revision) == (None, HEAD)
+    with engine.connect() as conn:
+        # The agreement check: a model column, index or type that no migration makes shows here.
+        assert diff(conn) == []
+    assert migrations.upgrade(engine)[0].revision == HEAD  # a second start has nothing to do
+    engine.dispose()
+
+
+def test_a_database_newer_than_this_trainfarm_is_refused_in_one_line(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'master.db'}")
+    migrations.upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    with pytest.raises(migrations.MigrationError, match="revision 0099, which this trainfarm does not know"):
+        migrations.upgrade(engine)
+    engine.dispose()
+
+
+def test_tables_that_are_not_a_trainfarm_schema_are_refused(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'master.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE jobs (id INTEGER PRIMARY KEY)"))
+    with pytest.raises(migrations.MigrationError, match="not made by trainfarm"):
+        migrations.upgrade(engine)
+    engine.dispose()
+
+
+# The agreement check itself ------------------------------------------------------------------------
+
+
+def test_agreement_check_finds_a_model_change_that_has_no_migration(tmp_path):
+    """What the `diff(conn) == []` assertions above rely on: they fail when a model gains a column
+    or changes a type without a migration."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'master.db'}")
+    migrations.upgrade(engine)
+    changed = MetaData()
+    for table in SQLModel.metadata.sorted_tables:
+        table.to_metadata(changed)
+    changed.tables["jobs"].append_column(sa.Column("owner", sa.String(64), nullable=True))
+    changed.tables["nodes"].c["name"].type = sa.Text()
+    with engine.connect() as conn:
+        found = diff(conn, changed)
+    assert [d[0] if isinstance(d, tuple) else d[0][0] for d in found] == ["add_column", "modify_type"]
+    assert found[0][2:4] == ("jobs", changed.tables["jobs"].c["owner"])
+    engine.dispose()
+
+
+def test_new_migrations_are_written_with_plain_sqlalchemy_types():
+    """`python -m master.migrations new` writes decorated columns as what they store as."""
+    assert render_item("type", StatusColumn(), None) == "sa.String(length=16)"  # type: ignore[arg-type]
+    assert render_item("type", Job.__table__.c["created_at"].type, None) == "sa.DateTime(timezone=True)"  # type: ignore[arg-type]
+    assert render_item("type", sa.Integer(), None) is False  # type: ignore[arg-type]
+
+
+# One upgrade at a time -----------------------------------------------------------------------------
+
+
+def test_two_masters_upgrading_at_once_run_the_upgrade_once(database_url):
+    engines = [engine_for(database_url) for _ in range(2)]
+    start = threading.Barrier(2)
+    befores: list[str | None] = []
+    errors: list[BaseException] = []
+
+    def upgrade(engine: Engine) -> None:
+        start.wait()
+        try:
+            befores.append(migrations.upgrade(engine)[0].revision)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upgrade, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert sorted(befores, key=str) == [HEAD, None]  # one made the schema, the other found it made
+    for engine in engines:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_upgrade_waits_for_the_lock_before_touching_anything(database_url):
+    engine = engine_for(database_url)
+    holder = engine.connect()
+    holder.execute(text("SELECT pg_advisory_lock(CAST(:key AS bigint))"), {"key": migrations.LOCK_KEY})
+    holder.commit()
+    done: list[str | None] = []
+    thread = threading.Thread(target=lambda: done.append(migrations.upgrade(engine)[1].revision))
+    thread.start()
+
+    def waiting() -> bool:
+        query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        return holder.execute(text(query)).scalar_one() == 1
+
+    wait_for(waiting, timeout=30, what="the upgrade waiting on the advisory lock")
+    assert "alembic_version" not in sa.inspect(holder).get_table_names()
+    holder.execute(text("SELECT pg_advisory_unlock(CAST(:key AS bigint))"), {"key": migrations.LOCK_KEY})
+    holder.commit()
+    thread.join(60)
+    assert done == [HEAD]
+    holder.close()
+    engine.dispose()
+
+
+# The master and the CLI ----------------------------------------------------------------------------
+
+
+def test_master_upgrades_an_8bdff0f_database_when_it_starts(settings, tmp_path):
+    load_8bdff0f(settings.database_url)
+    with MasterProcess(tmp_path / "master", settings) as master:
+        api = httpx.Client(base_url=f"{master.url}/api", timeout=30)
+        jobs = sorted(api.get("/jobs").json()["items"], key=lambda job: job["id"])
+        assert [(j["id"], j["status"], j["handbacks"], j["warnings"]) for j in jobs] == [
+            (1, "succeeded", 0, []),
+            (2, "failed", 0, []),
+            (3, "queued", 0, []),
+            (4, "running", 0, []),
+        ]
+        detail = api.get("/jobs/1").json()
+        assert [(a["number"], a["status"], a["node"]) for a in detail["attempt_list"]] == [
+            (1, "failed", "gpu-box-1"),
+            (2, "succeeded", "gpu-box-1"),
+        ]
+        assert {n["name"] for n in api.get("/nodes").json()} == {"gpu-box-1", "node-ä"}
+        assert api.post("/jobs", json={"command": ["true"], "queue": "cpu"}).json()["id"] == 5
+        api.close()
+
+
+def db(*args: str):
+    result = runner.invoke(app, ["db", *args])
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def test_db_commands_show_and_upgrade(database_url):
+    url = ["--database-url", database_url]
+    assert (
+        db("current", *url).stdout == "empty, no schema yet: run `trainfarm db upgrade` or start the master\n"
+    )
+    upgraded = db("upgrade", *url)
+    assert (upgraded.exit_code, upgraded.stdout) == (
+        0,
+        f"database upgraded from an empty database to {HEAD} (jobs.warnings)\n",
+    )
+    assert db("current", *url).stdout == f"{HEAD} (jobs.warnings), the newest\n"
+    assert db("upgrade", *url).stdout == f"database already at {HEAD} (jobs.warnings), the newest\n"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_db_commands_on_an_old_database_and_bad_ones(database_url, tmp_path):
+    load_8bdff0f(database_url)
+    url = ["--database-url", database_url]
+    current = db("current", *url)
+    assert current.stdout.startswith("no revision recorded (made before migrations; its schema is at 0001 (")
+    upgraded = db("upgrade", *url)
+    assert upgraded.stdout.startswith("database upgraded from 0001 (schema of commit 8bdff0f), made before")
+    assert db("current", *url).stdout == f"{HEAD} (jobs.warnings), the newest\n"
+
+    with sqlite3.connect(make_url(database_url).database or "") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0099'")
+    newer = db("upgrade", *url)
+    assert newer.exit_code == 1 and newer.stderr.count("\n") == 1
+    assert newer.stderr.startswith("error: the database is at schema revision 0099, which this trainfarm")
+
+    unreachable = db("current", "--database-url", "postgresql://nobody@127.0.0.1:9/none")
+    assert unreachable.exit_code == 1 and unreachable.stderr.count("\n") == 1
+    assert unreachable.stderr.startswith("error: database postgresql+psycopg://nobody@127.0.0.1:9/none:")
+    bad = db("current", "--database-url", "nonsense")
+    assert (bad.exit_code, bad.stderr.count("\n")) == (1, 1)
+    assert (
+        bad.stderr.startswith("error: invalid database URL 'nonsense'")
+        and "(field: database_url)" in bad.stderr
+    )
+
+
+def test_db_help_explains_the_commands():
+    shown = db("--help").stdout
+    assert "upgrade" in shown and "current" in shown and "when it starts" in shown
+    assert "--database-url" in db("upgrade", "--help").stdout
+
+
+# Installed, not from the checkout -------------------------------------------------------------------
+
+
+def test_installed_master_migrates_from_any_directory(tmp_path):
+    """No alembic.ini, no checkout: the wheel holds the revisions and finds them itself."""
+    wheels = tmp_path / "wheels"
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)], check=True
+    )
+    [wheel] = wheels.glob("trainfarm-*.whl")
+    revisions = [n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("master/migrations/versions/")]
+    assert len(revisions) == len(list((ROOT / "master/migrations/versions").glob("*.py")))
+    target = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    probe = (
+        "import master.migrations as m; from master.db import make_engine, init_db; "
+        "e = make_engine('sqlite:///master.db'); init_db(e); "
+        f"print(m.__file__.startswith({str(target)!r}), m.state(e).revision)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["True", HEAD]

@@ -1,0 +1,115 @@
+"""`trainfarm db`: where the master's database schema stands, and upgrading it by hand (the master
+also upgrades it whenever it starts)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import click
+import typer
+from pydantic import ValidationError
+from sqlalchemy import Engine
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+from master import migrations
+from master.db import make_engine
+from shared.errors import TrainfarmError
+from shared.settings import Settings, get_settings
+
+db = typer.Typer(
+    help="The master's database schema: show its revision, or upgrade it to the newest "
+    "(the master does this too when it starts).",
+    no_args_is_help=True,
+)
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        metavar="URL",
+        help="The master's database, e.g. sqlite:////srv/farm/master.db or postgresql://user@host/db.  "
+        "\\[default: $TRAINFARM_DATABASE_URL, else master.db in $TRAINFARM_DATA_DIR]",
+        show_default=False,
+    ),
+]
+
+#: What to do about a database that is not at head.
+UPGRADE_HINT = "run `trainfarm db upgrade` or start the master"
+
+
+@db.command()
+def upgrade(database_url: DatabaseUrl = None) -> None:
+    """Upgrade the database to the newest schema revision, keeping every row.
+
+    An empty database gets the whole schema; one made before trainfarm had migrations is
+    recognised and brought up to date. Safe to run while another master starts: one upgrade runs
+    at a time.
+
+    Examples:
+      trainfarm db upgrade
+      trainfarm db upgrade --database-url postgresql://trainfarm@db.lab/trainfarm
+    """
+    with _database(database_url) as engine:
+        before, after = migrations.upgrade(engine)
+    now = migrations.describe(after.revision)
+    if before.revision == after.revision:
+        click.echo(f"database already at {now}, the newest")
+        return
+    if before.revision is not None:
+        was = migrations.describe(before.revision)
+    elif before.unversioned is not None:
+        was = f"{migrations.describe(before.unversioned)}, made before migrations"
+    else:
+        was = "an empty database"
+    click.echo(f"database upgraded from {was} to {now}")
+
+
+@db.command()
+def current(database_url: DatabaseUrl = None) -> None:
+    """Show the database's schema revision and whether it is the newest.
+
+    Example:
+      trainfarm db current
+    """
+    with _database(database_url) as engine:
+        state = migrations.state(engine)
+    head = migrations.describe(state.head)
+    if state.at_head:
+        click.echo(f"{head}, the newest")
+    elif state.revision is not None:
+        click.echo(f"{migrations.describe(state.revision)}; the newest is {head}: {UPGRADE_HINT}")
+    elif state.unversioned is not None:
+        at = migrations.describe(state.unversioned)
+        click.echo(f"no revision recorded (made before migrations; its schema is at {at}): {UPGRADE_HINT}")
+    else:
+        click.echo(f"empty, no schema yet: {UPGRADE_HINT}")
+
+
+class _database:
+    """The engine for `url` (or the configured database); database failures become one line."""
+
+    def __init__(self, url: str | None) -> None:
+        try:
+            # Through Settings, so a URL given here is normalised like the master's own.
+            self.url = (Settings(database_url=url) if url else get_settings()).database_url
+        except ValidationError as exc:
+            problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+            raise TrainfarmError(f"invalid TRAINFARM_* settings: {problems}") from None
+        self.engine: Engine | None = None
+
+    def __enter__(self) -> Engine:
+        try:
+            self.engine = make_engine(self.url)
+        except (ArgumentError, NoSuchModuleError) as exc:
+            raise TrainfarmError(f"invalid database URL {self.url!r}: {exc}", field="database_url") from None
+        except ModuleNotFoundError as exc:  # the driver: psycopg comes with trainfarm[postgres]
+            raise TrainfarmError(f"no driver for {self.url!r}: {exc}", field="database_url") from None
+        return self.engine
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
+        if isinstance(exc, SQLAlchemyError):
+            cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            shown = self.engine.url.render_as_string() if self.engine is not None else self.url
+            raise TrainfarmError(f"database {shown}: {cause}") from None

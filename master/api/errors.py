@@ -121,6 +121,11 @@ def install(app: FastAPI) -> None:
             message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
             if err.get("type") == "extra_forbidden":
                 message = "unknown field"
+            if err.get("type") == "json_invalid":  # its loc is a character offset, not a field
+                field, message = (
+                    "body",
+                    f"not valid JSON ({message.lower()} at character {field.strip('[]')})",
+                )
             details.append({"field": field, "message": message})
         summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
         body = {

@@ -24,6 +24,7 @@ from tests.conftest import DIGITS, DIGITS_RECIPE, log_texts, upload_dataset, wai
 from tests.docker_support import TEST_IMAGE, docker_settings
 from trainfarm.services.docker_engine import DockerEngine
 from trainfarm.services.farm import WorkerProcess
+from worker import identity
 from worker.backends.base import Backend, Execution, Launch
 from worker.backends.docker import DockerBackend, docker_client, parse_mount, remove_orphans
 from worker.backends.docker_execution import DockerExecution, lines
@@ -258,7 +259,9 @@ def test_docker_limits_mounts_labels_and_user(kind, backend, dirs, node_settings
             "trainfarm.node": "node-b",
             "trainfarm.job": str(JOB_ID),
             "trainfarm.attempt": str(ATTEMPT),
-            "trainfarm.owner-pid": str(os.getpid()),  # the process running the attempt
+            "trainfarm.worker": identity.current().key,  # this worker, among others on the node
+            "trainfarm.owner-pid": str(os.getpid()),  # the process running the attempt, and since when
+            "trainfarm.owner-started": f"{psutil.Process().create_time():.3f}",
         }
         assert container.attrs["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
         assert container.attrs["Config"]["Cmd"] == ["python", "-c", "pass"]  # the image's python

@@ -288,6 +288,8 @@ def db(*args: str):
 
 def test_db_commands_show_and_upgrade(database_url):
     url = ["--database-url", database_url]
+    if database_url.startswith("sqlite"):  # an empty database there is an empty file
+        Path(make_url(database_url).database or "").touch()
     assert (
         db("current", *url).stdout == "empty, no schema yet: run `trainfarm db upgrade` or start the master\n"
     )
@@ -319,6 +321,12 @@ def test_db_commands_on_an_old_database_and_bad_ones(database_url, tmp_path):
     unreachable = db("current", "--database-url", "postgresql://nobody@127.0.0.1:9/none")
     assert unreachable.exit_code == 1 and unreachable.stderr.count("\n") == 1
     assert unreachable.stderr.startswith("error: database postgresql+psycopg://nobody@127.0.0.1:9/none:")
+    missing = db("current", "--database-url", f"sqlite:///{tmp_path / 'typo' / 'master.db'}")
+    assert (missing.exit_code, missing.stderr.count("\n")) == (1, 1)
+    assert missing.stderr.startswith(
+        f"error: no database at {tmp_path / 'typo' / 'master.db'}: set TRAINFARM_"
+    )
+    assert not (tmp_path / "typo").exists()
     bad = db("current", "--database-url", "nonsense")
     assert (bad.exit_code, bad.stderr.count("\n")) == (1, 1)
     assert (

@@ -3,12 +3,14 @@ also upgrades it whenever it starts)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import click
 import typer
 from pydantic import ValidationError
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from master import migrations
@@ -71,7 +73,7 @@ def current(database_url: DatabaseUrl = None) -> None:
     Example:
       trainfarm db current
     """
-    with _database(database_url) as engine:
+    with _database(database_url, existing=True) as engine:
         state = migrations.state(engine)
     head = migrations.describe(state.head)
     if state.at_head:
@@ -86,9 +88,11 @@ def current(database_url: DatabaseUrl = None) -> None:
 
 
 class _database:
-    """The engine for `url` (or the configured database); database failures become one line."""
+    """The engine for `url` (or the configured database); database failures become one line.
+    `existing`: a SQLite file that is not there is an error (a wrong data dir), not a new database."""
 
-    def __init__(self, url: str | None) -> None:
+    def __init__(self, url: str | None, existing: bool = False) -> None:
+        self.existing = existing
         try:
             # Through Settings, so a URL given here is normalised like the master's own.
             self.url = (Settings(database_url=url) if url else get_settings()).database_url
@@ -99,6 +103,14 @@ class _database:
 
     def __enter__(self) -> Engine:
         try:
+            parsed = make_url(self.url)
+            path = parsed.database if parsed.get_backend_name() == "sqlite" else None
+            if self.existing and path and path != ":memory:" and not Path(path).exists():
+                raise TrainfarmError(
+                    f"no database at {path}: set TRAINFARM_DATA_DIR or TRAINFARM_DATABASE_URL as the "
+                    "master has them, or pass --database-url",
+                    field="database_url",
+                )
             self.engine = make_engine(self.url)
         except (ArgumentError, NoSuchModuleError) as exc:
             raise TrainfarmError(f"invalid database URL {self.url!r}: {exc}", field="database_url") from None

@@ -205,6 +205,49 @@ def test_new_migrations_are_written_with_plain_sqlalchemy_types():
     assert render_item("type", sa.Integer(), None) is False  # type: ignore[arg-type]
 
 
+#: Run in a child process, since it changes the models: what an engineer adding a column does.
+NEW_REVISION = """
+import os, sys
+from pathlib import Path
+import sqlalchemy as sa
+from alembic import command
+from sqlmodel.sql.sqltypes import AutoString
+from master import migrations
+from master.db import make_engine
+from master.migrations.__main__ import main, new
+from master.migrations.compare import diff
+from master.models import Job
+
+into = Path(sys.argv[1])
+assert main(["check"]) == 0
+Job.__table__.append_column(sa.Column("owner", AutoString(length=64), nullable=True))
+assert main(["check"]) == 1
+path = new("jobs.owner", into)
+engine = make_engine(f"sqlite:///{into / 'fresh.db'}")
+with engine.connect() as conn:
+    cfg = migrations.config(conn)
+    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("version_locations", os.pathsep.join([str(migrations.HERE / "versions"), str(into)]))
+    command.upgrade(cfg, "head")
+    conn.commit()
+    print(path.name, diff(conn))
+"""
+
+
+def test_a_new_revision_is_written_from_the_models_and_makes_what_they_have(tmp_path):
+    """`python -m master.migrations check` / `new`, as the README tells an engineer to use them."""
+    done = subprocess.run(
+        [sys.executable, "-c", NEW_REVISION, str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    following = f"{int(HEAD or 0) + 1:04d}"
+    assert done.stdout.splitlines()[-1] == f"{following}_jobs_owner.py []"
+    written = (tmp_path / f"{following}_jobs_owner.py").read_text()
+    assert f"down_revision = '{HEAD}'" in written
+    assert "batch_op.add_column(sa.Column('owner', sa.String(length=64), nullable=True))" in written
+    assert "sqlmodel" not in written and "master" not in written
+
+
 # One upgrade at a time -----------------------------------------------------------------------------
 
 

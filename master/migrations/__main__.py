@@ -11,6 +11,7 @@ server defaults for new NOT NULL columns) and tested before it is committed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -28,14 +29,21 @@ def _scratch_at_head(directory: str) -> str:
     return url
 
 
-def new(message: str) -> Path:
+def new(message: str, into: Path | None = None) -> Path:
+    """Write the next revision into versions/ (or into `into`, a folder read beside it: tests)."""
     head = migrations.scripts().get_current_head()
     rev_id = f"{int(head or '0') + 1:04d}"
     with tempfile.TemporaryDirectory() as tmp:
         engine = make_engine(_scratch_at_head(tmp))
         with engine.connect() as conn:
+            cfg = migrations.config(conn)
+            if into is not None:
+                cfg.set_main_option("path_separator", "os")
+                cfg.set_main_option(
+                    "version_locations", os.pathsep.join([str(migrations.HERE / "versions"), str(into)])
+                )
             script = command.revision(
-                migrations.config(conn), message=message, autogenerate=True, rev_id=rev_id
+                cfg, message=message, autogenerate=True, rev_id=rev_id, version_path=into and str(into)
             )
         engine.dispose()
     assert script is not None and not isinstance(script, list)

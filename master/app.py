@@ -18,7 +18,7 @@ from master.background import start_loops
 from master.db import init_db, make_engine
 from master.events import EventConsumer
 from master.lifecycle import RetryPolicy
-from master.metrics import RequestTimer, make_registry
+from master.metrics import RequestTimer, make_registry, register_log_hub
 from master.reaper import LeaseReaper
 from master.state import MasterState
 from shared.leases import Leases
@@ -46,6 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _ensure_bucket(state)
         app.state.master = state
         app.state.registry = make_registry(engine, state.broker)
+        register_log_hub(app.state.registry, state.hub)
+        await state.hub.start()
         policy = RetryPolicy(max_handbacks=settings.max_handbacks)
         consumer = EventConsumer(EventBus(state.broker), engine, policy=policy)
         reaper = LeaseReaper(
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 state.dispatcher.marks.flush()  # what the loop had not written yet
             except Exception:  # the sweep publishes those again; leases keep it to one run
                 log.exception("could not record the last published attempts")
+            await state.hub.stop()  # open live-log streams close; their clients reconnect
             await state.aredis.aclose()
             state.broker.close()
             engine.dispose()

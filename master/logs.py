@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from starlette.concurrency import run_in_threadpool
@@ -44,7 +45,7 @@ class LogReader:
     ) -> list[LogBatch]:
         """Up to about `limit` lines after `after`, in order, wherever they are kept."""
         key = log_key(job_id)
-        first = await self._redis.xrange(key, min="-", max="+", count=1)
+        first: Any = await self._redis.xrange(key, min="-", max="+", count=1)
         oldest_start = LogPosition.parse(first[0][0].decode()) if first else None
         batches: list[LogBatch] = []
         # Lines Redis no longer holds (trimmed, flushed, restarted without persistence) come from S3.
@@ -56,18 +57,13 @@ class LogReader:
         if remaining > 0:
             start = "-"
             if after is not None:
-                found = await self._redis.xrevrange(key, max=str(after), min="-", count=1)
+                found: Any = await self._redis.xrevrange(key, max=str(after), min="-", count=1)
                 start = found[0][0] if found else "-"
-            entries = await self._redis.xrange(key, min=start, max="+", count=min(1000, remaining))
+            entries: Any = await self._redis.xrange(key, min=start, max="+", count=min(1000, remaining))
             live = batches_after(entries, after)
             gap = gap_note(after, oldest_start) if live else None
             batches += [gap, *live] if gap else live
         return batches
-
-    async def wait(self, job_id: int, after: LogPosition | None, timeout_ms: int) -> None:
-        """Block until the stream has an entry newer than `after`, or the timeout passes."""
-        last = str(after) if after else "0-0"
-        await self._redis.xread({log_key(job_id): last}, count=1, block=timeout_ms)
 
     async def _from_archives(
         self,

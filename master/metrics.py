@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -16,6 +17,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from master.models import Job
 from shared.celery_config import QUEUES
 from shared.status import JobStatus
+
+if TYPE_CHECKING:
+    from master.log_hub import LogHub
 
 EVENTS_APPLIED = Counter("trainfarm_events_applied_total", "Worker events applied to the database", ["kind"])
 JOBS_SUBMITTED = Counter("trainfarm_jobs_submitted_total", "Jobs accepted by the API", ["queue"])
@@ -113,3 +117,32 @@ def make_registry(engine: Engine, broker: redis.Redis) -> CollectorRegistry:
         registry.register(collector)
     registry.register(FarmCollector(engine, broker))
     return registry
+
+
+LOG_STREAMS_REFUSED = Counter(
+    "trainfarm_log_streams_refused_total", "Live-log streams answered 429: the client held its cap already"
+)
+LOG_FOLLOWERS_LAGGED = Counter(
+    "trainfarm_log_followers_lagged_total", "Times a slow live-log follower fell behind and re-read from storage"
+)
+
+
+class LogHubCollector(Collector):
+    """Live-log followers and the Redis reads that serve them, read at scrape time."""
+
+    def __init__(self, hub: LogHub) -> None:
+        self._hub = hub
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        fanout = self._hub.fanout
+        yield GaugeMetricFamily("trainfarm_log_followers", "Live-log streams following a job", fanout.followers)
+        yield GaugeMetricFamily("trainfarm_log_followed_jobs", "Jobs with a live-log follower", fanout.jobs)
+        yield GaugeMetricFamily(
+            "trainfarm_log_readers", "Blocking Redis reads serving all live-log followers", self._hub.readers
+        )
+
+
+def register_log_hub(registry: CollectorRegistry, hub: LogHub) -> None:
+    registry.register(LOG_STREAMS_REFUSED)
+    registry.register(LOG_FOLLOWERS_LAGGED)
+    registry.register(LogHubCollector(hub))

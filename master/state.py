@@ -8,7 +8,9 @@ import redis
 import redis.asyncio as aioredis
 from sqlalchemy import Engine
 
+from master.connection_cap import ConnectionCap
 from master.dispatch import Dispatcher, make_publisher
+from master.log_hub import LogHub, job_statuses
 from master.logs import LogReader
 from master.placement import Capacities
 from master.published_marks import PublishedMarks
@@ -26,6 +28,10 @@ class MasterState:
     store: ArtifactStore
     dispatcher: Dispatcher
     logs: LogReader
+    #: Every live-log stream's one reader; started and stopped with the app.
+    hub: LogHub
+    #: Open live-log streams per client.
+    stream_cap: ConnectionCap
     capacities: Capacities
 
     @classmethod
@@ -41,5 +47,9 @@ class MasterState:
             store=store,
             dispatcher=Dispatcher(make_publisher(settings), PublishedMarks(engine)),
             logs=LogReader(aredis, store),
+            # A client of its own: its one connection waits in XREAD, and must not be taken from the
+            # pool the routes use.
+            hub=LogHub(make_async_redis(settings.redis_url), aredis, job_statuses(engine)),
+            stream_cap=ConnectionCap(settings.sse_max_connections_per_client),
             capacities=Capacities(settings.node_offline_after),
         )

@@ -38,6 +38,13 @@ class StorageUnavailable(RetryableError):
     `NotFound` instead. The master answers 503 with Retry-After; workers retry."""
 
 
+class TooManyConnections(RetryableError):
+    """Over a per-client cap on open connections (live-log streams): a later try works once one of
+    them has closed, so it answers 429 with Retry-After."""
+
+    http_status = 429
+
+
 class FinalError(TrainfarmError):
     """A failure that would repeat on every attempt: bad spec, missing dataset, user code error."""
 

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     api_port: int = 8000
     #: Base URL the CLI talks to.
     api_url: str = "http://127.0.0.1:8000"
+    #: Live-log (SSE) streams one client may hold open at once; the next answers 429. Clients are
+    #: told apart by address for now.
+    sse_max_connections_per_client: int = Field(default=32, ge=1)
 
     # Broker and streams
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -39,6 +39,7 @@ _DESCRIPTIONS = {
     409: "In conflict with the current state",
     413: "Over a size limit",
     422: "Invalid input; `field` names it",
+    429: "Too many open connections from this client; retry after `Retry-After` seconds",
     503: "Redis or storage is unavailable for now; retry after `Retry-After` seconds",
 }
 
@@ -76,7 +77,7 @@ def documented(*codes: int) -> dict[int | str, dict[str, Any]]:
     out: dict[int | str, dict[str, Any]] = {}
     for code in codes:
         out[code] = {"model": ErrorPublic, "description": _DESCRIPTIONS[code]}
-        if code == 503:
+        if code in (429, 503):
             retry = {"description": "Seconds to wait", "schema": {"type": "string", "pattern": "^[0-9]+$"}}
             out[code]["headers"] = {"Retry-After": retry}
     return out

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
-from master.api.deps import MAX_INT64, JobDep, StateDep
+from master.api.deps import MAX_INT64, JobDep, JobId, StateDep
 from master.api.errors import documented, event_stream
 from master.logs import ArchivedLog
+from master.metrics import LOG_FOLLOWERS_LAGGED, LOG_STREAMS_REFUSED
 from master.models import Job, JobAttempt
 from master.state import MasterState
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, NotFound, TooManyConnections
+from shared.status import JobStatus
 from shared.streams import LogBatch, LogPosition
 
 router = APIRouter(prefix="/jobs/{job_id}/logs", tags=["logs"], responses=documented(404, 422, 503))
@@ -94,44 +96,129 @@ def _sse(event: str, data: dict, event_id: str | None = None) -> str:
     return f"{head}event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-@router.get("/stream", response_class=StreamingResponse, responses=event_stream())
+class _HeldStream(StreamingResponse):
+    """An SSE response that closes its generator and gives back its client's slot however it ends
+    (finished, client gone, master stopping): a generator parked at a `yield` when its client goes
+    would otherwise be closed only by the garbage collector, its subscription and slot held till then."""
+
+    def __init__(self, events: AsyncGenerator[str, None], release: Callable[[], None]) -> None:
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self._events = events
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self._events.aclose()
+            finally:
+                self._release()
+
+
+def client_key(request: Request) -> str:
+    """Whom a live-log stream counts against: the client's address for now, its user once there are users."""
+    return request.client.host if request.client else "unknown"
+
+
+@router.get("/stream", response_class=StreamingResponse, responses={**event_stream(), **documented(429)})
 async def stream_logs(
-    job: JobDep,
+    request: Request,
+    job_id: JobId,
     state: StateDep,
     after: Annotated[str | None, Query(description="Start after this line, '<attempt>-<line>'")] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: `log` events with the history, then live lines, then one `end` event."""
     position = parse_after(after or last_event_id)
-    job_id: int = job.id  # type: ignore[assignment]
+    # Not JobDep: its session would stay open for as long as the stream, a pool connection each.
+    status, archives = await run_in_threadpool(_opening, state, job_id)
+    key = client_key(request)
+    if not state.stream_cap.acquire(key):
+        LOG_STREAMS_REFUSED.inc()
+        raise TooManyConnections(
+            f"this client has {state.stream_cap.limit} live-log streams open, the most allowed "
+            "(TRAINFARM_SSE_MAX_CONNECTIONS_PER_CLIENT); close one or retry later"
+        )
+    events = _events(state, job_id, status, archives, position)
+    return _HeldStream(events, lambda: state.stream_cap.release(key))
 
-    async def events() -> AsyncIterator[str]:
-        pos = position
-        quiet_since = time.monotonic()
+
+async def _events(
+    state: MasterState,
+    job_id: int,
+    status: JobStatus,
+    archives: list[ArchivedLog],
+    pos: LogPosition | None,
+) -> AsyncGenerator[str, None]:
+    if status.terminal:
+        # Every line is stored once a job has ended: the history is the whole of it.
+        async for frame, _ in _history(state, job_id, archives, pos):
+            yield frame
+        yield _sse("end", {"status": status.value})
+        return
+    # Subscribed before the history is read, so that every line stored after that read reaches
+    # the queue (master/log_hub.py says why nothing falls between them).
+    sub = await state.hub.subscribe(job_id)
+    try:
+        catch_up = True
         while True:
-            terminal, archives = await run_in_threadpool(_snapshot, state, job_id)
-            batches: list[LogBatch] = await state.logs.read(job_id, archives, pos, SSE_BATCH_LINES)
-            for batch in batches:
+            if catch_up or sub.lagged:
+                if not catch_up:  # fell behind: the archives may have grown since
+                    LOG_FOLLOWERS_LAGGED.inc()
+                    _, archives = await run_in_threadpool(_snapshot, state, job_id)
+                sub.resync()
+                async for frame, last in _history(state, job_id, archives, pos):
+                    yield frame
+                    pos = last
+                catch_up = False
+            for item in sub.take():
+                batch = item.batch.after(pos)
+                if not batch.lines:
+                    continue
+                if batch is item.batch:  # whole: the frame is the same for every follower
+                    item.frame = item.frame or _log_frame(batch)
+                    yield item.frame
+                else:
+                    yield _log_frame(batch)
                 pos = batch.last
-                payload = {"attempt": batch.attempt, "first": batch.first, "lines": batch.lines}
-                yield _sse("log", payload, str(pos))
-            if batches:
-                quiet_since = time.monotonic()
+            if sub.pending:
                 continue
-            if terminal:
-                status = await run_in_threadpool(_status, state, job_id)
-                yield _sse("end", {"status": status})
+            if sub.ended is not None:
+                yield _sse("end", {"status": sub.ended})
                 return
-            if time.monotonic() - quiet_since > KEEPALIVE_SECONDS:
-                quiet_since = time.monotonic()
+            if sub.closed:  # the master is stopping; the client reconnects from its last event id
+                return
+            if not await sub.wait(KEEPALIVE_SECONDS):
                 yield ": keepalive\n\n"
-            await state.logs.wait(job_id, pos, timeout_ms=1000)
-
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    finally:
+        state.hub.unsubscribe(sub)
 
 
-def _status(state: MasterState, job_id: int) -> str:
+async def _history(
+    state: MasterState, job_id: int, archives: list[ArchivedLog], pos: LogPosition | None
+) -> AsyncIterator[tuple[str, LogPosition]]:
+    """Stored lines after `pos` as frames, each with its last position, until a read finds no more."""
+    while True:
+        batches = await state.logs.read(job_id, archives, pos, SSE_BATCH_LINES)
+        if not batches:
+            return
+        for batch in batches:
+            pos = batch.last
+            yield _log_frame(batch), pos
+
+
+def _log_frame(batch: LogBatch) -> str:
+    payload = {"attempt": batch.attempt, "first": batch.first, "lines": batch.lines}
+    return _sse("log", payload, str(batch.last))
+
+
+def _opening(state: MasterState, job_id: int) -> tuple[JobStatus, list[ArchivedLog]]:
+    """The job's status and archived logs as a stream opens; 404 for a job that does not exist."""
     with Session(state.engine) as session:
         job = session.get(Job, job_id)
-        return job.status.value if job else "unknown"
+        if job is None:
+            raise NotFound(f"job {job_id} not found", field="job_id")
+        status = job.status
+    return status, _snapshot(state, job_id)[1]

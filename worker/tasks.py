@@ -27,7 +27,8 @@ def run_attempt(self: Any, message: dict[str, Any]) -> str:
     try:
         return _run(self, ctx, task, message)
     finally:
-        draining.settle(_worker_draining(ctx))
+        # Redis away: a child drained by its own SIGTERM cannot tell, so it stays drained.
+        draining.settle(_worker_draining(ctx, unknown=True))
 
 
 def _run(self: Any, ctx: context.WorkerContext, task: TaskMessage, message: dict[str, Any]) -> str:
@@ -60,13 +61,13 @@ def _run(self: Any, ctx: context.WorkerContext, task: TaskMessage, message: dict
     return outcome
 
 
-def _worker_draining(ctx: context.WorkerContext) -> bool:
-    """This worker's own drain flag, set by its main process at shutdown; Redis away: unknown, so
-    only the local flag counts."""
+def _worker_draining(ctx: context.WorkerContext, unknown: bool = False) -> bool:
+    """This worker's own drain flag, set by its main process at shutdown; `unknown` while Redis is
+    away (at a task's start only the local flag counts then)."""
     try:
         return bool(ctx.redis.exists(drain_key(identity.current().key)))
     except redis.RedisError:
-        return False
+        return unknown
 
 
 def _nothing_to_run(ctx: context.WorkerContext, task: TaskMessage) -> bool:

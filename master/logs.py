@@ -78,16 +78,41 @@ class LogReader:
                 continue
             if until is not None and archive.attempt > until.attempt:
                 break
-            text = await run_in_threadpool(self._store.read_text, archive.key)
-            lines = text.split("\n")
-            if lines and lines[-1] == "":
-                lines.pop()
-            if until is not None and archive.attempt == until.attempt:
-                lines = lines[: until.line]
-            batch = LogBatch(archive.attempt, 0, lines).after(after)
-            if batch.lines:
-                out.append(LogBatch(batch.attempt, batch.first, batch.lines[:limit]))
-                limit -= len(out[-1].lines)
+            first = after.line + 1 if after is not None and after.attempt == archive.attempt else 0
+            end = until.line if until is not None and archive.attempt == until.attempt else None
+            lines = await run_in_threadpool(archive_lines, self._store, archive.key, first, end, limit)
+            if lines:
+                out.append(LogBatch(archive.attempt, first, lines))
+                limit -= len(lines)
             if limit <= 0:
                 break
         return out
+
+
+def archive_lines(store: ArtifactStore, key: str, first: int, end: int | None, limit: int) -> list[str]:
+    """Lines `first` .. `end` (exclusive; None: to the end) of an archived log, `limit` at most.
+
+    Streamed, never read whole: an archive may be a gigabyte (log_archive_max_bytes), and a page
+    costs only the lines before it and the page itself.
+    """
+    out: list[str] = []
+    index, pending = 0, b""
+    chunks = store.iter_bytes(key)
+    try:
+        for chunk in chunks:
+            *complete, pending = (pending + chunk).split(b"\n")
+            for raw in complete:
+                if end is not None and index >= end:
+                    return out
+                if index >= first:
+                    out.append(raw.decode("utf-8", errors="replace"))
+                    if len(out) >= limit:
+                        return out
+                index += 1
+        if pending and index >= first and (end is None or index < end):
+            out.append(pending.decode("utf-8", errors="replace"))
+        return out
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:  # stop the download early, and give its connection back
+            close()

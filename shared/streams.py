@@ -203,7 +203,7 @@ class LogStream:
 
     def next_line(self, job_id: int, attempt: int) -> int:
         """Index the next line of `attempt` would get (for notes written after its worker died)."""
-        found = self._redis.xrevrange(
+        found: Any = self._redis.xrevrange(
             log_key(job_id), max=f"{attempt}-{2**63 - 1}", min=f"{attempt}-0", count=1
         )
         return LogBatch.from_entry(*found[0]).last.line + 1 if found else 0
@@ -212,9 +212,10 @@ class LogStream:
         start = "-"
         if after is not None:
             # The batch holding `after` starts at or before it: find its ID, then read on from there.
-            found = self._redis.xrevrange(log_key(job_id), max=str(after), min="-", count=1)
+            found: Any = self._redis.xrevrange(log_key(job_id), max=str(after), min="-", count=1)
             start = found[0][0] if found else "-"
-        return batches_after(self._redis.xrange(log_key(job_id), min=start, max="+", count=count), after)
+        entries: Any = self._redis.xrange(log_key(job_id), min=start, max="+", count=count)
+        return batches_after(entries, after)
 
 
 def batches_after(entries: list, after: LogPosition | None) -> list[LogBatch]:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis
 
-from master.logs import gap_note
+from master.logs import archive_lines, gap_note
 from shared.redis_memory import MemoryGauge, MemoryReading
 from shared.settings import Settings
 from shared.storage import ArtifactStore, make_s3_client
@@ -111,8 +111,8 @@ def test_gap_note_stands_for_lines_that_left_redis_before_their_archive():
     note = gap_note(None, oldest)
     assert note is not None and (note.attempt, note.first) == (2, 499)
     assert note.lines[0].startswith("[trainfarm] 500 lines of attempt 2 are no longer in the live log")
-    assert "[trainfarm] 400 lines" in gap_note(LogPosition(2, 99), oldest).lines[0]  # type: ignore[union-attr]
-    assert "[trainfarm] 500 lines" in gap_note(LogPosition(1, 99), oldest).lines[0]  # type: ignore[union-attr]
+    assert "[trainfarm] 400 lines" in gap_note(LogPosition(2, 99), oldest).lines[0]
+    assert "[trainfarm] 500 lines" in gap_note(LogPosition(1, 99), oldest).lines[0]
     assert gap_note(LogPosition(2, 499), oldest) is None  # read up to it: nothing missing
     assert gap_note(LogPosition(2, 700), oldest) is None
     assert gap_note(None, LogPosition(2, 0)) is None
@@ -172,7 +172,7 @@ def _pump(client: redis.Redis, tmp_path: Path, attempt: int = 1, **limits: float
         attempt,
         tmp_path / f"attempt-{attempt}.log",
         0.01,
-        LogLimits(**values),  # type: ignore[arg-type]
+        LogLimits(**values),
     )
 
 
@@ -214,11 +214,8 @@ def test_a_later_attempt_trims_what_earlier_ones_left_and_removes_their_expiry(
     assert client.memory_usage(log_key(7), samples=0) < 256 * 1024 + 64 * 1024
 
 
-def test_archive_log_sets_the_stream_expiry(small_redis: RedisServer, s3_server, tmp_path: Path):
-    client = redis.Redis.from_url(small_redis.url)
-    pump = _pump(client, tmp_path)
-    pump.write("hello")
-    pump.close()
+@pytest.fixture
+def store(s3_server) -> ArtifactStore:
     settings = Settings(
         s3_endpoint=s3_server.endpoint,
         s3_access_key=S3_ACCESS,
@@ -227,6 +224,24 @@ def test_archive_log_sets_the_stream_expiry(small_redis: RedisServer, s3_server,
     )
     store = ArtifactStore(make_s3_client(settings), settings.s3_bucket)
     store.ensure_bucket()
+    return store
+
+
+def test_archived_logs_are_read_a_page_at_a_time(store: ArtifactStore, tmp_path: Path):
+    path = tmp_path / "big.log"
+    path.write_text("".join(f"line {i}\n" for i in range(300_000)) + "last, no newline")
+    key = store.put_file("logs/9/attempt-1.log", path).key
+    assert archive_lines(store, key, 0, None, 3) == ["line 0", "line 1", "line 2"]
+    assert archive_lines(store, key, 250_000, 250_002, 10) == ["line 250000", "line 250001"]
+    assert archive_lines(store, key, 299_999, None, 10) == ["line 299999", "last, no newline"]
+    assert archive_lines(store, key, 400_000, None, 10) == []
+
+
+def test_archive_log_sets_the_stream_expiry(small_redis: RedisServer, store: ArtifactStore, tmp_path: Path):
+    client = redis.Redis.from_url(small_redis.url)
+    pump = _pump(client, tmp_path)
+    pump.write("hello")
+    pump.close()
     key = archive_log(store, LogStream(client, 1000), 7, 1, tmp_path / "attempt-1.log", 600)
     assert store.read_text(key) == "hello\n"
     assert 0 < client.ttl(log_key(7)) <= 600
@@ -335,8 +350,8 @@ def test_submissions_answer_503_while_redis_is_nearly_full(settings: Settings, t
             refused = wait_for(
                 lambda: (r := api.post("/jobs", json=spec)).status_code == 503 and r, timeout=10
             )
-            assert refused.headers["Retry-After"]  # type: ignore[union-attr]
-            assert "the farm is full for now" in refused.json()["message"]  # type: ignore[union-attr]
+            assert refused.headers["Retry-After"]
+            assert "the farm is full for now" in refused.json()["message"]
             batch = api.post("/jobs/batch", json={"jobs": [spec]})
             assert batch.status_code == 503 and batch.headers["Retry-After"]
             client.delete(*client.keys("fill:*"))

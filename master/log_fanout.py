@@ -88,7 +88,9 @@ class Subscription:
         if self._ready.is_set():
             return True
         try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
+            # asyncio.timeout, not wait_for: no task per wait, and a follower waits once per entry.
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
         except TimeoutError:
             return False
         return True

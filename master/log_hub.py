@@ -55,6 +55,9 @@ READ_COUNT = 500
 BLOCK_MS = 1000
 #: Seconds between status reads of the followed jobs: how soon an `end` follows a job's end.
 STATUS_INTERVAL = 1.0
+#: Followers reading their history at once: a crowd that connects together (200 watchers, a
+#: dashboard reload) queues here instead of taking every connection of the master's Redis pool.
+HISTORY_READS = 16
 #: Seconds to wait after Redis or the database failed a round.
 BACKOFF = 1.0
 
@@ -100,6 +103,9 @@ class LogHub:
         self._polled = 0.0
         self._reading = False
         self._task: asyncio.Task[None] | None = None
+        self._starting: dict[int, asyncio.Future[LogPosition]] = {}
+        #: Held by a follower around each history read (`LogReader.read`).
+        self.history_slots = asyncio.Semaphore(HISTORY_READS)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="log-hub")
@@ -118,15 +124,24 @@ class LogHub:
         """Follow a job's new entries; call `unsubscribe` when done, however the stream ends."""
         if self.fanout.follows(job_id):
             return self.fanout.add(job_id, LogPosition(0, 0))
-        last = await self._waker.xrevrange(log_key(job_id), max="+", min="-", count=1)
-        cursor = LogPosition.parse(_text(last[0][0])) if last else LogPosition(0, 0)
-        new = not self.fanout.follows(job_id)  # another follower may have come in during the await
+        # Followers that arrive together for a job not followed yet share one look-up of its end,
+        # shielded so that one of them leaving does not cancel it for the others.
+        starting = self._starting.get(job_id)
+        if starting is None:
+            starting = self._starting[job_id] = asyncio.ensure_future(self._last_entry(job_id))
+            starting.add_done_callback(lambda _: self._starting.pop(job_id, None))
+        cursor = await asyncio.shield(starting)
+        new = not self.fanout.follows(job_id)  # the first of them to get here starts the following
         sub = self.fanout.add(job_id, cursor)
         if new:
             self._changed.set()
             if self._reading:
                 await self._wake()
         return sub
+
+    async def _last_entry(self, job_id: int) -> LogPosition:
+        last = await self._waker.xrevrange(log_key(job_id), max="+", min="-", count=1)
+        return LogPosition.parse(_text(last[0][0])) if last else LogPosition(0, 0)
 
     def unsubscribe(self, sub: Subscription) -> None:
         # Synchronous, so that it completes even inside a cancelled or closing stream; the XREAD

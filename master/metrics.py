@@ -123,7 +123,7 @@ LOG_STREAMS_REFUSED = Counter(
     "trainfarm_log_streams_refused_total", "Live-log streams answered 429: the client held its cap already"
 )
 LOG_FOLLOWERS_LAGGED = Counter(
-    "trainfarm_log_followers_lagged_total", "Times a slow live-log follower fell behind and re-read from storage"
+    "trainfarm_log_followers_lagged_total", "Times a slow live-log follower fell behind and re-read its log"
 )
 
 
@@ -135,7 +135,7 @@ class LogHubCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         fanout = self._hub.fanout
-        yield GaugeMetricFamily("trainfarm_log_followers", "Live-log streams following a job", fanout.followers)
+        yield GaugeMetricFamily("trainfarm_log_followers", "Live-log streams open on a job", fanout.followers)
         yield GaugeMetricFamily("trainfarm_log_followed_jobs", "Jobs with a live-log follower", fanout.jobs)
         yield GaugeMetricFamily(
             "trainfarm_log_readers", "Blocking Redis reads serving all live-log followers", self._hub.readers

@@ -215,6 +215,30 @@ def test_hub_wakes_from_its_blocking_read_for_a_newly_followed_job(redis_server)
     assert asyncio.run(scenario()) == ["job 8"]
 
 
+def test_followers_arriving_together_share_one_look_up_of_a_new_job(redis_server) -> None:
+    url = redis_server.url
+    redis.Redis.from_url(url).flushdb()
+
+    async def scenario() -> tuple[int, list[str]]:
+        # A pool far smaller than the crowd: one look-up each would run out of connections.
+        waker = aioredis.Redis.from_url(url, max_connections=4)
+        reader = aioredis.Redis.from_url(url)
+        hub = LogHub(reader, waker, lambda ids: dict.fromkeys(ids, JobStatus.RUNNING))
+        await hub.start()
+        await waker.xadd(log_key(9), {"lines": "history"}, id="1-0")
+        subs = await asyncio.gather(*(hub.subscribe(9) for _ in range(150)))
+        await waker.xadd(log_key(9), {"lines": "live"}, id="1-1")
+        await wait_all(subs)
+        followers = hub.fanout.followers
+        lines = [line for sub in subs for item in sub.take() for line in item.batch.lines]
+        await hub.stop()
+        await waker.aclose()
+        return followers, lines
+
+    followers, lines = asyncio.run(scenario())
+    assert followers == 150 and lines == ["live"] * 150  # from the stream's end at subscription on
+
+
 # The whole path: master, Redis, a worker, many SSE clients ----------------------------------------
 
 

@@ -173,16 +173,19 @@ async def _events(
                     yield frame
                     pos = last
                 catch_up = False
+            frames = []
             for item in sub.take():
                 batch = item.batch.after(pos)
                 if not batch.lines:
                     continue
                 if batch is item.batch:  # whole: the frame is the same for every follower
                     item.frame = item.frame or _log_frame(batch)
-                    yield item.frame
+                    frames.append(item.frame)
                 else:
-                    yield _log_frame(batch)
+                    frames.append(_log_frame(batch))
                 pos = batch.last
+            if frames:  # one write for all that was waiting: each costs a trip through the ASGI stack
+                yield "".join(frames)
             if sub.pending:
                 continue
             if sub.ended is not None:
@@ -201,7 +204,8 @@ async def _history(
 ) -> AsyncIterator[tuple[str, LogPosition]]:
     """Stored lines after `pos` as frames, each with its last position, until a read finds no more."""
     while True:
-        batches = await state.logs.read(job_id, archives, pos, SSE_BATCH_LINES)
+        async with state.hub.history_slots:
+            batches = await state.logs.read(job_id, archives, pos, SSE_BATCH_LINES)
         if not batches:
             return
         for batch in batches:

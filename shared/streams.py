@@ -126,11 +126,12 @@ class LiveBudget:
             cut = self._entries[0][0]
         return cut
 
-    def forget_newest(self, count: int) -> None:
-        """The last `count` entries added were not written after all (Redis was away)."""
-        for _ in range(min(count, len(self._entries))):
-            _, size = self._entries.pop()
-            self.held -= size
+    def snapshot(self) -> tuple[int, deque[tuple[LogPosition, int]]]:
+        return self.held, self._entries.copy()
+
+    def restore(self, snapshot: tuple[int, deque[tuple[LogPosition, int]]]) -> None:
+        """Back to a snapshot: the writes (and trims) counted since never reached Redis."""
+        self.held, self._entries = snapshot[0], snapshot[1].copy()
 
 
 class LogStream:

@@ -93,10 +93,13 @@ def test_live_budget_trims_oldest_first_and_always_keeps_the_newest():
     budget.add(LogPosition(1, 20), 40)
     assert budget.trim_point() == LogPosition(1, 10)  # entry 1-0 leaves
     assert budget.held == 80
+    before = budget.snapshot()
     budget.add(LogPosition(1, 30), 500)  # alone over the limit: it stays, the others go
     assert budget.trim_point() == LogPosition(1, 30) and budget.held == 500
-    budget.forget_newest(1)
-    assert budget.held == 0 and budget.trim_point() is None
+    budget.restore(before)  # that write never reached Redis: nor did its trim
+    assert budget.held == 80 and budget.trim_point() is None
+    budget.add(LogPosition(1, 40), 40)
+    assert budget.trim_point() == LogPosition(1, 20)
 
 
 def test_earlier_attempts_count_against_the_budget_and_leave_first():

@@ -157,6 +157,7 @@ class LogPump:
         if not batches:
             return True
         count = sum(len(b.lines) for b, _ in batches)
+        counted = self._budget.snapshot()  # taken back if this flush never reaches Redis
         try:
             memory = self._gauge.read()
             if memory.above(self._limits.memory_fraction):
@@ -174,7 +175,7 @@ class LogPump:
             )
         except redis.RedisError as exc:
             log.warning("log stream unavailable (%s); keeping %d batches for later", exc, len(batches))
-            self._budget.forget_newest(len(batches))
+            self._budget.restore(counted)
             with self._lock:
                 self._pending = [line for b, _ in batches for line in b.lines] + self._pending
                 self._pending_bytes += sum(size for _, size in batches)

@@ -339,6 +339,45 @@ def test_a_job_over_its_live_budget_keeps_redis_small_while_the_archive_has_ever
     assert lines == [f"{i:05d} " + "z" * 994 for i in range(8000)]
 
 
+def test_a_running_job_whose_early_lines_left_redis_says_so_in_its_log_then_serves_them_all(
+    api, start_worker, settings, tmp_path: Path
+):
+    budget = 256 * 1024
+    start_worker(overrides={"log_live_max_bytes": budget})
+    go = tmp_path / "go"
+    job_id = _submit(
+        api,
+        f"""
+        import os, time
+        for i in range(4000):
+            print(f"{{i:05d}} " + "w" * 994, flush=i == 3999)
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.05)
+        print("done")
+        """,
+    )
+    client = redis.Redis.from_url(settings.redis_url)
+
+    def trimmed_past_the_program_lines() -> bool:
+        entries = client.xrevrange(log_key(job_id), "+", "-", count=1)
+        return bool(entries) and "03999 " in entries[0][1][b"lines"].decode()
+
+    wait_for(trimmed_past_the_program_lines, what="the job's last line in its live stream")
+    first = api.get(f"/jobs/{job_id}/logs", params={"limit": 2}).json()["lines"]
+    oldest = LogPosition.parse(client.xrange(log_key(job_id), "-", "+", count=1)[0][0].decode())
+    assert oldest.line > 0
+    assert first[0]["line"] == oldest.line - 1
+    assert first[0]["text"] == (
+        f"[trainfarm] {oldest.line:,} lines of attempt 1 are no longer in the live log "
+        "(log_live_max_bytes); its archived log has them once the attempt ends"
+    )
+    assert first[1]["line"] == oldest.line
+    go.touch()
+    wait_status(api, job_id, {"succeeded"})
+    lines = [t for t in _log(api, job_id) if not t.startswith("[trainfarm]")]
+    assert lines == [f"{i:05d} " + "w" * 994 for i in range(4000)] + ["done"]
+
+
 def test_submissions_answer_503_while_redis_is_nearly_full(settings: Settings, tmp_path: Path):
     with RedisServer(tmp_path / "full-redis", persistent=False, maxmemory=16 * 1024 * 1024) as full:
         own = settings.model_copy(update={"redis_url": full.url})

@@ -18,6 +18,8 @@ from shared.streams import LogBatch, LogPosition
 SUBSCRIBER_BUFFER_BYTES = 4 * 1024 * 1024
 #: Status of a followed job that no longer exists (the stream ends with it).
 GONE = "unknown"
+#: The cursor of a job whose stream had no entry yet when it was first followed.
+NOTHING = LogPosition(0, 0)
 
 
 @dataclass(eq=False)
@@ -45,6 +47,8 @@ class Subscription:
         #: The hub stopped (the master is shutting down): the stream closes without `end`.
         self.closed = False
         self._ready = asyncio.Event()
+        #: The job's entry in the fan-out, whose cursor says where this queue is complete from.
+        self._followed: _Followed | None = None
 
     def put(self, item: LiveBatch) -> None:
         if self.lagged:
@@ -66,10 +70,14 @@ class Subscription:
         self._ready.clear()
         return items
 
-    def resync(self) -> None:
-        """The follower is about to re-read from its own position: what is queued is not needed."""
+    def resync(self) -> LogPosition | None:
+        """The follower is about to re-read from its own position, so what is queued is not needed.
+        Returns the newest entry stored before the queue starts again (None: none yet): the re-read
+        need go no further, and must not chase the live end through storage."""
         self.take()
         self.lagged = False
+        cursor = self._followed.cursor if self._followed is not None else NOTHING
+        return cursor if cursor > NOTHING else None
 
     @property
     def pending(self) -> bool:
@@ -119,6 +127,7 @@ class Fanout:
         """A new follower; `cursor` (the stream's last entry id now) is used if the job is new."""
         followed = self._jobs.setdefault(job_id, _Followed(cursor))
         sub = Subscription(job_id, self._buffer_bytes)
+        sub._followed = followed
         followed.subs.add(sub)
         return sub
 

@@ -15,15 +15,19 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
 import redis
 import redis.asyncio as aioredis
 
+from master.api.logs import _history
 from master.connection_cap import ConnectionCap
-from master.log_fanout import GONE, Fanout, Subscription
+from master.log_fanout import GONE, NOTHING, Fanout, Subscription
 from master.log_hub import LogHub
+from master.logs import LogReader
 from shared.status import JobStatus
 from shared.streams import LogPosition, log_key
 from tests.conftest import wait_for
@@ -72,9 +76,15 @@ def test_a_follower_that_falls_behind_is_dropped_to_lagged_without_touching_the_
     assert slow.lagged and slow.pending and texts(slow) == []  # emptied, not grown: memory stays bounded
     fanout.deliver(1, [entry(1, 10, "after")])
     assert texts(slow) == []  # nothing queued until it has re-read from its position
-    slow.resync()
+    # It re-reads from storage through the newest entry handed out; the queue has what follows.
+    assert slow.resync() == LogPosition(1, 10)
     fanout.deliver(1, [entry(1, 11, "again")])
     assert texts(slow) == ["again"] and not slow.lagged
+
+
+def test_a_follower_of_a_stream_with_no_entries_yet_re_reads_without_a_bound() -> None:
+    sub = Fanout().add(1, NOTHING)
+    assert sub.resync() is None
 
 
 def test_one_entry_larger_than_the_buffer_still_reaches_a_follower_that_keeps_up() -> None:
@@ -237,6 +247,29 @@ def test_followers_arriving_together_share_one_look_up_of_a_new_job(redis_server
 
     followers, lines = asyncio.run(scenario())
     assert followers == 150 and lines == ["live"] * 150  # from the stream's end at subscription on
+
+
+def test_catching_up_stops_where_the_queue_begins_instead_of_chasing_the_live_end(redis_server) -> None:
+    url = redis_server.url
+    redis.Redis.from_url(url).flushdb()
+
+    async def scenario() -> tuple[LogPosition, LogPosition]:
+        client = aioredis.Redis.from_url(url)
+        pipe = client.pipeline(transaction=False)
+        for i in range(3000):
+            pipe.xadd(log_key(5), {"lines": f"line {i}"}, id=f"1-{i}")
+        await pipe.execute()
+        slots = SimpleNamespace(history_slots=asyncio.Semaphore())
+        state: Any = SimpleNamespace(logs=LogReader(client, None), hub=slots)  # type: ignore[arg-type]
+        # A read takes up to 1,000 entries; the queue holds what follows 1-1499, so reading stops after
+        # the read that passes it, well before the end.
+        bounded = [p async for _, p in _history(state, 5, [], LogPosition(1, 9), until=LogPosition(1, 1499))]
+        whole = [p async for _, p in _history(state, 5, [], LogPosition(1, 9))]
+        await client.aclose()
+        return bounded[-1], whole[-1]
+
+    bounded, whole = asyncio.run(scenario())
+    assert LogPosition(1, 1499) <= bounded < LogPosition(1, 2999) and whole == LogPosition(1, 2999)
 
 
 # The whole path: master, Redis, a worker, many SSE clients ----------------------------------------

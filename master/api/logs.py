@@ -168,8 +168,8 @@ async def _events(
                 if not catch_up:  # fell behind: the archives may have grown since
                     LOG_FOLLOWERS_LAGGED.inc()
                     _, archives = await run_in_threadpool(_snapshot, state, job_id)
-                sub.resync()
-                async for frame, last in _history(state, job_id, archives, pos):
+                until = sub.resync()
+                async for frame, last in _history(state, job_id, archives, pos, until):
                     yield frame
                     pos = last
                 catch_up = False
@@ -200,10 +200,15 @@ async def _events(
 
 
 async def _history(
-    state: MasterState, job_id: int, archives: list[ArchivedLog], pos: LogPosition | None
+    state: MasterState,
+    job_id: int,
+    archives: list[ArchivedLog],
+    pos: LogPosition | None,
+    until: LogPosition | None = None,
 ) -> AsyncIterator[tuple[str, LogPosition]]:
-    """Stored lines after `pos` as frames, each with its last position, until a read finds no more."""
-    while True:
+    """Stored lines after `pos` as frames, each with its last position, through the entry at `until`
+    (what follows it is queued), or until a read finds no more."""
+    while until is None or pos is None or pos < until:
         async with state.hub.history_slots:
             batches = await state.logs.read(job_id, archives, pos, SSE_BATCH_LINES)
         if not batches:

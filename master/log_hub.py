@@ -4,17 +4,19 @@ A live-log stream (`GET /api/jobs/{id}/logs/stream`) used to poll the database o
 hold a Redis connection in a blocking XREAD of its own, so 200 watchers cost 200 connections and
 200 queries a second. Here one asyncio task does a single XREAD over the streams of every followed
 job, from the last entry it has seen of each, and hands each new entry to the followers of that job;
-once a second it reads the status of every followed job in one query. Its cost grows with the jobs
-followed and the lines they print, not with the connections.
+once a second it reads the status of every followed job in one query. Its Redis and database work
+grows with the jobs followed and the lines they print, not with the connections; what a connection
+adds is the writing of its lines to its socket (bench figure 7).
 
 What each follower is promised, and why it holds:
 
 - *Nothing lost between history and live.* A follower subscribes before it reads history
-  (`LogReader.read`: Redis, then the S3 archives), and reads history until a read comes back empty.
-  A job's first follower starts the hub at the stream's last entry at that moment (not at "$", which
-  would lose what is written between the subscription and the next XREAD), so every entry is either
-  stored before the history read or handed to the queue after the subscription. Overlaps are cut by
-  position (`LogBatch.after`).
+  (`LogReader.read`: Redis, then the S3 archives). Its queue gets every entry after the job's cursor
+  at that moment (the newest entry handed out; for a job's first follower, the stream's last entry
+  then, not "$", which would lose what is written before the next XREAD), and every entry up to the
+  cursor is already stored, so the history read goes through the cursor and stops there; reading
+  on "until empty" would chase the live end whenever reads queue up. Overlaps are cut by position
+  (`LogBatch.after`).
 - *The `end` comes after the last line.* A job's lines are all stored before its status turns
   terminal, so the job ends for its followers after an XREAD that began after the hub saw that
   status and came back with the job's stream drained.
@@ -24,7 +26,9 @@ What each follower is promised, and why it holds:
   carries on from its queue. Its memory stays bounded and the others never notice.
 
 When a job is first followed, an XADD to a stream of the hub's own wakes the blocking XREAD, so the
-new job's lines flow at once rather than after the block timeout.
+new job's lines flow at once rather than after the block timeout. Followers that connect together
+share one look-up of a new job's stream, and take turns (`history_slots`) for their history reads,
+so a crowd does not empty the master's Redis pool.
 """
 
 from __future__ import annotations

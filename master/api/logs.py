@@ -81,8 +81,9 @@ async def read_logs(
     position = parse_after(after)
     # Read the status first: once a job has ended, all its lines are stored, so a read after that
     # which comes back short has everything.
-    terminal, archives = await run_in_threadpool(_snapshot, state, job.id)
-    batches = await state.logs.read(job.id, archives, position, limit)  # type: ignore[arg-type]
+    job_id: int = job.id  # type: ignore[assignment]  # a stored job has its id
+    terminal, archives = await run_in_threadpool(_snapshot, state, job_id)
+    batches = await state.logs.read(job_id, archives, position, limit)
     lines = [
         LogLine(attempt=b.attempt, line=b.first + i, text=t) for b in batches for i, t in enumerate(b.lines)
     ]

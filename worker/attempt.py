@@ -218,12 +218,13 @@ class AttemptRunner:
         reads to the end of the file and says how many bad lines went unwarned."""
         while True:
             for line in events.read_new():
-                self.reporter.report(line if line.max_epochs else _with_max_epochs(line, self.spec.max_epochs))
+                if line.max_epochs is None:
+                    line = line.model_copy(update={"max_epochs": self.spec.max_epochs})
+                self.reporter.report(line)
             if not final or events.at_end:
                 break
-        summary = events.summary() if final else None
-        if summary is not None:
-            self._pump_note(summary)
+        if final:
+            events.finish()
 
     def _flags(self) -> tuple[bool, bool]:
         """(cancel requested, this worker draining); Redis away means neither, read again soon."""

@@ -64,7 +64,10 @@ def schemathesis(master: MasterProcess, report: Path, *args: str) -> dict:
         "--no-color",
         *args,
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    # Run in the report's folder: schemathesis keeps a crash cache in ./.schemathesis.
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, check=False, cwd=report.parent
+    )
     print(done.stdout[-6000:], done.stderr[-2000:], sep="\n")
     assert done.returncode == 0, f"schemathesis found failures:\n{done.stdout[-20000:]}"
     return json.loads(report.read_text())

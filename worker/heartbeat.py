@@ -16,6 +16,7 @@ import os
 import platform
 import socket
 import threading
+import time
 from importlib import metadata
 from typing import Any
 
@@ -24,13 +25,36 @@ import psutil
 import redis
 from celery.concurrency import ALIASES
 
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 from shared.streams import NODES_KEY, node_attempts_key
 from worker import context, gpus, identity
+from worker.cache_budget import cache_usage
 from worker.intake import Intake
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
+#: Cache sizes are summed by walking the cache folders: fresh enough at this age, and cheap.
+CACHE_USAGE_MAX_AGE = 30.0
+
+
+class CacheUsage:
+    """The caches' use and limits for the beat, measured at most every `CACHE_USAGE_MAX_AGE` s; a
+    cache that cannot be read leaves the last figures (or none), never a missed beat."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._value: dict[str, dict[str, int]] | None = None
+        self._at = -CACHE_USAGE_MAX_AGE
+
+    def read(self) -> dict[str, dict[str, int]] | None:
+        now = time.monotonic()
+        if now - self._at >= CACHE_USAGE_MAX_AGE:
+            self._at = now
+            try:
+                self._value = cache_usage(self._settings)
+            except OSError as exc:
+                log.warning("cannot measure the caches: %s", exc)
+        return self._value
 
 
 def node_info(consumer: Any, client: redis.Redis, paused: str | None = None) -> dict[str, Any]:
@@ -136,10 +160,12 @@ def _beat(consumer: Any) -> None:
     client = context.current().redis
     me = identity.current()
     intake = Intake(consumer, settings, client, me)
+    caches = CacheUsage(settings)
     failing = False
     while not _stop.is_set():
         try:
             info = node_info(consumer, client, paused=intake.check())
+            info["caches"] = caches.read()
             client.hset(NODES_KEY, me.key, json.dumps(info))
         except Exception as exc:  # a missed beat is harmless; the next one is seconds away
             if not failing:

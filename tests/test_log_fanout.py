@@ -30,7 +30,7 @@ from master.log_hub import LogHub
 from master.logs import LogReader
 from shared.status import JobStatus
 from shared.streams import LogPosition, log_key
-from tests.conftest import wait_for
+from tests.conftest import log_texts, wait_for
 
 PY = sys.executable
 
@@ -386,6 +386,23 @@ def test_reconnect_with_last_event_id_gets_no_duplicate_and_no_gap(api, master, 
     )
     rest, _, end = read_sse(base, job_id, last_event_id=ids[-1])
     assert first + rest == [f"line {i}" for i in range(before + after)]
+    assert end == {"status": "succeeded"}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_follower_stays_through_a_redis_restart_and_gets_every_line(
+    api, master, worker, redis_server, gate
+) -> None:
+    before, after = 200, 1000
+    job_id = submit(api, gated_job(gate, before, after))
+    with ThreadPoolExecutor(1) as pool:
+        follower = pool.submit(read_sse, f"{master.url}/api", job_id)
+        wait_for(lambda: metric(master.url, "trainfarm_log_followers") == 1, 60, what="the follower")
+        wait_for(lambda: f"line {before - 1}" in log_texts(api, job_id), 60, what="the first part")
+        redis_server.restart()  # SIGTERM: Redis writes its append-only file, then comes back with it
+        gate.touch()
+        lines, _, end = follower.result(timeout=150)
+    assert lines == [f"line {i}" for i in range(before + after)]
     assert end == {"status": "succeeded"}
 
 

@@ -15,7 +15,8 @@ from shared.status import JobStatus
 from shared.streams import LogBatch, LogPosition
 
 #: Text a follower may have waiting before it is marked lagged and re-reads from storage instead.
-SUBSCRIBER_BUFFER_BYTES = 4 * 1024 * 1024
+#: Entries are shared by all followers of a job, so this bounds the memory a job's laggards hold.
+SUBSCRIBER_BUFFER_BYTES = 16 * 1024 * 1024
 #: Status of a followed job that no longer exists (the stream ends with it).
 GONE = "unknown"
 #: The cursor of a job whose stream had no entry yet when it was first followed.

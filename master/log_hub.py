@@ -54,7 +54,9 @@ from shared.streams import LogPosition, log_key
 log = logging.getLogger(__name__)
 
 #: Entries per stream per XREAD; a job that returns this many may have more, so it cannot end yet.
-READ_COUNT = 500
+#: Entries are at most 1 MiB (worker/logpump.py), so one round hands a follower at most 8 MiB, half
+#: its queue: a follower that takes between rounds never falls behind, however fast a job prints.
+READ_COUNT = 8
 #: How long one XREAD waits when nothing is new; the status poll keeps its own pace.
 BLOCK_MS = 1000
 #: Seconds between status reads of the followed jobs: how soon an `end` follows a job's end.

@@ -73,7 +73,6 @@ class LogPump:
         self._batch_bytes = max(4096, min(MAX_BATCH_BYTES, limits.live_bytes // 8))
         self._file_room = limits.file_bytes
         self._pending: list[str] = []
-        self._pending_bytes = 0
         self._next_line = 0
         #: Whether this attempt has written to the stream yet (the first write measures what earlier
         #: attempts left there and removes the expiry their archive set).
@@ -90,9 +89,9 @@ class LogPump:
         self._flusher = threading.Thread(target=self._flush_loop, name=f"logflush-{job_id}", daemon=True)
         self._flusher.start()
 
-    def write(self, line: str, size: int | None = None) -> None:
+    def write(self, line: str, size: int = 0) -> None:
         """One line (no newline); `size` its bytes as read, when known."""
-        n = len(line) + 1 if size is None else size
+        n = size or len(line) + 1
         with self._lock:
             if n <= self._file_room:
                 self._file.write(line + "\n")
@@ -100,9 +99,8 @@ class LogPump:
             elif self._file_room >= 0:
                 self._cut_file()
             self._pending.append(line)
-            self._pending_bytes += n
             self.tail.append(line)
-        if len(self._pending) >= MAX_BATCH_LINES or self._pending_bytes >= self._batch_bytes:
+        if len(self._pending) >= MAX_BATCH_LINES:
             self._wake.set()
 
     def _cut_file(self) -> None:
@@ -114,7 +112,6 @@ class LogPump:
         self._file.write(note + "\n")
         self._file_room = -1
         self._pending.append(note)
-        self._pending_bytes += len(note) + 1
         self.tail.append(note)
 
     def note(self, message: str) -> None:
@@ -137,8 +134,8 @@ class LogPump:
         """The queued lines as batches with their sizes in bytes, oldest first."""
         with self._lock:
             lines, self._pending = self._pending, []
-            queued, self._pending_bytes = self._pending_bytes, 0
             self._file.flush()
+        queued = sum(map(len, lines)) + len(lines)
         skip = 0
         if queued > self._limits.live_bytes:
             # Older than the live budget: Redis would trim them at once. They are in the file.
@@ -178,7 +175,6 @@ class LogPump:
             self._budget.restore(counted)
             with self._lock:
                 self._pending = [line for b, _ in batches for line in b.lines] + self._pending
-                self._pending_bytes += sum(size for _, size in batches)
             return False
         self._written = True
         self._next_line += count
@@ -238,12 +234,21 @@ class LogPump:
 
 def _chunks(lines: list[str], start: int, max_bytes: int) -> Iterable[tuple[int, list[str], int]]:
     """(first index, lines, bytes) of batches of at most MAX_BATCH_LINES lines and `max_bytes`."""
-    first, size = start, 0
-    for i in range(start, len(lines)):
-        n = len(lines[i]) + 1
-        if i > first and (i - first >= MAX_BATCH_LINES or size + n > max_bytes):
-            yield first, lines[first:i], size - 1
+    for first in range(start, len(lines), MAX_BATCH_LINES):
+        chunk = lines[first : first + MAX_BATCH_LINES]
+        size = sum(map(len, chunk)) + len(chunk) - 1  # C speed: the common case, short lines
+        if size <= max_bytes:
+            yield first, chunk, size
+        else:
+            yield from _by_bytes(chunk, first, max_bytes)
+
+
+def _by_bytes(lines: list[str], offset: int, max_bytes: int) -> Iterable[tuple[int, list[str], int]]:
+    first, size = 0, 0
+    for i, line in enumerate(lines):
+        n = len(line) + 1
+        if i > first and size + n > max_bytes:
+            yield offset + first, lines[first:i], size - 1
             first, size = i, 0
         size += n
-    if first < len(lines):
-        yield first, lines[first:], size - 1
+    yield offset + first, lines[first:], size - 1

@@ -207,16 +207,17 @@ async def _history(
     pos: LogPosition | None,
     until: LogPosition | None = None,
 ) -> AsyncIterator[tuple[str, LogPosition]]:
-    """Stored lines after `pos` as frames, each with its last position, through the entry at `until`
-    (what follows it is queued), or until a read finds no more."""
+    """Stored lines after `pos` as SSE frames, a read's worth at a time with its last position,
+    through the entry at `until` (what follows it is queued), or until a read finds no more."""
     while until is None or pos is None or pos < until:
         async with state.hub.history_slots:
             batches = await state.logs.read(job_id, archives, pos, SSE_BATCH_LINES)
         if not batches:
             return
-        for batch in batches:
-            pos = batch.last
-            yield _log_frame(batch), pos
+        # One write for the whole read: a frame each would cost a trip through the ASGI stack per
+        # entry, and a history is often thousands of one-line entries.
+        pos = batches[-1].last
+        yield "".join(_log_frame(batch) for batch in batches), pos
 
 
 def _log_frame(batch: LogBatch) -> str:

@@ -2,7 +2,7 @@
 
 The stream is untrusted input (anything that reaches Redis can write to it, and a worker of another
 version may be wrong): each entry is parsed again into the models of shared/events.py and applied
-in a savepoint of its own. An entry that cannot be parsed or applied goes to the dead-letter stream
+in one transaction per batch. An entry that cannot be parsed or applied goes to the dead-letter stream
 with the reason, is acknowledged, and shows on its job as a warning; the consumer goes on with the
 rest of the batch and never reads it again.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
@@ -67,7 +68,6 @@ def apply_event(session: Session, event: Event, policy: RetryPolicy = DEFAULT_PO
             _finished(session, job, attempt, event, current, policy)
     session.add(attempt)
     session.add(job)
-    EVENTS_APPLIED.labels(event.kind.value).inc()
     return True
 
 
@@ -162,50 +162,85 @@ def _job_of(raw: bytes) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63 else None
 
 
-def apply_entry(session: Session, raw: bytes, policy: RetryPolicy = DEFAULT_POLICY) -> str | None:
-    """Parse and apply one stream entry in a savepoint of its own: the reason it is dead (it is then
-    noted on its job), or None when it was applied or was a replay."""
-    try:
-        event = parse_event(raw)
-    except Exception as exc:  # ValidationError, or anything a hostile entry provokes
-        reason = f"invalid event: {describe(exc) if isinstance(exc, ValidationError) else exc!r}"[:2000]
-        EVENTS_DEAD_LETTERED.labels("invalid").inc()
-        _warn(session, _job_of(raw), reason)
-        return reason
-    try:
-        with session.begin_nested():
-            apply_event(session, event, policy)
-            # Flushed here so a later event of the same batch sees this one's rows, and so an
-            # error shows inside this event's savepoint.
-            session.flush()
-    except Exception as exc:
-        if _unavailable(exc):
-            raise
-        log.exception(
-            "event %s of job %s attempt %s could not be applied", event.seq, event.job_id, event.attempt
-        )
-        reason = f"{event.kind.value} event {event.seq} of attempt {event.attempt} not applied: {type(exc).__name__}: {exc}"
+def apply_entries(
+    engine: Engine, entries: Sequence[bytes], policy: RetryPolicy = DEFAULT_POLICY
+) -> list[str | None]:
+    """Parse and apply a batch of stream entries in one transaction: for each, the reason it is
+    dead (then noted on its job), or None when it was applied or was a replay.
+
+    No savepoints: SQLite's driver commits a savepoint opened outside a transaction as soon as it
+    is released, and a transaction that begins by reading cannot take SQLite's write lock once
+    another connection has written since ("database is locked" at once, with no waiting). So an
+    entry that passes validation but fails to apply rolls the batch back, and the batch is applied
+    again without it; that costs a second pass only in the rare round that holds such an entry.
+    """
+    reasons: list[str | None] = [None] * len(entries)
+    events: list[Event | None] = []
+    for i, raw in enumerate(entries):
+        try:
+            events.append(parse_event(raw))
+        except Exception as exc:  # ValidationError, or anything a hostile entry provokes
+            events.append(None)
+            reasons[i] = f"invalid event: {describe(exc) if isinstance(exc, ValidationError) else exc!r}"[
+                :2000
+            ]
+            EVENTS_DEAD_LETTERED.labels("invalid").inc()
+    while True:
+        applied: list[str] = []
+        with Session(engine) as session:
+            failed = _apply_all(session, events, reasons, policy, applied)
+            if failed is None:
+                for i, reason in enumerate(reasons):
+                    if reason is not None:
+                        event = events[i]
+                        _warn(session, event.job_id if event else _job_of(entries[i]), reason[:500])
+                session.commit()
+                for kind in applied:
+                    EVENTS_APPLIED.labels(kind).inc()
+                return reasons
+            session.rollback()
+        events[failed] = None
         EVENTS_DEAD_LETTERED.labels("apply").inc()
-        _warn(session, event.job_id, reason[:500])
-        return reason[:2000]
+
+
+def _apply_all(
+    session: Session,
+    events: Sequence[Event | None],
+    reasons: list[str | None],
+    policy: RetryPolicy,
+    applied: list[str],
+) -> int | None:
+    """Apply the events not yet known dead, noting the kinds applied (replays are not); the index of
+    the first that fails, its reason noted."""
+    for i, event in enumerate(events):
+        if event is None:
+            continue
+        try:
+            if apply_event(session, event, policy):
+                applied.append(event.kind.value)
+            # Flushed here so a later event of the batch sees this one's rows, and so an error
+            # shows as this event's.
+            session.flush()
+        except Exception as exc:
+            if _unavailable(exc):
+                raise
+            log.exception(
+                "event %s of job %s attempt %s could not be applied", event.seq, event.job_id, event.attempt
+            )
+            reasons[i] = (
+                f"{event.kind.value} event {event.seq} of attempt {event.attempt} not applied: "
+                f"{type(exc).__name__}: {exc}"
+            )[:2000]
+            return i
     return None
 
 
 def _warn(session: Session, job_id: int | None, reason: str) -> None:
-    """Note the dead event on its job; the dead-letter stream keeps it if even that fails."""
-    if job_id is None:
-        return
-    try:
-        with session.begin_nested():
-            job = session.get(Job, job_id)
-            if job is not None:
-                add_warning(job, reason)
-                session.add(job)
-                session.flush()
-    except Exception as exc:
-        if _unavailable(exc):
-            raise
-        log.exception("could not note a dead event on job %s", job_id)
+    """Note the dead event on its job (the dead-letter stream keeps it whatever happens here)."""
+    job = session.get(Job, job_id) if job_id is not None else None
+    if job is not None:
+        add_warning(job, reason)
+        session.add(job)
 
 
 class EventConsumer:
@@ -239,13 +274,14 @@ class EventConsumer:
         if not self._pending_done and not entries:
             self._pending_done = True
             return self.batch  # not caught up yet: new events come next
-        dead: list[tuple[str, bytes, str]] = []
-        with Session(self._engine) as session:
-            for entry_id, raw in entries:
-                reason = apply_entry(session, raw, self._policy)
-                if reason is not None:
-                    dead.append((entry_id, raw, reason))
-            session.commit()
+        try:
+            reasons = apply_entries(self._engine, [raw for _, raw in entries], self._policy)
+        except Exception:
+            # The round's entries stay pending in the group, and ">" never hands them out again:
+            # the next round starts from the pending ones, or they would wait for a restart.
+            self._pending_done = False
+            raise
+        dead = [(eid, raw, reason) for (eid, raw), reason in zip(entries, reasons, strict=True) if reason]
         # Dead-lettered before the acknowledgement: a crash in between only dead-letters it twice.
         self._bus.dead_letter(dead)
         self._bus.ack([entry_id for entry_id, _ in entries])

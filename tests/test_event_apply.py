@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, SQLModel, select
 
 from master.db import make_engine
-from master.events import apply_entry, apply_event
+from master.events import apply_entries, apply_event
 from master.job_warnings import MAX_WARNINGS, add_warning
 from master.lifecycle import RetryPolicy, end_attempt
 from master.models import Artifact, Job, JobAttempt, JobMetric
@@ -49,10 +49,7 @@ def raw(job_id: int, seq: int, data: EventData, attempt: int = 1) -> bytes:
 
 
 def apply(engine: Engine, *entries: bytes) -> list[str | None]:
-    with Session(engine) as session:
-        reasons = [apply_entry(session, entry) for entry in entries]
-        session.commit()
-    return reasons
+    return apply_entries(engine, entries)
 
 
 def state(engine: Engine, job_id: int) -> tuple[Job, list[JobAttempt]]:
@@ -216,12 +213,11 @@ def test_a_storm_of_hand_back_events_ends_the_job(engine: Engine, job_id: int) -
     policy = RetryPolicy(max_handbacks=2)
     handed = Finished(outcome=AttemptOutcome.FAILED, retryable=True, handed_back=True, error="handed back")
     for number in range(1, 10):
-        with Session(engine) as session:
-            reasons = [
-                apply_entry(session, raw(job_id, 1, Started(pid=1), attempt=number), policy),
-                apply_entry(session, raw(job_id, 2, handed, attempt=number), policy),
-            ]
-            session.commit()
+        reasons = apply_entries(
+            engine,
+            [raw(job_id, 1, Started(pid=1), attempt=number), raw(job_id, 2, handed, attempt=number)],
+            policy,
+        )
         assert reasons == [None, None]
         job, _ = state(engine, job_id)
         if job.status.terminal:

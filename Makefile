@@ -6,4 +6,4 @@ test:   ## the whole test suite against real services
 bench:  ## trainfarm against bare baselines on real services, one table (< 10 min)
 	scripts/bootstrap && .venv/bin/python -m bench.run $(BENCH_ARGS)
 lint:
-	scripts/bootstrap && .venv/bin/ruff check . && .venv/bin/ruff format --check .
+	scripts/bootstrap && .venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy

@@ -56,7 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             LogStream(state.broker, settings.log_stream_maxlen),
             grace=settings.lease_grace or 0.0,
         )
-        loops = start_loops(consumer, reaper, state.dispatcher, state.broker, engine)
+        loops = start_loops(
+            consumer, reaper, state.dispatcher, state.broker, engine, settings.node_offline_after
+        )
         log.info("master ready: database %s, redis %s", engine.url.render_as_string(), settings.redis_url)
         try:
             yield

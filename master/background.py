@@ -91,6 +91,7 @@ def start_loops(
     dispatcher: Dispatcher,
     broker,
     engine: Engine,  # type: ignore[no-untyped-def]
+    node_offline_after: float = 15.0,
 ) -> list[Loop]:
     def sweep() -> None:
         with Session(engine) as session:
@@ -101,7 +102,7 @@ def start_loops(
         Loop("events-and-leases", ConsumeThenReap(consumer, reaper), interval=0),
         Loop("dispatch-sweep", sweep, interval=1.0),
         Loop("published-marks", dispatcher.marks.flush, interval=0.1),
-        Loop("node-sync", lambda: sync_nodes(broker, engine), interval=2.0),
+        Loop("node-sync", lambda: sync_nodes(broker, engine, node_offline_after), interval=2.0),
     ]
     for loop in loops:
         loop.start()

@@ -189,8 +189,8 @@ class LogHub:
         asked = list(self.fanout.cursors())
         try:
             found = await asyncio.to_thread(self._statuses, asked)
-        except Exception:  # the database away for a while: lines keep flowing, the end comes later
-            log.exception("live-log reader could not read job statuses")
+        except Exception as exc:  # the database away for a while: lines keep flowing, the end comes later
+            log.warning("live-log reader could not read job statuses (%s); trying again", exc)
             return
         finally:
             self._polled = time.monotonic()

@@ -225,6 +225,35 @@ def test_hub_wakes_from_its_blocking_read_for_a_newly_followed_job(redis_server)
     assert asyncio.run(scenario()) == ["job 8"]
 
 
+def test_lines_keep_flowing_while_the_status_read_fails_and_the_end_follows_its_return(redis_server) -> None:
+    url = redis_server.url
+    redis.Redis.from_url(url).flushdb()
+    database_up = {"value": False}
+
+    def statuses(ids: object) -> dict[int, JobStatus]:
+        if not database_up["value"]:
+            raise ConnectionError("database unreachable")  # the injected fault
+        return {4: JobStatus.SUCCEEDED}
+
+    async def scenario() -> tuple[list[str], str | None]:
+        waker = aioredis.Redis.from_url(url)
+        hub = LogHub(aioredis.Redis.from_url(url), waker, statuses, status_interval=0.05)
+        await hub.start()
+        sub = await hub.subscribe(4)
+        await waker.xadd(log_key(4), {"lines": "while the database is away"}, id="1-0")
+        await wait_all([sub])
+        got = [line for item in sub.take() for line in item.batch.lines]
+        assert sub.ended is None
+        database_up["value"] = True
+        while sub.ended is None:
+            await wait_all([sub])
+        await hub.stop()
+        await waker.aclose()
+        return got, sub.ended
+
+    assert asyncio.run(scenario()) == (["while the database is away"], "succeeded")
+
+
 def test_followers_arriving_together_share_one_look_up_of_a_new_job(redis_server) -> None:
     url = redis_server.url
     redis.Redis.from_url(url).flushdb()

@@ -31,7 +31,9 @@ HANDBACKS = Counter("trainfarm_handbacks_total", "Attempts handed back by a work
 STATUS_MOVES_REFUSED = Counter(
     "trainfarm_status_moves_refused_total", "Status changes refused by the transition tables", ["entity"]
 )
-LOOP_ERRORS = Counter("trainfarm_loop_errors_total", "Errors caught in the master's background loops", ["loop"])
+LOOP_ERRORS = Counter(
+    "trainfarm_loop_errors_total", "Errors caught in the master's background loops", ["loop"]
+)
 HTTP_LATENCY = Histogram(
     "trainfarm_http_request_seconds",
     "API request latency",

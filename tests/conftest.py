@@ -45,7 +45,8 @@ def redis_server(services_dir: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="session")
 def s3_server(services_dir: Path) -> Iterator[SeaweedS3]:
-    with SeaweedS3(services_dir / "s3", S3_ACCESS, S3_SECRET) as server:
+    # Small volumes: every test makes a bucket, and each bucket takes volumes of its own.
+    with SeaweedS3(services_dir / "s3", S3_ACCESS, S3_SECRET, volume_size_limit_mb=32) as server:
         yield server
 
 

@@ -56,8 +56,18 @@ class SeaweedS3(ManagedProcess):
     # killing is safe (writes are in the OS page cache), so don't wait long.
     stop_timeout = 2.0
 
-    def __init__(self, data_dir: Path, access_key: str, secret_key: str, port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        access_key: str,
+        secret_key: str,
+        port: int | None = None,
+        volume_size_limit_mb: int = 256,
+    ) -> None:
+        """`volume_size_limit_mb` sets how many volumes the disk holds (its free space over this):
+        a test suite, which makes a bucket per test, wants many small ones."""
         super().__init__(data_dir)
+        self.volume_size_limit_mb = volume_size_limit_mb
         self.access_key = access_key
         self.secret_key = secret_key
         self.binary = find_weed()
@@ -108,6 +118,12 @@ class SeaweedS3(ManagedProcess):
         with os.fdopen(fd, "w") as fh:
             json.dump(identities, fh, indent=2)
 
+    def _env(self) -> dict[str, str]:
+        # A bucket is a collection, which grows 7 volumes at its first write by default: a few
+        # dozen buckets (a test suite makes one per test) would take every volume the disk allows.
+        # One at a time is plenty for one node; SeaweedFS reads master.toml keys from WEED_* names.
+        return {**os.environ, "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"}
+
     def _command(self) -> list[str]:
         p = self.ports
         return [
@@ -127,7 +143,7 @@ class SeaweedS3(ManagedProcess):
             f"-s3.port={p['s3']}",
             f"-s3.port.grpc={p['s3_grpc']}",
             f"-s3.config={self._s3_config.resolve()}",
-            "-master.volumeSizeLimitMB=256",
+            f"-master.volumeSizeLimitMB={self.volume_size_limit_mb}",
             # One node, nobody to fail over to: a restart needn't wait out a 10 s election,
             # nor stop() 10 s of draining heartbeats.
             "-master.electionTimeout=1s",

@@ -99,11 +99,14 @@ class Started(_Strict):
     restored_checkpoint: Text | None = None
 
 
+#: Longest artifact name: as long as the database's column; S3 keys stop at 1,024 bytes anyway.
+ARTIFACT_NAME_MAX = 512
+
+
 class ArtifactStored(_Strict):
     """A file of the attempt is in S3 under `key` (outputs, and checkpoints while it runs)."""
 
-    #: As long as the database's column; S3 keys stop at 1,024 bytes anyway.
-    name: Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=NO_NUL)]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=ARTIFACT_NAME_MAX, pattern=NO_NUL)]
     key: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS, pattern=NO_NUL)]
     size: Bigint
     sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None

@@ -20,7 +20,9 @@ from shared.events import Event
 EVENTS_KEY = "tf:events"
 #: Events the master could not parse or apply, with the reason; capped, newest kept.
 DEAD_EVENTS_KEY = "tf:events:dead"
-DEAD_EVENTS_MAXLEN = 10_000
+DEAD_EVENTS_MAXLEN = 1_000
+#: Bytes of a dead event kept for a person to read: at most a few MB of Redis for the whole stream.
+DEAD_EVENT_KEEP = 4096
 EVENTS_GROUP = "master"
 NODES_KEY = "tf:nodes"
 
@@ -194,8 +196,16 @@ class LogStream:
         """Entries older than `before` leave the stream (allowed when Redis is out of memory)."""
         self._redis.xtrim(log_key(job_id), minid=str(before), approximate=False)
 
-    def expire(self, job_id: int, seconds: int) -> None:
-        """The job's live stream goes after `seconds` (its log is archived); a new write keeps it."""
+    def expire(self, job_id: int, seconds: int, attempt: int) -> None:
+        """The job's live stream goes after `seconds` (`attempt`'s log is archived); a new write
+        keeps it. Not when a later attempt already writes there (this one was declared lost and
+        archives late): that attempt's first write is behind it, and nothing would keep it."""
+        newest: Any = self._redis.xrevrange(log_key(job_id), count=1)
+        newest_id = newest[0][0] if newest else None
+        if isinstance(newest_id, bytes):
+            newest_id = newest_id.decode()
+        if newest_id and LogPosition.parse(newest_id).attempt > attempt:
+            return
         self._redis.expire(log_key(job_id), seconds)
 
     def memory(self, job_id: int) -> int:
@@ -271,7 +281,7 @@ class EventBus:
         if entries:
             pipe = self._redis.pipeline(transaction=False)
             for entry_id, raw, reason in entries:
-                fields = {"entry": entry_id, "event": raw[:65536], "reason": reason}
+                fields = {"entry": entry_id, "event": raw[:DEAD_EVENT_KEEP], "reason": reason}
                 pipe.xadd(DEAD_EVENTS_KEY, fields, maxlen=DEAD_EVENTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
             pipe.execute()
 

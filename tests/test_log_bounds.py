@@ -15,16 +15,18 @@ import pytest
 import redis
 
 from master.logs import archive_lines, gap_note
+from shared.events import parse_event
 from shared.redis_memory import MemoryGauge, MemoryReading
 from shared.settings import Settings
 from shared.storage import ArtifactStore, make_s3_client
-from shared.streams import LiveBudget, LogPosition, LogStream, log_key
+from shared.streams import EVENTS_KEY, EventBus, LiveBudget, LogBatch, LogPosition, LogStream, log_key
 from tests.conftest import S3_ACCESS, S3_SECRET, wait_for, wait_status
 from trainfarm.services import RedisServer
 from trainfarm.services.farm import MasterProcess
 from worker.loglines import cut, cut_marker, read_lines, split_lines
 from worker.logpump import LogLimits, LogPump
-from worker.uploads import archive_log
+from worker.reporter import AttemptReporter
+from worker.uploads import archive_log, upload_tree
 
 PY = sys.executable
 MARK = "… [line cut:"
@@ -250,6 +252,42 @@ def test_archive_log_sets_the_stream_expiry(small_redis: RedisServer, store: Art
     assert 0 < client.ttl(log_key(7)) <= 600
 
 
+def test_a_lost_attempt_archiving_late_leaves_the_next_attempts_stream_alone(
+    small_redis: RedisServer, store: ArtifactStore, tmp_path: Path
+):
+    """Attempt 1 was declared lost and archives after attempt 2 began writing: no expiry, or
+    attempt 2's live log would vanish mid-run (its one "keep" was its first write, before this)."""
+    client = redis.Redis.from_url(small_redis.url)
+    client.delete(log_key(8))
+    stream = LogStream(client, 1000)
+    late = tmp_path / "attempt-1.log"
+    late.write_text("old\n")
+    stream.append(8, [LogBatch(2, 0, ["attempt 2 runs"])])
+    archive_log(store, stream, 8, 1, late, 600)
+    assert client.ttl(log_key(8)) == -1
+    archive_log(store, stream, 8, 2, late, 600)  # its own archive: now it may go
+    assert 0 < client.ttl(log_key(8)) <= 600
+
+
+def test_an_output_no_artifact_name_can_hold_is_left_out_with_a_note(
+    redis_server: RedisServer, store: ArtifactStore, tmp_path: Path
+):
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    output = tmp_path / "output"
+    deep = output / ("d" * 200) / ("e" * 200) / ("f" * 200)
+    deep.mkdir(parents=True)
+    (deep / "model.pt").write_text("weights")
+    (output / "small.txt").write_text("kept")
+    notes: list[str] = []
+    reporter = AttemptReporter(EventBus(client), 5, 1, "node-1")
+    assert upload_tree(store, reporter, output, 5, note=notes.append) == 1
+    assert store.read_text("artifacts/5/small.txt") == "kept"
+    assert len(notes) == 1 and "not kept" in notes[0] and "512" in notes[0]
+    [(_, fields)] = client.xrange(EVENTS_KEY)
+    assert parse_event(fields[b"event"]).data.name == "small.txt"  # type: ignore[union-attr]
+
+
 def test_the_log_file_is_capped_with_a_note_while_lines_still_go_live(
     small_redis: RedisServer, tmp_path: Path
 ):
@@ -398,3 +436,17 @@ def test_submissions_answer_503_while_redis_is_nearly_full(settings: Settings, t
             assert batch.status_code == 503 and batch.headers["Retry-After"]
             client.delete(*client.keys("fill:*"))
             wait_for(lambda: api.post("/jobs", json=spec).status_code == 201, timeout=10)
+
+
+def test_budgets_count_bytes_not_characters(small_redis: RedisServer, tmp_path: Path):
+    """Four-byte characters are charged what they take, in the file cap and the live budget alike
+    (counted in characters, both would hold four times their limit)."""
+    client = redis.Redis.from_url(small_redis.url)
+    client.delete(log_key(7))
+    pump = _pump(client, tmp_path, live_bytes=32 * 1024, file_bytes=64 * 1024)
+    for _ in range(200):
+        pump.write("\U0001f600" * 250)  # 1,001 bytes with the newline; 251 characters
+    pump.close()
+    assert len((tmp_path / "attempt-1.log").read_bytes()) <= 64 * 1024 + 200  # the cap, and its note
+    live = sum(len(value) for _, fields in client.xrange(log_key(7)) for value in fields.values())
+    assert 16 * 1024 < live <= 32 * 1024 + 1024

@@ -106,30 +106,38 @@ class AttemptRunner:
             log.exception("attempt %s of job %s broke", number, job_id)
             error = f"worker error: {type(exc).__name__}: {exc}"
             ending = Ending(AttemptOutcome.FAILED, error, retryable=True)
-        detail = f" ({ending.error})" if ending.error else ""
-        pump.note(f"attempt {number} ended: {ending.outcome.value}{detail}")
-        pump.close()
         try:
-            upload_tree(self.ctx.store, self.reporter, dirs.output, job_id)
+            upload_tree(self.ctx.store, self.reporter, dirs.output, job_id, note=pump.note)
             checkpoints.sync()
-            if (
-                dirs.log.is_symlink()
-            ):  # the job swapped it for a link to a file of the node: never upload that
-                dirs.log.unlink()
-                dirs.log.write_text(
-                    "[trainfarm] the job replaced its log file with a link; it was not kept\n"
-                )
-            log_key = archive_log(
-                self.ctx.store, self.ctx.logs, job_id, number, dirs.log, settings.log_archived_ttl
-            )
         except Exception as exc:
             log.exception("uploads of job %s attempt %s failed", job_id, number)
             ending = Ending(AttemptOutcome.FAILED, f"upload failed: {exc}", retryable=True)
-            log_key = None
+        detail = f" ({ending.error})" if ending.error else ""
+        pump.note(f"attempt {number} ended: {ending.outcome.value}{detail}")
+        pump.close()
+        # In a step of its own: the live stream no longer holds the early lines (its budget), so
+        # the archive is the only full copy, whatever became of the outputs.
+        log_key = self._archive_log(dirs)
         self._finish(ending, log_key, list(pump.tail))
         if log_key is not None:
             shutil.rmtree(dirs.root, ignore_errors=True)
         return ending
+
+    def _archive_log(self, dirs: AttemptDirs) -> str | None:
+        """The attempt's log in S3, its key; None when it could not go there (it stays on the node)."""
+        job_id, number = self.msg.job_id, self.msg.attempt
+        try:
+            if dirs.log.is_symlink():  # the job swapped it for a link to a file of the node
+                dirs.log.unlink()
+                dirs.log.write_text(
+                    "[trainfarm] the job replaced its log file with a link; it was not kept\n"
+                )
+            return archive_log(
+                self.ctx.store, self.ctx.logs, job_id, number, dirs.log, self.ctx.settings.log_archived_ttl
+            )
+        except Exception:
+            log.exception("the log of job %s attempt %s stays at %s: upload failed", job_id, number, dirs.log)
+            return None
 
     def _prepare_and_run(
         self, dirs: AttemptDirs, pump: LogPump, checkpoints: CheckpointSync, keeper: LeaseKeeper, pins: Pins

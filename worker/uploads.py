@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -12,7 +13,7 @@ from minio.error import S3Error
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from shared.errors import StorageUnavailable
-from shared.events import ArtifactStored
+from shared.events import ARTIFACT_NAME_MAX, ArtifactStored
 from shared.storage import ArtifactStore, ObjectInfo
 from shared.streams import LogStream
 from worker.reporter import AttemptReporter
@@ -51,7 +52,7 @@ def archive_log(
     (`GET /logs` reads archived attempts from S3). A later attempt's first write keeps it again."""
     key = put_file(store, f"logs/{job_id}/attempt-{attempt}.log", path).key
     try:
-        logs.expire(job_id, ttl)
+        logs.expire(job_id, ttl, attempt)
     except redis.RedisError as exc:  # the stream stays, bounded by its budget, until a later trim
         log.warning("could not set the expiry of job %s's live log: %s", job_id, exc)
     return key
@@ -69,13 +70,23 @@ def regular_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def upload_tree(store: ArtifactStore, reporter: AttemptReporter, root: Path, job_id: int) -> int:
-    """Upload every file under `root` as an artifact of the job, reporting each one."""
+def upload_tree(
+    store: ArtifactStore,
+    reporter: AttemptReporter,
+    root: Path,
+    job_id: int,
+    note: Callable[[str], None] = lambda _line: None,
+) -> int:
+    """Upload every file under `root` as an artifact of the job, reporting each one; a file whose
+    name no artifact can have (too long) is left out, and `note` says so in the job's log."""
     count = 0
     if not root.is_dir():
         return 0
     for path in regular_files(root):
         name = path.relative_to(root).as_posix()
+        if len(name) > ARTIFACT_NAME_MAX:
+            note(f"output {name[:80]}... not kept: its name is over {ARTIFACT_NAME_MAX} characters")
+            continue
         info = put_file(store, f"artifacts/{job_id}/{name}", path)
         reporter.report(ArtifactStored(name=name, key=info.key, size=info.size, sha256=info.sha256))
         count += 1

@@ -89,9 +89,10 @@ class LogPump:
         self._flusher = threading.Thread(target=self._flush_loop, name=f"logflush-{job_id}", daemon=True)
         self._flusher.start()
 
-    def write(self, line: str, size: int = 0) -> None:
-        """One line (no newline); `size` its bytes as read, when known."""
-        n = size or len(line) + 1
+    def write(self, line: str) -> None:
+        """One line (no newline)."""
+        # Bytes as written (UTF-8): a replaced undecodable byte takes three, not the one it was.
+        n = nbytes(line) + 1
         with self._lock:
             if n <= self._file_room:
                 self._file.write(line + "\n")
@@ -128,19 +129,19 @@ class LogPump:
 
     def _read(self, lines: Iterable[bytes]) -> None:
         for raw in lines:
-            self.write(raw.decode("utf-8", errors="replace").rstrip("\r\n"), len(raw))
+            self.write(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
 
     def _take(self) -> list[tuple[LogBatch, int]]:
         """The queued lines as batches with their sizes in bytes, oldest first."""
         with self._lock:
             lines, self._pending = self._pending, []
             self._file.flush()
-        queued = sum(map(len, lines)) + len(lines)
+        queued = sum(map(nbytes, lines)) + len(lines)
         skip = 0
         if queued > self._limits.live_bytes:
             # Older than the live budget: Redis would trim them at once. They are in the file.
             while queued > self._limits.live_bytes and skip < len(lines) - 1:
-                queued -= len(lines[skip]) + 1
+                queued -= nbytes(lines[skip]) + 1
                 skip += 1
             self.skipped += skip
             self._next_line += skip
@@ -232,11 +233,17 @@ class LogPump:
         self._file.close()
 
 
+def nbytes(line: str) -> int:
+    """UTF-8 bytes of `line`: budgets are in bytes, and text beyond ASCII takes up to four per
+    character. An ASCII string knows it is one at once, so the common case costs no encoding."""
+    return len(line) if line.isascii() else len(line.encode("utf-8", "surrogatepass"))
+
+
 def _chunks(lines: list[str], start: int, max_bytes: int) -> Iterable[tuple[int, list[str], int]]:
     """(first index, lines, bytes) of batches of at most MAX_BATCH_LINES lines and `max_bytes`."""
     for first in range(start, len(lines), MAX_BATCH_LINES):
         chunk = lines[first : first + MAX_BATCH_LINES]
-        size = sum(map(len, chunk)) + len(chunk) - 1  # C speed: the common case, short lines
+        size = sum(map(nbytes, chunk)) + len(chunk) - 1
         if size <= max_bytes:
             yield first, chunk, size
         else:
@@ -246,7 +253,7 @@ def _chunks(lines: list[str], start: int, max_bytes: int) -> Iterable[tuple[int,
 def _by_bytes(lines: list[str], offset: int, max_bytes: int) -> Iterable[tuple[int, list[str], int]]:
     first, size = 0, 0
     for i, line in enumerate(lines):
-        n = len(line) + 1
+        n = nbytes(line) + 1
         if i > first and size + n > max_bytes:
             yield offset + first, lines[first:i], size - 1
             first, size = i, 0

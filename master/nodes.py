@@ -105,6 +105,7 @@ WORKER_FIELDS = (
     "queues",
     "pool",
     "concurrency",
+    "gpu_slots",
     "running",
     "paused",
 )

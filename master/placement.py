@@ -26,11 +26,15 @@ class Largest:
 
 
 def node_devices(info: dict, queue: str) -> tuple[int, str]:
-    """What `devices` means on a node: on the gpu queue the GPUs it hands out; else, or on a node
-    without GPUs, its CPU cores (DDP processes)."""
-    slots = info.get("gpu_slots")
-    if queue == "gpu" and isinstance(slots, list) and slots:
-        return len(slots), "GPUs"
+    """What `devices` means on a node: on the gpu queue the most GPUs one of its workers hands out
+    (a job runs under one worker: two workers with GPUs 0,1 and 2,3 cannot run a 4-GPU job); else,
+    or on a node without GPUs, its CPU cores (DDP processes)."""
+    if queue == "gpu":
+        workers = info.get("workers")
+        beats = [w for w in workers if isinstance(w, dict)] if isinstance(workers, list) else [info]
+        most = max((len(s) for b in beats if isinstance(s := b.get("gpu_slots"), list)), default=0)
+        if most:
+            return most, "GPUs"
     cores = info.get("cpu_count")
     return (cores if isinstance(cores, int) else 1), "CPU cores"
 

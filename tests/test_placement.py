@@ -17,8 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from master.placement import node_devices
-from shared.errors import FinalError
+from master.nodes import merge_beats
+from master.placement import Largest, check_fits, node_devices
+from shared.errors import FinalError, InvalidRequest
 from shared.schemas import JobSpec, TaskMessage
 from shared.settings import Settings
 from tests.conftest import log_texts, wait_for, wait_status
@@ -172,3 +173,19 @@ def test_devices_on_the_cpu_queue_count_cores_even_on_a_gpu_node() -> None:
     assert node_devices(info, "gpu") == (1, "GPUs")
     assert node_devices(info, "cpu") == (16, "CPU cores")
     assert node_devices({"gpu_slots": [], "cpu_count": 2}, "gpu") == (2, "CPU cores")
+
+
+def test_a_node_offers_the_gpus_of_its_largest_worker_not_their_sum() -> None:
+    """Two workers on one machine with GPU groups 0,1 and 2,3: a job runs under one worker, so a
+    4-GPU job fits nowhere there and must be refused at submit, not bounce between them forever."""
+    beats = [
+        {"worker": f"box#{i}", "ts": 100.0 + i, "queues": ["gpu"], "gpu_slots": slots, "cpu_count": 16}
+        for i, slots in enumerate(([0, 1], [2, 3]))
+    ]
+    merged = merge_beats(beats)
+    assert merged["gpu_slots"] == [0, 1, 2, 3]  # what the machine has, for people to read
+    assert node_devices(merged, "gpu") == (2, "GPUs")
+    with pytest.raises(InvalidRequest, match="has 2 GPUs"):
+        check_fits(
+            JobSpec(command=["true"], devices=4), {"gpu": Largest("box", *node_devices(merged, "gpu"))}
+        )

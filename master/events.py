@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import redis
 from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -282,7 +283,15 @@ class EventConsumer:
             self._pending_done = False
             raise
         dead = [(eid, raw, reason) for (eid, raw), reason in zip(entries, reasons, strict=True) if reason]
-        # Dead-lettered before the acknowledgement: a crash in between only dead-letters it twice.
-        self._bus.dead_letter(dead)
-        self._bus.ack([entry_id for entry_id, _ in entries])
+        try:
+            # Dead-lettered before the acknowledgement: a crash in between only dead-letters it
+            # twice. A dead letter Redis refuses (full) is still in the log and on its job.
+            try:
+                self._bus.dead_letter(dead)
+            except redis.RedisError:
+                log.exception("could not keep %d dead events in the dead-letter stream", len(dead))
+            self._bus.ack([entry_id for entry_id, _ in entries])
+        except Exception:
+            self._pending_done = False  # applied, but still pending: read again, dropped as replays
+            raise
         return len(entries)

@@ -75,6 +75,7 @@ class CacheBudget:
         self.depth = depth
         self.label = label
         self.pins_dir = root / BOOKKEEPING / "pins"
+        self.trash_dir = root / BOOKKEEPING / "trash"
 
     def path(self, key: str) -> Path:
         return self.root / key
@@ -102,6 +103,12 @@ class CacheBudget:
 
     def added(self, key: str) -> list[str]:
         """A download of `key` finished: mark its use and make room for it; the keys evicted."""
+        try:
+            return self._added(key)
+        finally:
+            self.empty_trash()
+
+    def _added(self, key: str) -> list[str]:
         with self.locked():
             self.touch(key)
             entry = self._entry_of(key)
@@ -118,8 +125,25 @@ class CacheBudget:
 
     def evict(self) -> list[str]:
         """Remove least recently used entries no attempt holds until the cache fits; the keys removed."""
-        with self.locked():
-            return self._evict()
+        try:
+            with self.locked():
+                return self._evict()
+        finally:
+            self.empty_trash()
+
+    def empty_trash(self) -> None:
+        """Delete what eviction set aside. Outside the lock: deleting a large dataset can take
+        minutes, and every attempt on the machine (and the heartbeat) waits for the lock."""
+        try:
+            items = list(os.scandir(self.trash_dir))
+        except FileNotFoundError:
+            return
+        for item in items:
+            if item.is_dir(follow_symlinks=False):
+                shutil.rmtree(item.path, ignore_errors=True)  # another process may empty it too
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(item.path)
 
     def entries(self) -> list[Entry]:
         """What the cache holds now, partial downloads included under the name they will have."""
@@ -227,12 +251,11 @@ class CacheBudget:
         return next((e for e in self._scan(folder, prefix, 1) if e.key == key), None)
 
     def _remove(self, entry: Entry) -> None:
+        """Out of the cache at once, by a rename into the trash; `empty_trash` deletes it later."""
+        self.trash_dir.mkdir(parents=True, exist_ok=True)
         for path in entry.paths:
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, self.trash_dir / uuid.uuid4().hex)
         # Folders left empty above the entry (a dataset's key folder once its last version left).
         parent = self.path(entry.key).parent
         while parent != self.root and parent.is_dir() and not any(parent.iterdir()):

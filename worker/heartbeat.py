@@ -52,7 +52,7 @@ class CacheUsage:
             self._at = now
             try:
                 self._value = cache_usage(self._settings)
-            except OSError as exc:
+            except Exception as exc:  # the lock held too long, a folder unreadable: figures only
                 log.warning("cannot measure the caches: %s", exc)
         return self._value
 

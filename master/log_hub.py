@@ -142,7 +142,11 @@ class LogHub:
         if new:
             self._changed.set()
             if self._reading:
-                await self._wake()
+                try:
+                    await self._wake()
+                except BaseException:  # cancelled or Redis away: nobody would ever unsubscribe it
+                    self.fanout.remove(sub)
+                    raise
         return sub
 
     async def _last_entry(self, job_id: int) -> LogPosition:

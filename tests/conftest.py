@@ -13,8 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
+from sqlmodel import SQLModel
 
+from master.db import make_engine
 from shared.settings import Settings
 from trainfarm.services import PostgresServer, RedisServer, SeaweedS3
 from trainfarm.services.farm import MasterProcess, WorkerProcess
@@ -74,6 +76,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
     engine.dispose()
     return server.url
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    """A fresh SQLite database with the models' schema, for unit tests that need no other service."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'unit.db'}")
+    SQLModel.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

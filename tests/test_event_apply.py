@@ -4,14 +4,11 @@ reports refused, and a bad entry costing only itself (its own savepoint, a warni
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from sqlmodel import Session, SQLModel, select
+from sqlmodel import Session, select
 
-from master.db import make_engine
 from master.events import apply_entries, apply_event
 from master.job_warnings import MAX_WARNINGS, add_warning
 from master.lifecycle import RetryPolicy, end_attempt
@@ -22,14 +19,6 @@ from shared.schemas import AttemptOutcome
 from shared.status import JobStatus
 
 SPEC = {"command": ["true"], "queue": "cpu", "max_retries": 2}
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'unit.db'}")
-    SQLModel.metadata.create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

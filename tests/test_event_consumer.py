@@ -5,29 +5,19 @@ waits for a master restart."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session
 
-from master.db import make_engine
 from master.events import EventConsumer
 from master.models import Job, JobAttempt
 from shared.events import Started, envelope
 from shared.status import JobStatus
 from shared.streams import EVENTS_GROUP, EVENTS_KEY, EventBus
 from trainfarm.services import RedisServer
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'consumer.db'}")
-    SQLModel.metadata.create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -4,15 +4,13 @@ door through them, the retry backoff, the lease reaper's verdicts and the hand-b
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session
 
-from master.db import make_engine
 from master.lifecycle import RetryPolicy, end_attempt, retry_delay
 from master.models import Job, JobAttempt, utcnow
 from master.reaper import overdue
@@ -138,14 +136,6 @@ def test_reaper_with_no_grace_declares_at_once() -> None:
 
 
 # --- hand-back bound -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'unit.db'}")
-    SQLModel.metadata.create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 def _running_job(session: Session, max_retries: int) -> tuple[Job, JobAttempt]:

@@ -12,6 +12,7 @@ from sqlmodel import Session, select
 from master.events import apply_entries, apply_event
 from master.job_warnings import MAX_WARNINGS, add_warning
 from master.lifecycle import RetryPolicy, end_attempt
+from master.metrics import HANDBACKS
 from master.models import Artifact, Job, JobAttempt, JobMetric
 from master.transitions import move_attempt
 from shared.events import ArtifactStored, EventData, Finished, Metrics, Started, envelope, parse_event
@@ -201,6 +202,7 @@ def test_warnings_keep_the_newest_few() -> None:
 def test_a_storm_of_hand_back_events_ends_the_job(engine: Engine, job_id: int) -> None:
     policy = RetryPolicy(max_handbacks=2)
     handed = Finished(outcome=AttemptOutcome.FAILED, retryable=True, handed_back=True, error="handed back")
+    counted = HANDBACKS._value.get()
     for number in range(1, 10):
         reasons = apply_entries(
             engine,
@@ -214,3 +216,5 @@ def test_a_storm_of_hand_back_events_ends_the_job(engine: Engine, job_id: int) -
     # Two free hand-backs, then three that count: the first try plus max_retries=2.
     assert (job.status, job.attempts, job.handbacks) == (JobStatus.FAILED, 5, 2)
     assert len(job.warnings) == 3
+    # Every hand-back is counted for /metrics, free or not: a storm shows on the farm's graphs.
+    assert HANDBACKS._value.get() == counted + 5

@@ -106,14 +106,15 @@ class AttemptRunner:
             log.exception("attempt %s of job %s broke", number, job_id)
             error = f"worker error: {type(exc).__name__}: {exc}"
             ending = Ending(AttemptOutcome.FAILED, error, retryable=True)
-        try:
+        detail = f" ({ending.error})" if ending.error else ""
+        pump.note(f"attempt {number} ended: {ending.outcome.value}{detail}")
+        try:  # the log stays open meanwhile, for what the uploads have to say
             upload_tree(self.ctx.store, self.reporter, dirs.output, job_id, note=pump.note)
             checkpoints.sync()
         except Exception as exc:
             log.exception("uploads of job %s attempt %s failed", job_id, number)
             ending = Ending(AttemptOutcome.FAILED, f"upload failed: {exc}", retryable=True)
-        detail = f" ({ending.error})" if ending.error else ""
-        pump.note(f"attempt {number} ended: {ending.outcome.value}{detail}")
+            pump.note(f"attempt {number} uploads failed: {exc}")
         pump.close()
         # In a step of its own: the live stream no longer holds the early lines (its budget), so
         # the archive is the only full copy, whatever became of the outputs.

@@ -277,13 +277,7 @@ class EventConsumer:
             return self.batch  # not caught up yet: new events come next
         try:
             reasons = apply_entries(self._engine, [raw for _, raw in entries], self._policy)
-        except Exception:
-            # The round's entries stay pending in the group, and ">" never hands them out again:
-            # the next round starts from the pending ones, or they would wait for a restart.
-            self._pending_done = False
-            raise
-        dead = [(eid, raw, reason) for (eid, raw), reason in zip(entries, reasons, strict=True) if reason]
-        try:
+            dead = [(eid, raw, why) for (eid, raw), why in zip(entries, reasons, strict=True) if why]
             # Dead-lettered before the acknowledgement: a crash in between only dead-letters it
             # twice. A dead letter Redis refuses (full) is still in the log and on its job.
             try:
@@ -292,6 +286,9 @@ class EventConsumer:
                 log.exception("could not keep %d dead events in the dead-letter stream", len(dead))
             self._bus.ack([entry_id for entry_id, _ in entries])
         except Exception:
-            self._pending_done = False  # applied, but still pending: read again, dropped as replays
+            # Not applied, or applied but not acknowledged: the round's entries stay pending, and
+            # ">" never hands them out again, so the next round reads the pending ones first
+            # (replays of applied ones are dropped by their sequence numbers).
+            self._pending_done = False
             raise
         return len(entries)

@@ -7,20 +7,37 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from tenacity import retry, stop_after_delay, wait_exponential
 
-from master.api import artifacts, code, datasets, errors, health, jobs, logs, nodes
+from master.api import (
+    artifacts,
+    audit,
+    auth,
+    code,
+    datasets,
+    errors,
+    health,
+    jobs,
+    logs,
+    nodes,
+    tokens,
+    users,
+)
+from master.api.deps import get_caller
 from master.background import start_loops
 from master.db import init_db, make_engine
 from master.events import EventConsumer
 from master.lifecycle import RetryPolicy
 from master.metrics import RequestTimer, make_registry, register_log_hub
 from master.reaper import LeaseReaper
+from master.security_headers import SecurityHeaders
 from master.state import MasterState
+from shared.errors import Unauthorized
 from shared.leases import Leases
 from shared.settings import Settings, get_settings
 from shared.streams import EventBus, LogStream
@@ -33,6 +50,11 @@ STATIC = Path(__file__).parent / "static"
 def _ensure_bucket(state: MasterState) -> None:
     # S3 may still be starting next to us (docker-compose, standalone); give it a minute.
     state.store.ensure_bucket()
+
+
+def _host_patterns(hosts: list[str]) -> list[str]:
+    # An IPv6 host may be written with or without its brackets; accept both spellings.
+    return sorted({h.lower() for h in hosts} | {h.lower().strip("[]") for h in hosts})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -81,13 +103,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (jobs, logs, artifacts, datasets, code, nodes, health):
-        app.include_router(module.router, prefix="/api")
+    # Every route of these needs a token or a session (a test walks the OpenAPI schema to hold us
+    # to it); the login routes and /api/health are the only ones open.
+    signed_in = [Depends(get_caller)]
+    for module in (jobs, logs, artifacts, datasets, code, nodes, tokens, users, audit):
+        app.include_router(module.router, prefix="/api", dependencies=signed_in)
+    app.include_router(auth.router, prefix="/api")
+    app.include_router(health.router, prefix="/api")
 
+    # Outermost first: the host check answers before anything else runs.
     app.add_middleware(RequestTimer)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=_host_patterns(settings.allowed_hosts))
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics(request: Request) -> Response:
+        state: MasterState = request.app.state.master
+        if settings.auth_enabled and not state.auth.is_scraper(request):
+            caller = get_caller(request, state, None)
+            if not caller.is_admin:
+                raise Unauthorized("/metrics takes the scrape token (TRAINFARM_METRICS_TOKEN) or an admin's")
         return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)

@@ -9,6 +9,7 @@ from datetime import timedelta
 import redis
 from sqlmodel import Session, select
 
+from master import audit
 from master.dispatch import Dispatcher
 from master.job_warnings import add_warning
 from master.metrics import HANDBACKS
@@ -52,17 +53,28 @@ def check_code(store: ArtifactStore, specs: list[JobSpec], *, batch: bool = Fals
             )
 
 
-def submit_jobs(session: Session, dispatcher: Dispatcher, specs: list[JobSpec]) -> list[Job]:
+def submit_jobs(
+    session: Session,
+    dispatcher: Dispatcher,
+    specs: list[JobSpec],
+    owner: str | None,
+    address: str | None = None,
+) -> list[Job]:
     """Store then publish. A crash between the two leaves the attempt unpublished, and the
     dispatcher's sweep publishes it: a job is never stuck in `queued` with no message."""
     for spec in specs:
         if spec.datasets:
             check_datasets(session, spec)
     jobs = [
-        Job(name=s.name, queue=s.queue, priority=s.priority, spec=s.model_dump(mode="json")) for s in specs
+        Job(name=s.name, queue=s.queue, priority=s.priority, spec=s.model_dump(mode="json"), owner=owner)
+        for s in specs
     ]
     session.add_all(jobs)
     session.flush()
+    ids = [j.id for j in jobs]
+    # One entry per request: a 1,000-job sweep is one thing a person did.
+    target = f"job {ids[0]}" if len(ids) == 1 else f"jobs {ids[0]}..{ids[-1]} ({len(ids)})"
+    audit.record(session, owner, "job.submit", target, {"jobs": ids} if len(ids) > 1 else {}, address)
     attempts = [JobAttempt(job_id=j.id, number=1) for j in jobs]  # type: ignore[arg-type]
     session.add_all(attempts)
     session.flush()
@@ -75,9 +87,12 @@ def submit_jobs(session: Session, dispatcher: Dispatcher, specs: list[JobSpec]) 
     return jobs
 
 
-def cancel_job(session: Session, broker: redis.Redis, job: Job) -> Job:
+def cancel_job(
+    session: Session, broker: redis.Redis, job: Job, actor: str | None, address: str | None = None
+) -> Job:
     if job.status.terminal:
         raise Conflict(f"job {job.id} has already ended ({job.status.value})")
+    audit.record(session, actor, "job.cancel", f"job {job.id}", {"status": job.status.value}, address)
     # The flag is what workers check, both before starting and while running.
     broker.set(cancel_key(job.id), "1", ex=CANCEL_FLAG_TTL)  # type: ignore[arg-type]
     job.cancel_requested = True

@@ -1,4 +1,5 @@
-"""Tables and their public shapes: jobs, job attempts, metrics, artifacts, datasets, nodes."""
+"""Tables and their public shapes: jobs, job attempts, metrics, artifacts, datasets, code bundles,
+nodes, users, API tokens and the audit trail."""
 
 from __future__ import annotations
 
@@ -9,11 +10,30 @@ from sqlalchemy import JSON, BigInteger, Column, Integer, String, Text, UniqueCo
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
+from shared.roles import Role
 from shared.status import JobStatus
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """A stored time as an aware UTC one: SQLite and PostgreSQL's plain timestamp hand back naive ones."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+class RoleColumn(TypeDecorator[Role]):
+    """A plain string column read back as a `Role`."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def process_bind_param(self, value: Role | str | None, dialect: object) -> str | None:
+        return None if value is None else Role(value).value
+
+    def process_result_value(self, value: str | None, dialect: object) -> Role | None:
+        return None if value is None else Role(value)
 
 
 class StatusColumn(TypeDecorator[JobStatus]):
@@ -37,6 +57,8 @@ class JobBase(SQLModel):
     queue: str = Field(max_length=32, index=True)
     priority: int = 5
     status: JobStatus = Field(default=JobStatus.QUEUED, sa_type=StatusColumn, index=True)  # type: ignore[call-overload]
+    #: Name of the user who submitted it; null for jobs from before there were users.
+    owner: str | None = Field(default=None, max_length=64, index=True)
 
 
 class Job(JobBase, table=True):
@@ -80,6 +102,9 @@ class JobPublic(JobBase):
     cancel_requested: bool
     progress: dict[str, Any]
     metrics: dict[str, Any]
+    #: The spec, log tail, error, progress, metrics and warnings are left out: the job is someone
+    #: else's and the farm runs with TRAINFARM_JOB_VISIBILITY=own.
+    details_hidden: bool = False
 
 
 class JobsPublic(SQLModel):
@@ -176,6 +201,7 @@ class DatasetBase(SQLModel):
     size: int = Field(sa_type=BigInteger)
     sha256: str
     created_at: datetime = Field(default_factory=utcnow)
+    owner: str | None = Field(default=None, max_length=64)
 
 
 class Dataset(DatasetBase, table=True):
@@ -188,6 +214,17 @@ class Dataset(DatasetBase, table=True):
 
 class DatasetPublic(DatasetBase):
     pass
+
+
+class CodeBundle(SQLModel, table=True):
+    """Who uploaded a code bundle (the bytes are in S3 under their digest)."""
+
+    __tablename__ = "code_bundles"
+
+    digest: str = Field(primary_key=True, max_length=64)
+    size: int = Field(sa_type=BigInteger)
+    owner: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class NodeBase(SQLModel):
@@ -204,3 +241,88 @@ class Node(NodeBase, table=True):
 
 class NodePublic(NodeBase):
     online: bool
+
+
+# Users, tokens, audit --------------------------------------------------------------------------------
+
+
+class UserBase(SQLModel):
+    name: str = Field(max_length=64, unique=True, index=True)
+    role: Role = Field(sa_type=RoleColumn)  # type: ignore[call-overload]
+    #: A disabled user's tokens and sessions stop working at once; the row stays for the audit trail.
+    disabled: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class User(UserBase, table=True):
+    __tablename__ = "users"
+
+    id: int | None = Field(default=None, primary_key=True)
+    #: argon2 (pwdlib); the password itself is never stored.
+    password_hash: str = Field(max_length=255)
+
+
+class UserPublic(UserBase):
+    pass
+
+
+class TokenBase(SQLModel):
+    name: str = Field(max_length=64)
+    #: The token's first characters (`tf_` and 6 more), so a person can tell their tokens apart.
+    prefix: str = Field(max_length=16)
+    #: `api` (made by hand), `login` (POST /api/auth/login) or `session` (the dashboard's cookie).
+    kind: str = Field(default="api", max_length=16)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class ApiToken(TokenBase, table=True):
+    __tablename__ = "api_tokens"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    #: SHA-256 of the token, hex. Tokens are 32 random bytes, so a fast hash is as safe as a slow
+    #: one, and a request costs one indexed lookup rather than an argon2 run.
+    digest: str = Field(max_length=64, unique=True, index=True)
+
+
+class TokenPublic(TokenBase):
+    id: int
+    user: str
+
+
+class AuditEvent(SQLModel, table=True):
+    __tablename__ = "audit_events"
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    )
+    at: datetime = Field(default_factory=utcnow, index=True)
+    #: Who did it: a user's name, or null for the farm itself and unknown users.
+    actor: str | None = Field(default=None, max_length=64, index=True)
+    #: What, e.g. `job.submit`, `job.cancel`, `dataset.upload`, `token.revoke`, `auth.login_failed`.
+    action: str = Field(max_length=32, index=True)
+    #: On what, e.g. `job 12`, `dataset digits.csv`, `user bob`.
+    target: str = Field(default="", max_length=255)
+    detail: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    #: The client's address.
+    address: str | None = Field(default=None, max_length=64)
+
+
+class AuditEventPublic(SQLModel):
+    id: int
+    at: datetime
+    actor: str | None
+    action: str
+    target: str
+    detail: dict[str, Any]
+    address: str | None
+
+
+class AuditPage(SQLModel):
+    items: list[AuditEventPublic]
+    #: Pass as `before` for the next (older) page; null on the last page.
+    next_before: int | None

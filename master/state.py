@@ -6,8 +6,12 @@ from dataclasses import dataclass
 
 import redis
 import redis.asyncio as aioredis
+from limits.storage import RedisStorage
 from sqlalchemy import Engine
 
+from master.auth.callers import Authenticator
+from master.auth.rate_limits import RateLimits
+from master.auth.sessions import SessionCookies, session_secret
 from master.connection_cap import ConnectionCap
 from master.dispatch import Dispatcher, make_publisher
 from master.log_hub import LogHub, job_statuses
@@ -33,12 +37,20 @@ class MasterState:
     #: Open live-log streams per client.
     stream_cap: ConnectionCap
     capacities: Capacities
+    auth: Authenticator
 
     @classmethod
     def connect(cls, settings: Settings, engine: Engine) -> MasterState:
         broker = make_redis(settings.redis_url, socket_timeout=10)
         aredis = make_async_redis(settings.redis_url)
         store = ArtifactStore(make_s3_client(settings), settings.s3_bucket)
+        limits = RateLimits(
+            RedisStorage(settings.redis_url),
+            settings.rate_limit_mutations_per_minute,
+            settings.rate_limit_failed_logins_per_minute,
+        )
+        cookies = SessionCookies(session_secret(settings), settings.session_ttl)
+        metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
         return cls(
             settings=settings,
             engine=engine,
@@ -52,4 +64,5 @@ class MasterState:
             hub=LogHub(make_async_redis(settings.redis_url), aredis, job_statuses(engine)),
             stream_cap=ConnectionCap(settings.sse_max_connections_per_client),
             capacities=Capacities(settings.node_offline_after),
+            auth=Authenticator(engine, cookies, limits, metrics_token),
         )

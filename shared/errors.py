@@ -14,9 +14,41 @@ class TrainfarmError(Exception):
         #: Dotted path of the request field at fault, when one is.
         self.field = field
 
+    def headers(self) -> dict[str, str] | None:
+        """HTTP headers the answer to this error carries."""
+        return None
+
 
 class NotFound(TrainfarmError):
     http_status = 404
+
+
+class Unauthorized(TrainfarmError):
+    """No credentials, or ones that do not work (unknown, expired, revoked, a disabled user)."""
+
+    http_status = 401
+
+    def headers(self) -> dict[str, str] | None:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(TrainfarmError):
+    """Credentials that work, for a user whose role or ownership does not allow this."""
+
+    http_status = 403
+
+
+class RateLimited(TrainfarmError):
+    """Over a rate limit; `retry_after` seconds from now a request is allowed again."""
+
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int, *, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.retry_after = max(1, retry_after)
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class InvalidRequest(TrainfarmError):

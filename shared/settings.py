@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import ByteSize, Field, model_validator
+from pydantic import ByteSize, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The directory holding `shared/`, `master/`, `worker/`: child processes must import them from a
@@ -39,6 +39,36 @@ class Settings(BaseSettings):
     #: Live-log (SSE) streams one client may hold open at once; the next answers 429. Clients are
     #: told apart by address for now.
     sse_max_connections_per_client: int = Field(default=32, ge=1)
+
+    # Users and access (master/auth/)
+    #: Every route but /api/health needs a token or a dashboard session. Off only to measure what
+    #: checking costs (bench/submit.py); refused in production.
+    auth_enabled: bool = True
+    #: `team`: every user reads every job's spec, logs, metrics and artifacts; `own`: members and
+    #: viewers see only the status, queue, owner and timing of other people's jobs.
+    job_visibility: Literal["team", "own"] = "team"
+    #: Host names the master answers to (the Host header); anything else gets 400, so a DNS
+    #: rebinding page cannot reach a farm on 127.0.0.1. Add the names users reach it by.
+    allowed_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost", "[::1]"])
+    #: Mutating requests (submit, cancel, upload, ...) one token may make per minute; a batch
+    #: submission counts once.
+    rate_limit_mutations_per_minute: int = Field(default=60, ge=1)
+    #: Failed logins one client address may make per minute before it is refused (429) for a while.
+    rate_limit_failed_logins_per_minute: int = Field(default=5, ge=1)
+    #: Key that signs dashboard session cookies; every master process of a farm needs the same
+    #: one. Unset in development: made once and kept in `<data_dir>/session.key`.
+    session_secret: SecretStr | None = None
+    #: Seconds a dashboard session lasts.
+    session_ttl: int = Field(default=12 * 3600, ge=60)
+    #: Days a token from `POST /api/auth/login` (`trainfarm login`) stays valid.
+    login_token_days: int = Field(default=30, ge=1)
+    #: Bearer token Prometheus sends to scrape /metrics (its `authorization` config), so a
+    #: monitoring box needs no user account; an admin's token works too.
+    metrics_token: SecretStr | None = None
+    #: `user:password` Flower asks for (its --basic_auth); standalone uses the first admin's.
+    flower_basic_auth: SecretStr | None = None
+    #: The CLI's API token, over the one `trainfarm login` saved.
+    token: SecretStr | None = None
 
     # Broker and streams
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -145,13 +175,32 @@ class Settings(BaseSettings):
         self.work_dir = (self.work_dir or self.data_dir / "work").expanduser()
         if not self.environment_dirs:
             self.environment_dirs = default_environment_dirs()
-        if self.environment == "production" and self.s3_secret_key == DEV_S3_SECRET:
-            raise ValueError("TRAINFARM_S3_SECRET_KEY must be set to a real secret in production")
+        if self.environment == "production":
+            self._refuse_insecure()
         return self
+
+    def _refuse_insecure(self) -> None:
+        if self.s3_secret_key == DEV_S3_SECRET:
+            raise ValueError("TRAINFARM_S3_SECRET_KEY must be set to a real secret in production")
+        if not self.auth_enabled:
+            raise ValueError(
+                "TRAINFARM_AUTH_ENABLED=false is refused in production: every route would be open"
+            )
+        if self.session_secret is None or len(self.session_secret.get_secret_value()) < 32:
+            raise ValueError("TRAINFARM_SESSION_SECRET must be set (32 characters or more) in production")
+        if "*" in self.allowed_hosts:
+            raise ValueError(
+                "TRAINFARM_ALLOWED_HOSTS must name the master's host names in production, not '*'"
+            )
 
     def to_env(self) -> dict[str, str]:
         """These settings as the environment of a child process (master, worker, flower)."""
-        values = self.model_dump(mode="json", exclude_none=True)
+        # The CLI's own token is the user's, never a farm process's.
+        values = self.model_dump(mode="json", exclude_none=True, exclude={"token"})
+        for name in values:  # json mode masks secrets as '**********'; a child needs them whole
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                values[name] = value.get_secret_value()
         # pydantic-settings reads list fields as JSON.
         return {
             f"TRAINFARM_{k.upper()}": json.dumps(v) if isinstance(v, list) else str(v)

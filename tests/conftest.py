@@ -9,15 +9,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlmodel import SQLModel
+from typer.testing import CliRunner, Result
 
 from master.db import make_engine
-from shared.settings import Settings
+from shared.settings import Settings, get_settings
+from trainfarm.cli import app as cli_app
+from trainfarm.credentials import ensure_credentials
 from trainfarm.services import PostgresServer, RedisServer, SeaweedS3
 from trainfarm.services.farm import MasterProcess, WorkerProcess
 from trainfarm.services.postgres import available as postgres_available
@@ -106,7 +110,33 @@ def settings(tmp_path: Path, redis_server: RedisServer, s3_server: SeaweedS3, da
         lease_ttl=4.0,
         lease_grace=2.0,
         broker_visibility_timeout=60,
+        # Tests make far more changes a minute than a person; the rate-limit tests set their own.
+        rate_limit_mutations_per_minute=100_000,
+        # `testserver` is the host name of FastAPI's in-process TestClient.
+        allowed_hosts=["127.0.0.1", "localhost", "testserver"],
     )
+
+
+def run_cli(master: MasterProcess | str, *args: str, token: str | None = None, **kwargs: Any) -> Result:
+    """`trainfarm --api-url <master> ARGS` in-process, as the master's first admin unless `token`
+    says otherwise; a URL instead of a master runs with no token."""
+    get_settings.cache_clear()  # TRAINFARM_TOKEN is read through it
+    if isinstance(master, str):
+        url, token = master, token
+    else:
+        url, token = master.url, token or master.token
+    try:
+        env: dict[str, str | None] = {"TRAINFARM_TOKEN": token, **kwargs.pop("env", {})}
+        result = CliRunner().invoke(cli_app, ["--api-url", url, *args], env=env, **kwargs)
+    finally:
+        get_settings.cache_clear()
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def admin_headers(settings: Settings) -> dict[str, str]:
+    """The farm's first admin (made if missing, as a standalone farm does), as request headers."""
+    return {"Authorization": f"Bearer {ensure_credentials(settings).token}"}
 
 
 @pytest.fixture
@@ -117,7 +147,8 @@ def master(settings: Settings, tmp_path: Path) -> Iterator[MasterProcess]:
 
 @pytest.fixture
 def api(master: MasterProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"{master.url}/api", timeout=30) as client:
+    """The master's API as its first admin."""
+    with master.client(timeout=30) as client:
         yield client
 
 

@@ -19,14 +19,16 @@ from master.published_marks import PublishedMarks
 from shared.celery_config import celery_priority
 from shared.settings import Settings
 from shared.streams import cancel_key
-from tests.conftest import wait_for
+from tests.conftest import admin_headers, wait_for
 
 COMMAND = {"command": ["python", "-c", "print(1)"], "queue": "cpu"}
 
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings), base_url="http://testserver/api") as test_client:
+    with TestClient(
+        create_app(settings), base_url="http://testserver/api", headers=admin_headers(settings)
+    ) as test_client:
         yield test_client
 
 

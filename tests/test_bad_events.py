@@ -94,7 +94,9 @@ def test_bad_stream_entries_are_dead_lettered_and_the_rest_applied(api, master, 
     assert broker.xpending(EVENTS_KEY, EVENTS_GROUP)["pending"] == 0  # all acknowledged
     warnings = api.get(f"/jobs/{job_id}").json()["warnings"]
     assert len(warnings) == 3 and "metrics.data.metrics.loss" in warnings[0]  # "{not json" names no job
-    scrape = httpx.get(f"{master.url}/metrics").text
+    scrape = httpx.get(
+        f"{master.url}/metrics", headers={"Authorization": f"Bearer {master.credentials.metrics_token}"}
+    ).text
     assert 'trainfarm_events_dead_lettered_total{reason="invalid"} 4.0' in scrape
 
     # The lease check still runs: the injected "started" has no worker renewing a lease, so the

@@ -12,7 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tests.conftest import DIGITS
+from tests.conftest import DIGITS, run_cli
 from trainfarm.cli import app
 from trainfarm.cli_jobs import follow_logs, parse_hyperparameters
 from trainfarm.client import ApiClient, ChecksumMismatch
@@ -24,10 +24,8 @@ SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 runner = CliRunner()
 
 
-def cli(url: str, *args: str):
-    result = runner.invoke(app, ["--api-url", url, *args])
-    assert "Traceback" not in result.output, result.output
-    return result
+def cli(master, *args: str, **kwargs):
+    return run_cli(master, *args, **kwargs)
 
 
 def program_lines(output: str) -> list[str]:
@@ -37,89 +35,89 @@ def program_lines(output: str) -> list[str]:
 @SQLITE
 def test_submit_follow_show_logs_and_artifacts(master, worker, tmp_path):
     code = "for i in range(300): print(f'line {i}')"
-    result = cli(master.url, "submit", "--queue", "cpu", "--name", "printer", "-f", "--", PY, "-c", code)
+    result = cli(master, "submit", "--queue", "cpu", "--name", "printer", "-f", "--", PY, "-c", code)
     assert result.exit_code == 0, result.output
     assert program_lines(result.stdout) == [f"line {i}" for i in range(300)]
     assert "job 1 queued on queue cpu" in result.stderr
     assert "job 1 succeeded" in result.stderr
 
-    listing = cli(master.url, "jobs")
+    listing = cli(master, "jobs")
     assert listing.exit_code == 0
     [row] = [line for line in listing.stdout.splitlines() if line.startswith("1 ")]
     assert row.split()[:4] == ["1", "printer", "succeeded", "cpu"]
 
-    shown = cli(master.url, "show", "1")
+    shown = cli(master, "show", "1")
     assert shown.exit_code == 0
     assert "printer" in shown.stdout and "succeeded" in shown.stdout and "node-1" in shown.stdout
 
-    logs = cli(master.url, "logs", "1")
+    logs = cli(master, "logs", "1")
     assert program_lines(logs.stdout) == [f"line {i}" for i in range(300)]
-    assert cli(master.url, "logs", "-f", "1").exit_code == 0
+    assert cli(master, "logs", "-f", "1").exit_code == 0
 
     write = "import os,pathlib; pathlib.Path(os.environ['TRAINFARM_OUTPUT_DIR'],'out.txt').write_text('hi')"
-    assert cli(master.url, "submit", "--queue", "cpu", "-f", "--", PY, "-c", write).exit_code == 0
-    assert "out.txt" in cli(master.url, "artifacts", "2").stdout
-    download = cli(master.url, "artifacts", "2", "--download", "out.txt", "--out", str(tmp_path / "got"))
+    assert cli(master, "submit", "--queue", "cpu", "-f", "--", PY, "-c", write).exit_code == 0
+    assert "out.txt" in cli(master, "artifacts", "2").stdout
+    download = cli(master, "artifacts", "2", "--download", "out.txt", "--out", str(tmp_path / "got"))
     assert download.exit_code == 0, download.output
     assert (tmp_path / "got" / "out.txt").read_text() == "hi"
-    missing = cli(master.url, "artifacts", "2", "--download", "nope.bin", "--out", str(tmp_path))
+    missing = cli(master, "artifacts", "2", "--download", "nope.bin", "--out", str(tmp_path))
     assert missing.exit_code == 1
     assert "job 2 has no artifact 'nope.bin' (field: name)" in missing.stderr
 
     fail = "import sys; print('bye'); sys.exit(3)"
-    failed = cli(master.url, "submit", "--queue", "cpu", "--retries", "0", "-f", "--", PY, "-c", fail)
+    failed = cli(master, "submit", "--queue", "cpu", "--retries", "0", "-f", "--", PY, "-c", fail)
     assert failed.exit_code == 1
     assert "bye" in failed.stdout and "exited with code 3" in failed.stderr
-    assert cli(master.url, "logs", "-f", "3").exit_code == 1
+    assert cli(master, "logs", "-f", "3").exit_code == 1
 
 
 @SQLITE
 def test_datasets_upload_and_list(master):
-    uploaded = cli(master.url, "datasets", "upload", str(DIGITS))
+    uploaded = cli(master, "datasets", "upload", str(DIGITS))
     assert uploaded.exit_code == 0, uploaded.output
     assert uploaded.stdout.startswith("uploaded digits.csv")
 
-    listing = cli(master.url, "datasets", "list")
+    listing = cli(master, "datasets", "list")
     [row] = [line for line in listing.stdout.splitlines() if line.startswith("digits.csv")]
     assert row.split()[1:3] == [f"{DIGITS.stat().st_size / 1024:.1f}", "KiB"]
 
-    again = cli(master.url, "datasets", "upload", str(DIGITS))
+    again = cli(master, "datasets", "upload", str(DIGITS))
     assert again.exit_code == 1
     assert "exists; pass overwrite=true (CLI: --overwrite) to replace it (field: name)" in again.stderr
-    renamed = cli(master.url, "datasets", "upload", str(DIGITS), "--name", "d2.csv")
+    renamed = cli(master, "datasets", "upload", str(DIGITS), "--name", "d2.csv")
     assert renamed.exit_code == 0
-    assert cli(master.url, "datasets", "upload", str(DIGITS), "--overwrite").exit_code == 0
-    assert cli(master.url, "datasets", "upload", "no-such-file.csv").exit_code == 2
+    assert cli(master, "datasets", "upload", str(DIGITS), "--overwrite").exit_code == 0
+    assert cli(master, "datasets", "upload", "no-such-file.csv").exit_code == 2
 
 
 @SQLITE
 def test_cancel_and_bad_input(master):
-    submitted = cli(master.url, "submit", "--queue", "cpu", "--hp", "lr=0.01", "--", PY, "-c", "pass")
+    submitted = cli(master, "submit", "--queue", "cpu", "--hp", "lr=0.01", "--", PY, "-c", "pass")
     assert submitted.exit_code == 0
     assert submitted.stdout.strip() == "job 1 queued on queue cpu"
-    cancelled = cli(master.url, "cancel", "1")
+    cancelled = cli(master, "cancel", "1")
     assert cancelled.stdout.strip() == "job 1 cancelled"
-    assert "cancelled" in cli(master.url, "show", "1").stdout
-    again = cli(master.url, "cancel", "1")
+    assert "cancelled" in cli(master, "show", "1").stdout
+    again = cli(master, "cancel", "1")
     assert (again.exit_code, again.stderr.strip()) == (1, "error: job 1 has already ended (cancelled)")
 
-    bad = cli(master.url, "submit", "--devices", "0", "--", PY, "-c", "pass")
+    bad = cli(master, "submit", "--devices", "0", "--", PY, "-c", "pass")
     assert bad.exit_code == 1
     assert bad.stderr.startswith("error: devices:") and "(field: devices)" in bad.stderr
 
-    both = cli(master.url, "submit", "--image", "lab/torch:2", "--env", "torch2", "--", "python", "t.py")
+    both = cli(master, "submit", "--image", "lab/torch:2", "--env", "torch2", "--", "python", "t.py")
     assert both.exit_code == 1 and "give at most one of 'image' (Docker) or 'environment'" in both.stderr
-    docker = cli(
-        master.url, "submit", "--image", "lab/torch:2", "--memory", "512", "--cpus", "1.5", "--", "true"
-    )
+    docker = cli(master, "submit", "--image", "lab/torch:2", "--memory", "512", "--cpus", "1.5", "--", "true")
     assert docker.exit_code == 0, docker.output
-    shown = httpx.get(f"{master.url}/api/jobs/2").json()["spec"]
+    shown = httpx.get(f"{master.url}/api/jobs/2", headers={"Authorization": f"Bearer {master.token}"}).json()[
+        "spec"
+    ]
     assert (shown["image"], shown["memory_mb"], shown["cpus"]) == ("lab/torch:2", 512, 1.5)
 
-    unknown = cli(master.url, "show", "999")
+    unknown = cli(master, "show", "999")
     assert (unknown.exit_code, unknown.stderr.strip()) == (1, "error: job 999 not found (field: job_id)")
-    assert cli(master.url, "logs", "-f", "999").exit_code == 1
-    assert cli(master.url, "submit", "--hp", "novalue", "--", "true").exit_code == 2
+    assert cli(master, "logs", "-f", "999").exit_code == 1
+    assert cli(master, "submit", "--hp", "novalue", "--", "true").exit_code == 2
 
 
 def test_unreachable_master_is_one_helpful_line():

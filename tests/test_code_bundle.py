@@ -19,9 +19,8 @@ from typer.testing import CliRunner
 from shared.errors import FinalError
 from shared.settings import Settings, child_environment
 from shared.storage import ArtifactStore, code_bundle_key, make_s3_client
-from tests.conftest import DIGITS, log_texts, upload_dataset, wait_status
+from tests.conftest import DIGITS, log_texts, run_cli, upload_dataset, wait_status
 from trainfarm import bundle
-from trainfarm.cli import app
 from trainfarm.render import format_size
 from worker.code_bundle import CodeBundles
 
@@ -39,10 +38,8 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"code_bundle_max_bytes": MAX_BUNDLE})
 
 
-def cli(url: str, *args: str):
-    result = runner.invoke(app, ["--api-url", url, *args])
-    assert "Traceback" not in result.output, result.output
-    return result
+def cli(master, *args: str, **kwargs):
+    return run_cli(master, *args, **kwargs)
 
 
 def make_project(root: Path) -> Path:
@@ -220,11 +217,11 @@ def test_api_upload_check_and_submit(api: httpx.Client, master, settings: Settin
     project = tmp_path / "proj"
     project.mkdir()
     (project / "train.py").write_text("print('hi')\n")
-    first = cli(master.url, "submit", str(project), "--queue", "cpu", "--", "python", "train.py")
+    first = cli(master, "submit", str(project), "--queue", "cpu", "--", "python", "train.py")
     assert first.exit_code == 0, first.output
     assert "packing" in first.stderr and "uploaded bundle" in first.stderr
     assert first.stdout.strip() == "job 2 queued on queue cpu"
-    again = cli(master.url, "submit", str(project), "--queue", "cpu", "--", "python", "train.py", "--lr", "1")
+    again = cli(master, "submit", str(project), "--queue", "cpu", "--", "python", "train.py", "--lr", "1")
     assert again.exit_code == 0, again.output
     assert "is on the farm already" in again.stderr and "uploaded" not in again.stderr
     specs = [api.get(f"/jobs/{n}").json()["spec"] for n in (2, 3)]
@@ -351,7 +348,7 @@ def test_example_reports_through_the_logger_in_a_bare_interpreter(tmp_path: Path
 def test_submit_example_project_through_a_worker(api: httpx.Client, master, worker) -> None:
     upload_dataset(api, DIGITS)
     result = cli(
-        master.url, "submit", str(EXAMPLE), "-d", "digits.csv", "--queue", "cpu", "--hp", "target=digit",
+        master, "submit", str(EXAMPLE), "-d", "digits.csv", "--queue", "cpu", "--hp", "target=digit",
         "--retries", "0", "-f", "--", "python", "train.py", "--epochs", "2",
     )  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from master.app import create_app
+from tests.conftest import admin_headers
 
 #: Tests that start the app need the conftest's services; SQLite is enough for the dashboard.
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -22,7 +23,7 @@ ALLOWED_URLS = {"http://www.w3.org/2000/svg"}
 
 @pytest.fixture
 def client(settings) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), headers=admin_headers(settings)) as c:
         yield c
 
 

@@ -421,7 +421,7 @@ def test_submissions_answer_503_while_redis_is_nearly_full(settings: Settings, t
         own = settings.model_copy(update={"redis_url": full.url})
         with (
             MasterProcess(tmp_path / "master", own) as master,
-            httpx.Client(base_url=f"{master.url}/api") as api,
+            master.client() as api,
         ):
             spec = {"command": ["true"], "queue": "cpu"}
             assert api.post("/jobs", json=spec).status_code == 201

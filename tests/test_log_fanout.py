@@ -31,6 +31,7 @@ from master.logs import LogReader
 from shared.status import JobStatus
 from shared.streams import LogPosition, log_key
 from tests.conftest import log_texts, wait_for
+from trainfarm.services.farm import MasterProcess
 
 PY = sys.executable
 
@@ -328,11 +329,15 @@ def submit(api: httpx.Client, code: str) -> int:
 
 
 def read_sse(
-    base_url: str, job_id: int, last_event_id: str | None = None, stop_after_line: str | None = None
+    base_url: str,
+    headers_: dict[str, str],
+    job_id: int,
+    last_event_id: str | None = None,
+    stop_after_line: str | None = None,
 ) -> tuple[list[str], list[str], dict | None]:
     """(program lines, event ids, the `end` data or None) of one SSE connection, read to its `end`
     or until the line `stop_after_line` has arrived (then the connection is closed)."""
-    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    headers = {**headers_, **({"Last-Event-ID": last_event_id} if last_event_id else {})}
     lines: list[str] = []
     ids: list[str] = []
     with httpx.Client(base_url=base_url, timeout=60) as client:
@@ -355,8 +360,9 @@ def read_sse(
     raise AssertionError("the stream closed without an end event")
 
 
-def metric(master_url: str, name: str) -> float:
-    text = httpx.get(f"{master_url}/metrics", timeout=10).text
+def metric(master: MasterProcess, name: str) -> float:
+    auth = {"Authorization": f"Bearer {master.credentials.metrics_token}"}
+    text = httpx.get(f"{master.url}/metrics", timeout=10, headers=auth).text
     for line in text.splitlines():
         if line.startswith(f"{name} "):
             return float(line.split()[1])
@@ -384,9 +390,9 @@ def test_thirty_followers_share_one_reader_and_all_get_every_line_and_the_end(
     with ThreadPoolExecutor(30) as pool:
         futures = [pool.submit(read_sse, base, job_id) for _ in range(30)]
         # Every follower subscribed (some may still read the first part); the job waits at its gate.
-        wait_for(lambda: metric(master.url, "trainfarm_log_followers") == 30, 60, what="30 followers")
-        assert metric(master.url, "trainfarm_log_readers") == 1
-        assert metric(master.url, "trainfarm_log_followed_jobs") == 1
+        wait_for(lambda: metric(master, "trainfarm_log_followers") == 30, 60, what="30 followers")
+        assert metric(master, "trainfarm_log_readers") == 1
+        assert metric(master, "trainfarm_log_followed_jobs") == 1
         # The hub's connection shows `xread` from its first read on; then it is the only one, where
         # each follower used to hold one of its own.
         wait_for(lambda: xread_connections(settings.redis_url) >= 1, 30, what="the hub's XREAD")
@@ -397,8 +403,8 @@ def test_thirty_followers_share_one_reader_and_all_get_every_line_and_the_end(
     for lines, _, end in results:
         assert lines == expected
         assert end == {"status": "succeeded"}
-    wait_for(lambda: metric(master.url, "trainfarm_log_followers") == 0, 30, what="followers gone")
-    assert metric(master.url, "trainfarm_log_readers") == 0
+    wait_for(lambda: metric(master, "trainfarm_log_followers") == 0, 30, what="followers gone")
+    assert metric(master, "trainfarm_log_readers") == 0
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -407,7 +413,7 @@ def test_reconnect_with_last_event_id_gets_no_duplicate_and_no_gap(api, master, 
     job_id = submit(api, gated_job(gate, before, after))
     base = f"{master.url}/api"
     # Leave mid-job, live (the job waits at its gate), then come back after more was printed.
-    first, ids, end = read_sse(base, job_id, stop_after_line=f"line {before - 1}")
+    first, ids, end = read_sse(base, dict(api.headers), job_id, stop_after_line=f"line {before - 1}")
     assert end is None and first == [f"line {i}" for i in range(before)]
     gate.touch()
     wait_for(
@@ -415,7 +421,7 @@ def test_reconnect_with_last_event_id_gets_no_duplicate_and_no_gap(api, master, 
         60,
         what="lines printed after the gate",
     )
-    rest, _, end = read_sse(base, job_id, last_event_id=ids[-1])
+    rest, _, end = read_sse(base, dict(api.headers), job_id, last_event_id=ids[-1])
     assert first + rest == [f"line {i}" for i in range(before + after)]
     assert end == {"status": "succeeded"}
 
@@ -428,7 +434,7 @@ def test_a_follower_stays_through_a_redis_restart_and_gets_every_line(
     job_id = submit(api, gated_job(gate, before, after))
     with ThreadPoolExecutor(1) as pool:
         follower = pool.submit(read_sse, f"{master.url}/api", job_id)
-        wait_for(lambda: metric(master.url, "trainfarm_log_followers") == 1, 60, what="the follower")
+        wait_for(lambda: metric(master, "trainfarm_log_followers") == 1, 60, what="the follower")
         wait_for(lambda: f"line {before - 1}" in log_texts(api, job_id), 60, what="the first part")
         redis_server.restart()  # SIGTERM: Redis writes its append-only file, then comes back with it
         gate.touch()
@@ -460,7 +466,7 @@ def test_a_slow_follower_holds_up_nobody_and_still_gets_every_line(api, master, 
 
     def slow() -> None:
         with (
-            httpx.Client(base_url=base, timeout=120) as client,
+            master.client(timeout=120) as client,
             client.stream("GET", f"/jobs/{job_id}/logs/stream") as response,
         ):
             event, chunks = "", response.iter_lines()
@@ -477,7 +483,7 @@ def test_a_slow_follower_holds_up_nobody_and_still_gets_every_line(api, master, 
     with ThreadPoolExecutor(2) as pool:
         slow_done = pool.submit(slow)
         fast_done = pool.submit(read_sse, base, job_id)
-        wait_for(lambda: metric(master.url, "trainfarm_log_followers") == 2, 60, what="2 followers")
+        wait_for(lambda: metric(master, "trainfarm_log_followers") == 2, 60, what="2 followers")
         gate.touch()
         fast_lines, _, fast_end = fast_done.result(timeout=170)
         may_read.set()
@@ -487,7 +493,7 @@ def test_a_slow_follower_holds_up_nobody_and_still_gets_every_line(api, master, 
     assert [t for t in slow_lines if not t.startswith("[trainfarm]")] == expected
     assert slow_end == [{"status": "succeeded"}]
     # The path this test is for; not exactly 1: under load the "fast" reader may fall behind too.
-    assert metric(master.url, "trainfarm_log_followers_lagged_total") >= 1
+    assert metric(master, "trainfarm_log_followers_lagged_total") >= 1
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -497,7 +503,7 @@ def test_the_thirty_third_stream_of_one_client_is_refused_with_429(api, master) 
     url = f"/jobs/{job_id}/logs/stream"
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=0)
     with (
-        httpx.Client(base_url=f"{master.url}/api", timeout=30, limits=limits) as client,
+        master.client(timeout=30, limits=limits) as client,
         ExitStack() as open_,
     ):
         for _ in range(32):
@@ -507,7 +513,7 @@ def test_the_thirty_third_stream_of_one_client_is_refused_with_429(api, master) 
         assert int(refused.headers["Retry-After"]) > 0
         body = refused.json()
         assert body["error"] == "TooManyConnections" and "32 live-log streams" in body["message"]
-        assert metric(master.url, "trainfarm_log_streams_refused_total") == 1
+        assert metric(master, "trainfarm_log_streams_refused_total") == 1
         assert client.get(f"/jobs/{job_id}/logs").status_code == 200  # plain reads are not capped
         open_.close()  # all 32 go; the slots come back as the master sees them close
 

@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 import sqlalchemy as sa
@@ -305,7 +304,7 @@ def test_postgresql_upgrade_waits_for_the_lock_before_touching_anything(database
 def test_master_upgrades_an_8bdff0f_database_when_it_starts(settings, tmp_path):
     load_8bdff0f(settings.database_url)
     with MasterProcess(tmp_path / "master", settings) as master:
-        api = httpx.Client(base_url=f"{master.url}/api", timeout=30)
+        api = master.client(timeout=30)
         jobs = sorted(api.get("/jobs").json()["items"], key=lambda job: job["id"])
         assert [(j["id"], j["status"], j["handbacks"], j["warnings"]) for j in jobs] == [
             (1, "succeeded", 0, []),

@@ -19,15 +19,14 @@ import pytest
 import redis
 from sqlalchemy import Engine
 from sqlmodel import Session, select
-from typer.testing import CliRunner
 
 from master.db import init_db, make_engine
 from master.models import Node
 from master.nodes import sync_nodes, to_public
 from shared.streams import NODES_KEY
-from tests.conftest import wait_for, wait_status
+from tests.conftest import run_cli, wait_for, wait_status
 from trainfarm import render
-from trainfarm.cli import app
+from trainfarm.services.farm import MasterProcess
 from worker.gpus import MIB, list_gpus, parse_smi
 
 PY = sys.executable
@@ -187,7 +186,7 @@ def test_two_workers_report_themselves_and_a_stopped_one_goes_offline(api, maste
             "nvidia_driver": None if NO_GPU_TOOLS else info["versions"]["nvidia_driver"],
             "cuda_driver": None if NO_GPU_TOOLS else info["versions"]["cuda_driver"],
         }
-    assert _cli_states(master.url) == {"node-a": "online", "node-b": "online"}
+    assert _cli_states(master) == {"node-a": "online", "node-b": "online"}
 
     node_a.stop()
 
@@ -196,7 +195,7 @@ def test_two_workers_report_themselves_and_a_stopped_one_goes_offline(api, maste
 
     # Judged by its last beat, which came before the stop: within the offline time plus a sync.
     wait_for(a_offline, timeout=settings.node_offline_after + 2.0, what="node-a offline")
-    assert _cli_states(master.url) == {"node-a": "offline", "node-b": "online"}
+    assert _cli_states(master) == {"node-a": "offline", "node-b": "online"}
 
 
 @SQLITE
@@ -213,7 +212,7 @@ def test_a_running_attempt_is_listed_on_its_node(api, master, start_worker):
     [attempt] = wait_for(running, timeout=30, what="the attempt in node-b's heartbeat")  # type: ignore[misc]
     assert (attempt["job_id"], attempt["attempt"]) == (job_id, 1)
     assert submitted - 1 <= attempt["started"] <= time.time() and psutil.pid_exists(attempt["pid"])
-    [row] = [line for line in _cli(master.url).splitlines() if line.startswith("node-b")]
+    [row] = [line for line in _cli(master).splitlines() if line.startswith("node-b")]
     assert f"job {job_id}#1" in row
 
     api.post(f"/jobs/{job_id}/cancel")
@@ -221,12 +220,12 @@ def test_a_running_attempt_is_listed_on_its_node(api, master, start_worker):
     wait_for(lambda: running() == [], timeout=10, what="the attempt gone from node-b's heartbeat")
 
 
-def _cli(url: str) -> str:
-    result = CliRunner().invoke(app, ["--api-url", url, "nodes"])
-    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+def _cli(master: MasterProcess) -> str:
+    result = run_cli(master, "nodes")
+    assert result.exit_code == 0, result.output
     return result.stdout
 
 
-def _cli_states(url: str) -> dict[str, str]:
-    rows = [line.split() for line in _cli(url).splitlines()[1:]]
+def _cli_states(master: MasterProcess) -> dict[str, str]:
+    rows = [line.split() for line in _cli(master).splitlines()[1:]]
     return {row[0]: row[1] for row in rows}

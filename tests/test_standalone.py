@@ -37,6 +37,12 @@ def start_farm(data_dir: Path, api_port: int, flower_port: int) -> subprocess.Po
     )  # fmt: skip
 
 
+def admin_client(api_url: str, data_dir: Path) -> httpx.Client:
+    """The API as the admin the farm made on its first start (kept in its data dir)."""
+    token = json.loads((data_dir / "credentials.json").read_text())["token"]
+    return httpx.Client(base_url=f"{api_url}/api", timeout=30, headers={"Authorization": f"Bearer {token}"})
+
+
 def wait_healthy(api_url: str, flower_port: int, farm: subprocess.Popen[bytes]) -> None:
     def healthy() -> bool:
         assert farm.poll() is None, farm.stdout.read().decode()  # type: ignore[union-attr]
@@ -63,7 +69,7 @@ def test_standalone_runs_a_job_stops_cleanly_and_restarts_on_its_data(tmp_path):
     farm = start_farm(data_dir, api_port, flower_port)
     try:
         wait_healthy(api_url, flower_port, farm)
-        api = httpx.Client(base_url=f"{api_url}/api", timeout=30)
+        api = admin_client(api_url, data_dir)
         assert api.post("/datasets", params={"name": "d.csv"}, content=b"a,b\n1,2\n").status_code == 201
         job = api.post("/jobs", json={"command": [sys.executable, "-c", "print('hello farm')"]}).json()
         wait_status(api, job["id"], {"succeeded"})
@@ -80,7 +86,7 @@ def test_standalone_runs_a_job_stops_cleanly_and_restarts_on_its_data(tmp_path):
     farm = start_farm(data_dir, api_port, flower_port)
     try:
         wait_healthy(api_url, flower_port, farm)
-        api = httpx.Client(base_url=f"{api_url}/api", timeout=30)
+        api = admin_client(api_url, data_dir)
         assert [j["status"] for j in api.get("/jobs").json()["items"]] == ["succeeded"]
         assert [d["name"] for d in api.get("/datasets").json()] == ["d.csv"]
         # The archived log is in the S3 server's data, which survived the restart too.

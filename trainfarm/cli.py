@@ -12,9 +12,10 @@ from typer._click import Context  # typer ships its own click: this is what comm
 from typer.core import TyperGroup
 
 from shared.errors import TrainfarmError
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 from trainfarm import cli_data, cli_db, cli_jobs
-from trainfarm.client import ApiClient
+from trainfarm.client import ApiClient, ApiError
+from trainfarm.token_store import find_token
 
 
 def report(exc: TrainfarmError) -> None:
@@ -29,6 +30,14 @@ class Commands(TyperGroup):
     def invoke(self, ctx: Context) -> Any:
         try:
             return super().invoke(ctx)
+        except ApiError as exc:
+            if exc.status == 401:
+                client = ctx.find_object(ApiClient)
+                url = client.base_url if client else "the master"
+                click.echo(f"error: not logged in to {url}: run trainfarm login ({exc.message})", err=True)
+            else:
+                report(exc)
+            raise typer.Exit(1) from None
         except TrainfarmError as exc:
             report(exc)
             raise typer.Exit(1) from None
@@ -57,14 +66,22 @@ def connect(
         ),
     ] = None,
 ) -> None:
-    # Settings are read only when no URL is given, so `--api-url` works whatever the environment holds.
+    # With `--api-url`, broken TRAINFARM_* settings (a worker node's, say) do not stop the CLI: it
+    # goes on with the token `trainfarm login` saved.
     try:
-        url = api_url or get_settings().api_url
+        settings: Settings | None = get_settings()
     except ValidationError as exc:
-        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-        click.echo(f"error: invalid TRAINFARM_* settings: {problems}; fix them or pass --api-url", err=True)
-        raise typer.Exit(1) from None
-    client = ApiClient(url)
+        if api_url is None:
+            problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+            click.echo(
+                f"error: invalid TRAINFARM_* settings: {problems}; fix them or pass --api-url", err=True
+            )
+            raise typer.Exit(1) from None
+        settings = None
+    url = (api_url or (settings.api_url if settings else "")).rstrip("/").removesuffix("/api")
+    token, source = find_token(url, settings)
+    client = ApiClient(url, token=token)
+    client.token_source = source
     ctx.call_on_close(client.close)
     ctx.obj = client
 

@@ -108,14 +108,25 @@ class ApiClient:
     :param base_url: The master's address, e.g. ``http://127.0.0.1:8000`` (a trailing ``/api`` is
         accepted too); routes are requested under ``<base_url>/api``.
     :param timeout: Seconds to wait for a connection and for each read.
+    :param token: An API token, sent as ``Authorization: Bearer``; None sends none.
     :param transport: An httpx transport to use instead of the network (tests).
     """
 
     def __init__(
-        self, base_url: str, timeout: float = 30, *, transport: httpx.BaseTransport | None = None
+        self,
+        base_url: str,
+        timeout: float = 30,
+        *,
+        token: str | None = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/").removesuffix("/api")
-        self._http = httpx.Client(base_url=f"{self.base_url}/api", timeout=timeout, transport=transport)
+        #: Where the token came from, for messages (`trainfarm whoami`); "" without one.
+        self.token_source = ""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=f"{self.base_url}/api", timeout=timeout, transport=transport, headers=headers
+        )
 
     def close(self) -> None:
         self._http.close()

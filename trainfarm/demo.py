@@ -19,9 +19,9 @@ DEMO_SPEC = {
 }
 
 
-def run_demo(api_url: str, dataset: Path, epochs: int, console: Console) -> int:
+def run_demo(api_url: str, token: str, dataset: Path, epochs: int, console: Console) -> int:
     """Returns the process exit code: 0 when the job succeeded."""
-    client = ApiClient(api_url)
+    client = ApiClient(api_url, token=token)
     if not dataset.is_file():
         console.print(f"[red]error:[/red] demo dataset not found at {dataset} (run from a checkout)")
         return 1

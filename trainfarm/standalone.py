@@ -45,6 +45,8 @@ def _banner(farm: StandaloneFarm) -> None:
         f"S3          http://{s.s3_endpoint}  bucket {s.s3_bucket}  key {s.s3_access_key}",
         f"Redis       {s.redis_url}",
         f"Data        {farm.data_dir}",
+        f"Login       user {farm.master.credentials.user}, password and API token in "
+        f"{farm.data_dir / 'credentials.json'} (the CLI on this machine finds them)",
         "",
         f"CLI:        export TRAINFARM_API_URL={s.api_url}",
         "Workers:    other machines join with `celery -A worker worker -Q gpu` and",
@@ -141,7 +143,7 @@ def register(app: typer.Typer) -> None:
         _start(farm)
         code = 1
         try:
-            code = run_demo(farm.settings.api_url, DEMO_DATASET, epochs, console)
+            code = run_demo(farm.settings.api_url, farm.master.token, DEMO_DATASET, epochs, console)
             if keep:
                 _banner(farm)
                 farm.wait()

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from shared.settings import Settings
 from trainfarm.services import RedisServer, SeaweedS3, free_port
 from trainfarm.services.farm import FlowerProcess, MasterProcess, WorkerProcess
@@ -90,6 +92,10 @@ class StandaloneFarm:
         for service in (self.master, self.worker, self.flower):
             if service is None:
                 continue
+            if service is self.flower and service.settings.flower_basic_auth is None:
+                # Flower asks for the first admin's name and password (made as the master started).
+                auth = SecretStr(self.master.credentials.flower_basic_auth)
+                service.settings = service.settings.model_copy(update={"flower_basic_auth": auth})
             say(f"starting {service.name} ...")
             self._started.append(service.start())
 

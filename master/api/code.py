@@ -11,14 +11,19 @@ import anyio
 from fastapi import APIRouter, Request, Response
 from fastapi import Path as PathParam
 from pydantic import BaseModel
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 
-from master.api.deps import StateDep
+from master import audit
+from master.api.deps import StateDep, WriterDep, client_address
 from master.api.errors import documented, raw_body
+from master.models import CodeBundle
 from shared.errors import InvalidRequest, NotFound
 from shared.schemas import CODE_DIGEST_PATTERN
 from shared.storage import ArtifactStore, code_bundle_key
 
-router = APIRouter(prefix="/code", tags=["code"], responses=documented(404, 422, 503))
+router = APIRouter(prefix="/code", tags=["code"], responses=documented(401, 403, 404, 422, 503))
 
 Digest = Annotated[str, PathParam(pattern=CODE_DIGEST_PATTERN, description="SHA-256 of the .tar.gz, hex")]
 
@@ -58,7 +63,7 @@ async def get_code_bundle(digest: Digest, state: StateDep, response: Response) -
     openapi_extra=raw_body("The bundle's bytes (a .tar.gz)"),
 )
 async def put_code_bundle(
-    digest: Digest, request: Request, state: StateDep, response: Response
+    digest: Digest, request: Request, state: StateDep, response: Response, caller: WriterDep
 ) -> CodeBundlePublic:
     """Upload a code bundle (a .tar.gz) as the raw body; stored only if its SHA-256 is `digest`."""
     limit = state.settings.code_bundle_max_bytes
@@ -89,7 +94,21 @@ async def put_code_bundle(
             response.status_code = 200  # the same bytes are there already: nothing to do
         else:
             await anyio.to_thread.run_sync(state.store.put_file, key, staged)
+            owner, address = caller.name, client_address(request)
+            await anyio.to_thread.run_sync(_record, state.engine, digest, size, owner, address)
     return CodeBundlePublic(digest=digest, size=size)
+
+
+def _record(engine: Engine, digest: str, size: int, owner: str | None, address: str) -> None:
+    """Who uploaded the bundle first; the bytes are the same whoever sends them again."""
+    with Session(engine) as session:
+        if session.get(CodeBundle, digest) is None:
+            session.add(CodeBundle(digest=digest, size=size, owner=owner))
+            audit.record(session, owner, "code.upload", f"code {digest[:12]}", {"size": size}, address)
+            try:
+                session.commit()
+            except IntegrityError:  # a second upload of the same bytes recorded it a moment before
+                session.rollback()
 
 
 def _too_large(limit: int, size: int | None = None) -> BundleTooLarge:

@@ -9,13 +9,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from fastapi import APIRouter, Path, Query, Request
 from sqlmodel import col, select
 
-from master.api.deps import SessionDep, StateDep
+from master import audit
+from master.api.deps import SessionDep, StateDep, WriterDep, client_address
 from master.api.errors import documented, raw_body
+from master.auth.permissions import check_may_change
 from master.models import Dataset, DatasetPublic, utcnow
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.schemas import NAME_PATTERN
 
-router = APIRouter(prefix="/datasets", tags=["datasets"], responses=documented(404, 409, 422, 503))
+router = APIRouter(prefix="/datasets", tags=["datasets"], responses=documented(401, 403, 404, 409, 422, 503))
 
 
 class ChunkReader:
@@ -48,6 +50,7 @@ async def upload_dataset(
     request: Request,
     state: StateDep,
     session: SessionDep,
+    caller: WriterDep,
     name: Annotated[str, Query(pattern=NAME_PATTERN, description="Dataset name, e.g. digits.csv")],
     overwrite: bool = False,
 ) -> Dataset:
@@ -57,6 +60,8 @@ async def upload_dataset(
         raise Conflict(
             f"dataset '{name}' exists; pass overwrite=true (CLI: --overwrite) to replace it", field="name"
         )
+    if existing is not None:
+        check_may_change(caller, existing.owner, f"dataset '{name}'", "replace")
     key = f"datasets/{name}"
     send, receive = anyio.create_memory_object_stream[bytes](max_buffer_size=16)
     reader = ChunkReader(receive)
@@ -79,9 +84,11 @@ async def upload_dataset(
         raise
     if info.size == 0:
         raise InvalidRequest("the request body is empty; send the file's bytes", field="body")
-    row = existing or Dataset(name=name, key=key, size=0, sha256="", etag="")
+    row = existing or Dataset(name=name, key=key, size=0, sha256="", etag="", owner=caller.name)
     row.size, row.sha256, row.etag, row.created_at = info.size, info.sha256 or "", info.etag, utcnow()
     session.add(row)
+    detail = {"size": info.size, "sha256": info.sha256, "replaced": existing is not None}
+    audit.record(session, caller.name, "dataset.upload", f"dataset {name}", detail, client_address(request))
     session.commit()
     session.refresh(row)
     return row

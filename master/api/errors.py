@@ -35,11 +35,13 @@ class ErrorPublic(BaseModel):
 
 _DESCRIPTIONS = {
     400: "The body could not be read",
+    401: "No valid token or session; the message says why (missing, unknown, expired, revoked)",
+    403: "The user's role or ownership does not allow this",
     404: "Not found; `field` names what was looked for",
     409: "In conflict with the current state",
     413: "Over a size limit",
     422: "Invalid input; `field` names it",
-    429: "Too many open connections from this client; retry after `Retry-After` seconds",
+    429: "Over a rate limit or connection cap; retry after `Retry-After` seconds",
     503: "Redis or storage is unavailable for now; retry after `Retry-After` seconds",
 }
 
@@ -97,7 +99,9 @@ def install(app: FastAPI) -> None:
     async def _trainfarm_error(_request: Request, exc: TrainfarmError) -> JSONResponse:
         body = {"error": type(exc).__name__, "message": exc.message, "field": exc.field}
         # Retryable (storage unreachable, say): the client should come back, and is told when.
-        headers = {"Retry-After": RETRY_AFTER_SECONDS} if isinstance(exc, RetryableError) else None
+        headers = exc.headers()
+        if headers is None and isinstance(exc, RetryableError):
+            headers = {"Retry-After": RETRY_AFTER_SECONDS}
         return JSONResponse(body, status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(redis.RedisError)

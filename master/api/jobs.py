@@ -4,13 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
 from master.admission import Admission
-from master.api.deps import MAX_INT64, JobDep, Offset, SessionDep, StateDep
+from master.api.deps import (
+    MAX_INT64,
+    CallerDep,
+    JobDep,
+    Offset,
+    SessionDep,
+    StateDep,
+    VisibleJobDep,
+    WriterDep,
+    client_address,
+)
 from master.api.errors import documented
+from master.auth.callers import Caller
+from master.auth.permissions import Visibility, check_may_change, sees_details
 from master.lifecycle import cancel_job, check_code, submit_jobs
 from master.metrics import JOBS_SUBMITTED
 from master.models import (
@@ -27,36 +39,50 @@ from master.placement import check_fits
 from shared.schemas import JobSpec
 from shared.status import JobStatus
 
-router = APIRouter(prefix="/jobs", tags=["jobs"], responses=documented(400, 404, 409, 422, 503))
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=documented(400, 401, 403, 404, 409, 422, 503))
 
 #: A hyperparameter sweep fits in one request up to this many jobs.
 MAX_BATCH = 1000
 #: What a queue name can look like in a filter (a NUL byte, say, would reach PostgreSQL as an error).
 QUEUE_FILTER = r"^[A-Za-z0-9._-]+$"
+#: What an owner filter can be: a user name, or `me`.
+OWNER_FILTER = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+#: What someone else's job shows under TRAINFARM_JOB_VISIBILITY=own: status, queue, owner, timing.
+HIDDEN: dict[str, object] = {"spec": {}, "log_tail": None, "error": None, "progress": {}, "metrics": {}, "warnings": []}
 
 
 class JobBatch(BaseModel):
     jobs: list[JobSpec] = Field(min_length=1, max_length=MAX_BATCH)
 
 
+def public_job(job: Job, caller: Caller, visibility: Visibility) -> JobPublic:
+    if sees_details(caller, job.owner, visibility):
+        return JobPublic.model_validate(job)
+    return JobPublic.model_validate(job, update={**HIDDEN, "details_hidden": True})
+
+
 @router.post("", status_code=201, response_model=JobPublic, dependencies=[Admission])
-def submit_job(spec: JobSpec, session: SessionDep, state: StateDep) -> Job:
+def submit_job(
+    spec: JobSpec, session: SessionDep, state: StateDep, caller: WriterDep, request: Request
+) -> Job:
     """Validate a job spec, store the job and put it on its queue."""
     check_fits(spec, state.capacities.largest(session))
     check_code(state.store, [spec])
-    [job] = submit_jobs(session, state.dispatcher, [spec])
+    [job] = submit_jobs(session, state.dispatcher, [spec], caller.name, client_address(request))
     JOBS_SUBMITTED.labels(spec.queue).inc()
     return job
 
 
 @router.post("/batch", status_code=201, response_model=list[JobPublic], dependencies=[Admission])
-def submit_batch(batch: JobBatch, session: SessionDep, state: StateDep) -> list[Job]:
+def submit_batch(
+    batch: JobBatch, session: SessionDep, state: StateDep, caller: WriterDep, request: Request
+) -> list[Job]:
     """Submit many jobs at once (a sweep); all are validated before any is stored."""
     largest = state.capacities.largest(session)
     for i, spec in enumerate(batch.jobs):
         check_fits(spec, largest, field=f"jobs[{i}].devices")
     check_code(state.store, batch.jobs, batch=True)
-    jobs = submit_jobs(session, state.dispatcher, batch.jobs)
+    jobs = submit_jobs(session, state.dispatcher, batch.jobs, caller.name, client_address(request))
     for spec in batch.jobs:
         JOBS_SUBMITTED.labels(spec.queue).inc()
     return jobs
@@ -65,14 +91,19 @@ def submit_batch(batch: JobBatch, session: SessionDep, state: StateDep) -> list[
 @router.get("", response_model=JobsPublic)
 def list_jobs(
     session: SessionDep,
+    caller: CallerDep,
+    state: StateDep,
     status: JobStatus | None = None,
     queue: Annotated[str | None, Query(max_length=32, pattern=QUEUE_FILTER)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[
         int | None, Query(ge=1, le=MAX_INT64, description="Return jobs older than this id (next page)")
     ] = None,
+    owner: Annotated[
+        str | None, Query(pattern=OWNER_FILTER, description="A user's name, or `me` for your own jobs")
+    ] = None,
 ) -> JobsPublic:
-    """Jobs, newest first, filtered by status and queue, one page at a time."""
+    """Jobs, newest first, filtered by status, queue and owner, one page at a time."""
     query = select(Job).order_by(col(Job.id).desc()).limit(limit + 1)
     if status is not None:
         query = query.where(Job.status == status)
@@ -80,34 +111,42 @@ def list_jobs(
         query = query.where(Job.queue == queue)
     if before is not None:
         query = query.where(col(Job.id) < before)
+    if owner is not None:
+        query = query.where(Job.owner == (caller.name if owner == "me" else owner))
     rows = list(session.exec(query))
     page = rows[:limit]
     more = len(rows) > limit
+    visibility = state.settings.job_visibility
     return JobsPublic(
-        items=[JobPublic.model_validate(j) for j in page], next_before=page[-1].id if more else None
+        items=[public_job(j, caller, visibility) for j in page], next_before=page[-1].id if more else None
     )
 
 
 @router.get("/{job_id}", response_model=JobDetail)
-def get_job(job: JobDep, session: SessionDep) -> JobDetail:
+def get_job(job: JobDep, session: SessionDep, caller: CallerDep, state: StateDep) -> JobDetail:
     """One job with all its attempts."""
     attempts = session.exec(
         select(JobAttempt).where(JobAttempt.job_id == job.id).order_by(col(JobAttempt.number))
     )
-    return JobDetail.model_validate(
-        job, update={"attempt_list": [AttemptPublic.model_validate(a) for a in attempts]}
-    )
+    public = public_job(job, caller, state.settings.job_visibility)
+    attempt_list = [AttemptPublic.model_validate(a) for a in attempts]
+    if public.details_hidden:
+        attempt_list = [
+            a.model_copy(update={"error": None, "info": {}, "log_key": None}) for a in attempt_list
+        ]
+    return JobDetail.model_validate({**public.model_dump(), "attempt_list": attempt_list})
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel(job: JobDep, session: SessionDep, state: StateDep) -> Job:
+def cancel(job: JobDep, session: SessionDep, state: StateDep, caller: CallerDep, request: Request) -> Job:
     """Cancel a job: a queued one never runs; a running one is stopped within seconds."""
-    return cancel_job(session, state.broker, job)
+    check_may_change(caller, job.owner, f"job {job.id}", "cancel")
+    return cancel_job(session, state.broker, job, caller.name, client_address(request))
 
 
 @router.get("/{job_id}/metrics", response_model=list[MetricPublic])
 def metrics_history(
-    job: JobDep,
+    job: VisibleJobDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
     offset: Offset = 0,

@@ -13,8 +13,10 @@ from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from master.api.deps import MAX_INT64, JobDep, JobId, StateDep
+from master.api.deps import MAX_INT64, CallerDep, JobId, StateDep, VisibleJobDep
 from master.api.errors import documented, event_stream
+from master.auth.callers import Caller
+from master.auth.permissions import sees_details
 from master.logs import ArchivedLog
 from master.metrics import LOG_FOLLOWERS_LAGGED, LOG_STREAMS_REFUSED
 from master.models import Job, JobAttempt
@@ -23,7 +25,7 @@ from shared.errors import InvalidRequest, NotFound, TooManyConnections
 from shared.status import JobStatus
 from shared.streams import LogBatch, LogPosition
 
-router = APIRouter(prefix="/jobs/{job_id}/logs", tags=["logs"], responses=documented(404, 422, 503))
+router = APIRouter(prefix="/jobs/{job_id}/logs", tags=["logs"], responses=documented(401, 404, 422, 503))
 
 #: A comment line keeps idle SSE connections open through proxies that drop silent ones.
 KEEPALIVE_SECONDS = 15.0
@@ -72,7 +74,7 @@ def _snapshot(state: MasterState, job_id: int) -> tuple[bool, list[ArchivedLog]]
 
 @router.get("", response_model=LogPage)
 async def read_logs(
-    job: JobDep,
+    job: VisibleJobDep,
     state: StateDep,
     after: Annotated[str | None, Query(description="Last line already seen, '<attempt>-<line>'")] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
@@ -118,9 +120,12 @@ class _HeldStream(StreamingResponse):
                 self._release()
 
 
-def client_key(request: Request) -> str:
-    """Whom a live-log stream counts against: the client's address for now, its user once there are users."""
-    return request.client.host if request.client else "unknown"
+def client_key(request: Request, caller: Caller) -> str:
+    """Whom a live-log stream counts against: its user (a dashboard in five tabs and a CLI are one
+    person), or the client's address while authentication is off."""
+    if caller.name is not None:
+        return f"user:{caller.name}"
+    return f"address:{request.client.host if request.client else 'unknown'}"
 
 
 @router.get("/stream", response_class=StreamingResponse, responses={**event_stream(), **documented(429)})
@@ -128,14 +133,15 @@ async def stream_logs(
     request: Request,
     job_id: JobId,
     state: StateDep,
+    caller: CallerDep,
     after: Annotated[str | None, Query(description="Start after this line, '<attempt>-<line>'")] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: `log` events with the history, then live lines, then one `end` event."""
     position = parse_after(after or last_event_id)
     # Not JobDep: its session would stay open for as long as the stream, a pool connection each.
-    status, archives = await run_in_threadpool(_opening, state, job_id)
-    key = client_key(request)
+    status, archives = await run_in_threadpool(_opening, state, job_id, caller)
+    key = client_key(request, caller)
     if not state.stream_cap.acquire(key):
         LOG_STREAMS_REFUSED.inc()
         raise TooManyConnections(
@@ -225,11 +231,12 @@ def _log_frame(batch: LogBatch) -> str:
     return _sse("log", payload, str(batch.last))
 
 
-def _opening(state: MasterState, job_id: int) -> tuple[JobStatus, list[ArchivedLog]]:
-    """The job's status and archived logs as a stream opens; 404 for a job that does not exist."""
+def _opening(state: MasterState, job_id: int, caller: Caller) -> tuple[JobStatus, list[ArchivedLog]]:
+    """The job's status and archived logs as a stream opens; 404 for a job that does not exist or
+    whose log the caller may not read."""
     with Session(state.engine) as session:
         job = session.get(Job, job_id)
-        if job is None:
+        if job is None or not sees_details(caller, job.owner, state.settings.job_visibility):
             raise NotFound(f"job {job_id} not found", field="job_id")
         status = job.status
     return status, _snapshot(state, job_id)[1]

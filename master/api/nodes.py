@@ -6,10 +6,11 @@ from fastapi import APIRouter
 from sqlmodel import col, select
 
 from master.api.deps import SessionDep, StateDep
+from master.api.errors import documented
 from master.models import Node, NodePublic
 from master.nodes import to_public
 
-router = APIRouter(prefix="/nodes", tags=["nodes"])
+router = APIRouter(prefix="/nodes", tags=["nodes"], responses=documented(401))
 
 
 @router.get("", response_model=list[NodePublic])

@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 
 from shared.settings import Settings, child_environment
+from trainfarm.credentials import FarmCredentials, ensure_credentials
 from trainfarm.services.process import ManagedProcess, free_port
 
 
@@ -28,7 +30,7 @@ class FarmProcess(ManagedProcess):
 
 
 class MasterProcess(FarmProcess):
-    """The FastAPI master under uvicorn."""
+    """The FastAPI master under uvicorn, with a first admin (`credentials`) made before it starts."""
 
     name = "master"
     ready_timeout = 90.0
@@ -36,6 +38,30 @@ class MasterProcess(FarmProcess):
     def __init__(self, data_dir: Path, settings: Settings, port: int | None = None) -> None:
         super().__init__(data_dir, settings, port)
         self.settings = settings.model_copy(update={"api_port": self.port})
+        self._credentials: FarmCredentials | None = None
+
+    @property
+    def credentials(self) -> FarmCredentials:
+        if self._credentials is None:
+            raise RuntimeError("the master has not been started: it has no credentials yet")
+        return self._credentials
+
+    @property
+    def token(self) -> str:
+        """The first admin's API token."""
+        return self.credentials.token
+
+    def client(self, token: str | None = None, **kwargs: object) -> httpx.Client:
+        """An HTTP client for `<url>/api` carrying `token` (default: the first admin's)."""
+        headers = {"Authorization": f"Bearer {token or self.token}"}
+        return httpx.Client(base_url=f"{self.url}/api", headers=headers, **kwargs)  # type: ignore[arg-type]
+
+    def _prepare(self) -> None:
+        self._credentials = ensure_credentials(self.settings)
+        if self.settings.metrics_token is None:
+            self.settings = self.settings.model_copy(
+                update={"metrics_token": SecretStr(self._credentials.metrics_token)}
+            )
 
     def _command(self) -> list[str]:
         return [
@@ -102,6 +128,13 @@ class FlowerProcess(FarmProcess):
             "--address=127.0.0.1", f"--port={self.port}", f"--db={self.data_dir / 'flower.db'}",
             "--persistent=True",
         ]  # fmt: skip
+
+    def _env(self) -> dict[str, str]:
+        env = super()._env()
+        # Flower reads FLOWER_BASIC_AUTH itself; in the environment, not the argv, so `ps` never shows it.
+        if self.settings.flower_basic_auth is not None:
+            env["FLOWER_BASIC_AUTH"] = self.settings.flower_basic_auth.get_secret_value()
+        return env
 
     def is_ready(self) -> bool:
         try:

@@ -1,0 +1,1 @@
+"""Users, API tokens, dashboard sessions, permission checks and rate limits of the master."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine, event
@@ -29,13 +30,28 @@ def make_engine(url: str) -> Engine:
         # WAL lets the API read while the event consumer writes; NORMAL is durable in WAL mode
         # against process crashes, which is what a farm's master has to survive.
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        _enter_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
     _queue_writers(engine)
     return engine
+
+
+def _enter_wal(cur: sqlite3.Cursor) -> None:
+    # Switching a new database file to WAL needs it to itself for a moment, and SQLite answers
+    # "locked" at once rather than through the busy timeout when another process's first
+    # connection holds it (two masters starting on one new file): try again for a few seconds.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 #: Statements before which sqlite3 opens a transaction, and SQLite takes its one write lock.

@@ -48,6 +48,7 @@ class MasterState:
             RedisStorage(settings.redis_url),
             settings.rate_limit_mutations_per_minute,
             settings.rate_limit_failed_logins_per_minute,
+            settings.rate_limit_window,
         )
         cookies = SessionCookies(session_secret(settings), settings.session_ttl)
         metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None

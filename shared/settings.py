@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     rate_limit_mutations_per_minute: int = Field(default=60, ge=1)
     #: Failed logins one client address may make per minute before it is refused (429) for a while.
     rate_limit_failed_logins_per_minute: int = Field(default=5, ge=1)
+    #: The "minute" of both limits, in seconds: a test farm shortens it to see a limit lift.
+    rate_limit_window: int = Field(default=60, ge=1, le=3600)
     #: Key that signs dashboard session cookies; every master process of a farm needs the same
     #: one. Unset in development: made once and kept in `<data_dir>/session.key`.
     session_secret: SecretStr | None = None

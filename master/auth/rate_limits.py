@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 
-from limits import RateLimitItem, RateLimitItemPerMinute
+from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.storage import RedisStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
@@ -31,7 +31,7 @@ class RateLimits:
     def count_mutation(self, token_key: str) -> None:
         if not self._limiter.hit(self._mutations, "mutations", token_key):
             raise RateLimited(
-                f"more than {self._mutations.amount} changing requests a minute with this token "
+                f"more than {self._mutations.amount} changing requests per {self._window} with this token "
                 "(TRAINFARM_RATE_LIMIT_MUTATIONS_PER_MINUTE); wait and retry",
                 self._retry_after(self._mutations, "mutations", token_key),
             )
@@ -40,7 +40,7 @@ class RateLimits:
         """Refuse a login attempt from an address that has failed too often of late."""
         if not self._limiter.test(self._logins, "logins", address):
             raise RateLimited(
-                f"more than {self._logins.amount} failed logins a minute from this address; wait and retry",
+                f"more than {self._logins.amount} failed logins per {self._window} from this address; wait and retry",
                 self._retry_after(self._logins, "logins", address),
             )
 

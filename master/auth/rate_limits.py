@@ -16,22 +16,24 @@ from shared.errors import RateLimited
 class RateLimits:
     """
     :param storage: Where the counters live; `RedisStorage(settings.redis_url)` on a farm.
-    :param mutations_per_minute: Mutating requests one token may make in a minute.
-    :param failed_logins_per_minute: Failed logins one address may make in a minute.
+    :param mutations_per_minute: Mutating requests one token may make in a window.
+    :param failed_logins_per_minute: Failed logins one address may make in a window.
+    :param window: Seconds of that window: a minute (settings.rate_limit_window).
     """
 
     def __init__(
-        self, storage: RedisStorage, mutations_per_minute: int, failed_logins_per_minute: int
+        self, storage: RedisStorage, mutations_per_minute: int, failed_logins_per_minute: int, window: int = 60
     ) -> None:
         # A sliding window: a fixed one would let twice the limit through around a minute's edge.
         self._limiter = SlidingWindowCounterRateLimiter(storage)
-        self._mutations = RateLimitItemPerMinute(mutations_per_minute)
-        self._logins = RateLimitItemPerMinute(failed_logins_per_minute)
+        self._mutations = RateLimitItemPerSecond(mutations_per_minute, window)
+        self._logins = RateLimitItemPerSecond(failed_logins_per_minute, window)
+        self._per = "a minute" if window == 60 else f"per {window} s"
 
     def count_mutation(self, token_key: str) -> None:
         if not self._limiter.hit(self._mutations, "mutations", token_key):
             raise RateLimited(
-                f"more than {self._mutations.amount} changing requests per {self._window} with this token "
+                f"more than {self._mutations.amount} changing requests {self._per} with this token "
                 "(TRAINFARM_RATE_LIMIT_MUTATIONS_PER_MINUTE); wait and retry",
                 self._retry_after(self._mutations, "mutations", token_key),
             )
@@ -40,7 +42,7 @@ class RateLimits:
         """Refuse a login attempt from an address that has failed too often of late."""
         if not self._limiter.test(self._logins, "logins", address):
             raise RateLimited(
-                f"more than {self._logins.amount} failed logins per {self._window} from this address; wait and retry",
+                f"more than {self._logins.amount} failed logins {self._per} from this address; wait and retry",
                 self._retry_after(self._logins, "logins", address),
             )
 

@@ -45,7 +45,8 @@ class MasterState:
         aredis = make_async_redis(settings.redis_url)
         store = ArtifactStore(make_s3_client(settings), settings.s3_bucket)
         limits = RateLimits(
-            RedisStorage(settings.redis_url),
+            # The broker's own pool: one set of connection settings (timeouts, TLS) for all of Redis.
+            RedisStorage(settings.redis_url, connection_pool=broker.connection_pool),
             settings.rate_limit_mutations_per_minute,
             settings.rate_limit_failed_logins_per_minute,
             settings.rate_limit_window,

@@ -14,13 +14,14 @@ from master import audit
 from master.api.deps import CallerDep, SessionDep, StateDep, client_address
 from master.api.errors import documented
 from master.auth import accounts
+from master.auth.callers import check_origin
 from master.auth.sessions import COOKIE
 from master.models import ApiToken, User
 from master.state import MasterState
 from shared.errors import Unauthorized
 from shared.roles import Role
 
-router = APIRouter(prefix="/auth", tags=["auth"], responses=documented(401, 422, 429))
+router = APIRouter(prefix="/auth", tags=["auth"], responses=documented(401, 403, 422, 429))
 
 LoginForm = Annotated[OAuth2PasswordRequestForm, Depends()]
 BAD_LOGIN = "wrong user name or password"
@@ -41,8 +42,13 @@ class Me(BaseModel):
     job_visibility: str
 
 
-def _login(state: MasterState, session: Session, form: OAuth2PasswordRequestForm, address: str) -> User:
-    """The user the form names, its password checked; 401 alike for a wrong name and a wrong password."""
+def _login(state: MasterState, session: Session, form: OAuth2PasswordRequestForm, request: Request) -> User:
+    """The user the form names, its password checked; 401 alike for a wrong name and a wrong password.
+
+    A login form posted from another site is refused (403), so no page can sign a visitor's browser
+    in to the farm as someone else."""
+    check_origin(request, required=False)
+    address = client_address(request)
     limits = state.auth.limits
     limits.check_login(address)
     user = accounts.authenticate(session, form.username, form.password)
@@ -58,7 +64,7 @@ def _login(state: MasterState, session: Session, form: OAuth2PasswordRequestForm
 def login(form: LoginForm, session: SessionDep, state: StateDep, request: Request) -> TokenAnswer:
     """Trade a user name and password (the OAuth2 password form) for an API token."""
     address = client_address(request)
-    user = _login(state, session, form, address)
+    user = _login(state, session, form, request)
     lifetime = timedelta(days=state.settings.login_token_days)
     issued = accounts.issue_token(
         session,
@@ -79,7 +85,7 @@ def open_session(
 ) -> Me:
     """Log in to the dashboard: sets an HttpOnly, SameSite=Strict, signed session cookie."""
     address = client_address(request)
-    user = _login(state, session, form, address)
+    user = _login(state, session, form, request)
     ttl = state.settings.session_ttl
     issued = accounts.issue_token(
         session,

@@ -52,6 +52,8 @@ def create_token(body: TokenCreate, caller: CallerDep, session: SessionDep, requ
         session, user, body.name, lifetime=lifetime, actor=caller.name, address=client_address(request)
     )
     session.commit()
+    # The commit expired the row, and a model dump of an expired row is empty: read it back.
+    session.refresh(issued.row)
     return TokenCreated.model_validate({**_public(issued.row, user.name).model_dump(), "token": issued.plain})
 
 

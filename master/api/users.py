@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
-from master.api.deps import AdminDep, SessionDep
+from master.api.deps import AdminDep, SessionDep, client_address
 from master.api.errors import documented
 from master.auth import accounts
 from master.models import User, UserPublic
@@ -39,9 +39,12 @@ def list_users(caller: AdminDep, session: SessionDep) -> list[User]:
 
 
 @router.post("", status_code=201, response_model=UserPublic)
-def create_user(body: UserCreate, caller: AdminDep, session: SessionDep) -> User:
+def create_user(body: UserCreate, caller: AdminDep, session: SessionDep, request: Request) -> User:
     """Add a user with a role and a first password."""
-    user = accounts.create_user(session, body.name, body.role, body.password, actor=caller.name)
+    address = client_address(request)
+    user = accounts.create_user(
+        session, body.name, body.role, body.password, actor=caller.name, address=address
+    )
     session.commit()
     session.refresh(user)
     return user
@@ -54,15 +57,18 @@ def get_user(name: UserName, caller: AdminDep, session: SessionDep) -> User:
 
 
 @router.patch("/{name}", response_model=UserPublic)
-def update_user(name: UserName, body: UserUpdate, caller: AdminDep, session: SessionDep) -> User:
+def update_user(
+    name: UserName, body: UserUpdate, caller: AdminDep, session: SessionDep, request: Request
+) -> User:
     """Change a user's role, disable or enable them (a disabled user's tokens stop at once), or set a new password."""
     user = accounts.get_user(session, name)
+    address = client_address(request)
     if body.role is not None and body.role is not user.role:
-        accounts.set_role(session, user, body.role, actor=caller.name)
+        accounts.set_role(session, user, body.role, actor=caller.name, address=address)
     if body.disabled is not None and body.disabled != user.disabled:
-        accounts.set_disabled(session, user, body.disabled, actor=caller.name)
+        accounts.set_disabled(session, user, body.disabled, actor=caller.name, address=address)
     if body.password is not None:
-        accounts.set_password(session, user, body.password, actor=caller.name)
+        accounts.set_password(session, user, body.password, actor=caller.name, address=address)
     session.commit()
     session.refresh(user)
     return user

@@ -36,7 +36,9 @@ def get_user(session: Session, name: str) -> User:
     return user
 
 
-def create_user(session: Session, name: str, role: Role, password: str, *, actor: str | None) -> User:
+def create_user(
+    session: Session, name: str, role: Role, password: str, *, actor: str | None, address: str | None = None
+) -> User:
     if name.lower() in RESERVED_USER_NAMES:
         raise InvalidRequest(f"'{name}' is reserved; pick another name", field="name")
     if (problem := password_problem(password)) is not None:
@@ -45,7 +47,7 @@ def create_user(session: Session, name: str, role: Role, password: str, *, actor
         raise Conflict(f"user '{name}' exists", field="name")
     user = User(name=name, role=role, password_hash=hash_password(password))
     session.add(user)
-    audit.record(session, actor, "user.create", f"user {name}", {"role": role.value})
+    audit.record(session, actor, "user.create", f"user {name}", {"role": role.value}, address)
     return user
 
 
@@ -63,33 +65,45 @@ def _keep_an_admin(session: Session, user: User) -> None:
         )
 
 
-def set_role(session: Session, user: User, role: Role, *, actor: str | None) -> User:
+def set_role(
+    session: Session, user: User, role: Role, *, actor: str | None, address: str | None = None
+) -> User:
     if role is not Role.ADMIN:
         _keep_an_admin(session, user)
     before = user.role
     user.role = role
     session.add(user)
     audit.record(
-        session, actor, "user.set_role", f"user {user.name}", {"from": before.value, "to": role.value}
+        session,
+        actor,
+        "user.set_role",
+        f"user {user.name}",
+        {"from": before.value, "to": role.value},
+        address,
     )
     return user
 
 
-def set_disabled(session: Session, user: User, disabled: bool, *, actor: str | None) -> User:
+def set_disabled(
+    session: Session, user: User, disabled: bool, *, actor: str | None, address: str | None = None
+) -> User:
     if disabled:
         _keep_an_admin(session, user)
     user.disabled = disabled
     session.add(user)
-    audit.record(session, actor, "user.disable" if disabled else "user.enable", f"user {user.name}")
+    action = "user.disable" if disabled else "user.enable"
+    audit.record(session, actor, action, f"user {user.name}", address=address)
     return user
 
 
-def set_password(session: Session, user: User, password: str, *, actor: str | None) -> User:
+def set_password(
+    session: Session, user: User, password: str, *, actor: str | None, address: str | None = None
+) -> User:
     if (problem := password_problem(password)) is not None:
         raise InvalidRequest(problem, field="password")
     user.password_hash = hash_password(password)
     session.add(user)
-    audit.record(session, actor, "user.set_password", f"user {user.name}")
+    audit.record(session, actor, "user.set_password", f"user {user.name}", address=address)
     return user
 
 

@@ -1,5 +1,6 @@
 """The `trainfarm` command: the app, its global options and error handling; commands live in
-`cli_jobs` and `cli_data`, the farm-running ones in `standalone`."""
+`cli_jobs`, `cli_data`, `cli_auth` (login, tokens), `cli_users` (users, audit) and `cli_admin`, the
+farm-running ones in `standalone`."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typer.core import TyperGroup
 
 from shared.errors import TrainfarmError
 from shared.settings import Settings, get_settings
-from trainfarm import cli_data, cli_db, cli_jobs
+from trainfarm import cli_admin, cli_auth, cli_data, cli_db, cli_jobs, cli_users
 from trainfarm.client import ApiClient, ApiError
 from trainfarm.token_store import find_token
 
@@ -93,6 +94,13 @@ app.command()(cli_data.artifacts)
 app.add_typer(cli_data.datasets, name="datasets")
 app.command()(cli_data.nodes)
 app.add_typer(cli_db.db, name="db")
+app.command()(cli_auth.login)
+app.command()(cli_auth.logout)
+app.command()(cli_auth.whoami)
+app.add_typer(cli_auth.tokens, name="tokens")
+app.add_typer(cli_users.users, name="users")
+app.command()(cli_users.audit)
+app.add_typer(cli_admin.admin, name="admin")
 
 
 def main() -> None:

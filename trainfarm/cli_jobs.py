@@ -287,6 +287,10 @@ def jobs(
     queue: Annotated[str | None, typer.Option(help="Only jobs on this queue.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="Newest jobs to show.")] = 20,
     every: Annotated[bool, typer.Option("--all", help="Every matching job, page after page.")] = False,
+    owner: Annotated[
+        str | None, typer.Option("--owner", metavar="NAME", help="Only jobs this user submitted.")
+    ] = None,
+    mine: Annotated[bool, typer.Option("--mine", help="Only jobs you submitted.")] = False,
 ) -> None:
     """List jobs, newest first.
 
@@ -296,13 +300,18 @@ def jobs(
       trainfarm jobs
       trainfarm jobs --status running --queue gpu
       trainfarm jobs --all --status failed
+      trainfarm jobs --mine
+      trainfarm jobs --owner alice
     """
+    if owner is not None and mine:
+        raise TrainfarmError("give --owner or --mine, not both", field="--owner")
     api: ApiClient = ctx.obj
     state = status.value if status else None
+    who = "me" if mine else owner
     if every:
-        items, more = list(api.iter_jobs(state, queue)), False
+        items, more = list(api.iter_jobs(state, queue, owner=who)), False
     else:
-        page = api.list_jobs(state, queue, limit)
+        page = api.list_jobs(state, queue, limit, owner=who)
         items, more = page["items"], page["next_before"] is not None
     if not items:
         click.echo("no jobs", err=True)
@@ -322,7 +331,8 @@ def show(ctx: typer.Context, job_id: JobId) -> None:
     """
     api: ApiClient = ctx.obj
     job = api.get_job(job_id)
-    artifacts = api.list_artifacts(job_id)
+    # Another user's job under TRAINFARM_JOB_VISIBILITY=own: its artifacts are not the caller's to see.
+    artifacts = [] if job.get("details_hidden") else api.list_artifacts(job_id)
     out = render.console()
     out.print(render.job_summary(job))
     if job["attempt_list"]:

@@ -46,6 +46,14 @@ class ApiUnreachable(TrainfarmError):
         self.url = url
 
 
+class ApiRateLimited(ApiError):
+    """A 429: `retry_after` (the Retry-After header, seconds) says when to try again, if it was sent."""
+
+    def __init__(self, error: ApiError, retry_after: int | None) -> None:
+        super().__init__(error.status, error.message, error.field, error.error)
+        self.retry_after = retry_after
+
+
 class ChecksumMismatch(TrainfarmError):
     """A download's bytes do not hash to what the master recorded."""
 
@@ -166,18 +174,28 @@ class ApiClient:
         return self._call("POST", "/jobs/batch", json={"jobs": specs})
 
     def list_jobs(
-        self, status: str | None = None, queue: str | None = None, limit: int = 50, before: int | None = None
+        self,
+        status: str | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+        before: int | None = None,
+        owner: str | None = None,
     ) -> dict[str, Any]:
-        params = {"status": status, "queue": queue, "limit": limit, "before": before}
+        """One page of jobs; `owner` is a user's name, or `me` for the caller's own."""
+        params = {"status": status, "queue": queue, "limit": limit, "before": before, "owner": owner}
         return self._call("GET", "/jobs", params={k: v for k, v in params.items() if v is not None})
 
     def iter_jobs(
-        self, status: str | None = None, queue: str | None = None, page_size: int = 100
+        self,
+        status: str | None = None,
+        queue: str | None = None,
+        page_size: int = 100,
+        owner: str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Every matching job, newest first, following `next_before` from page to page."""
         before = None
         while True:
-            page = self.list_jobs(status, queue, page_size, before)
+            page = self.list_jobs(status, queue, page_size, before, owner)
             yield from page["items"]
             before = page["next_before"]
             if before is None:
@@ -324,3 +342,94 @@ class ApiClient:
         if response.status_code != 503:
             _raise_for_error(response)
         return response.json()
+
+    # Login, users, tokens, audit ------------------------------------------------------------------
+
+    def login(self, username: str, password: str) -> dict[str, Any]:
+        """Trade a user name and password for a login token: `{access_token, expires_at}`.
+
+        A 429 (too many failed logins from this address) is ApiRateLimited, carrying Retry-After.
+        """
+        form = {"username": username, "password": password}
+        try:
+            response = self._http.post("/auth/login", data=form)
+        except httpx.TransportError as exc:
+            raise ApiUnreachable(self.base_url, f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        try:
+            _raise_for_error(response)
+        except ApiError as exc:
+            if exc.status != 429:
+                raise
+            retry = response.headers.get("Retry-After", "")
+            raise ApiRateLimited(exc, int(retry) if retry.isdigit() else None) from None
+        return response.json()
+
+    def me(self) -> dict[str, Any]:
+        """Who the token belongs to: `{name, role, auth_enabled, job_visibility}`."""
+        return self._call("GET", "/auth/me")
+
+    def list_tokens(
+        self, user: str | None = None, every_user: bool = False, revoked: bool = False
+    ) -> list[dict[str, Any]]:
+        """The caller's tokens, or (admins) `user`'s, or everyone's with `every_user`; newest first."""
+        params: dict[str, Any] = {"revoked": "true"} if revoked else {}
+        if every_user:
+            return self._call("GET", "/tokens/all", params=params)
+        if user is not None:
+            params["user"] = user
+        return self._call("GET", "/tokens", params=params)
+
+    def create_token(self, name: str, expires_in_days: int | None = None) -> dict[str, Any]:
+        """A new API token of the caller's; its value (`token`) is in this answer only."""
+        body: dict[str, Any] = {"name": name}
+        if expires_in_days is not None:
+            body["expires_in_days"] = expires_in_days
+        return self._call("POST", "/tokens", json=body)
+
+    def revoke_token(self, token_id: int) -> dict[str, Any]:
+        return self._call("DELETE", f"/tokens/{token_id}")
+
+    def list_users(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/users")
+
+    def create_user(self, name: str, role: str, password: str) -> dict[str, Any]:
+        return self._call("POST", "/users", json={"name": name, "role": role, "password": password})
+
+    def get_user(self, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/users/{quote(name, safe='')}")
+
+    def update_user(
+        self,
+        name: str,
+        *,
+        role: str | None = None,
+        disabled: bool | None = None,
+        password: str | None = None,
+    ) -> dict[str, Any]:
+        """Change what is given, leave the rest."""
+        changes = {"role": role, "disabled": disabled, "password": password}
+        body = {k: v for k, v in changes.items() if v is not None}
+        return self._call("PATCH", f"/users/{quote(name, safe='')}", json=body)
+
+    def audit(
+        self,
+        limit: int = 50,
+        before: int | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of the audit trail, newest first: `{items, next_before}`."""
+        params = {"limit": limit, "before": before, "actor": actor, "action": action}
+        return self._call("GET", "/audit", params={k: v for k, v in params.items() if v is not None})
+
+    def iter_audit(
+        self, actor: str | None = None, action: str | None = None, page_size: int = 200
+    ) -> Iterator[dict[str, Any]]:
+        """Every matching audit entry, newest first, page after page."""
+        before = None
+        while True:
+            page = self.audit(page_size, before, actor, action)
+            yield from page["items"]
+            before = page["next_before"]
+            if before is None:
+                return

@@ -129,7 +129,7 @@ def entrypoint(spec: dict[str, Any]) -> str:
 
 def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     table = Table(box=None, pad_edge=False)
-    for column in ("ID", "NAME", "STATUS", "QUEUE", "ATTEMPTS", "NODE", "PROGRESS", "CREATED"):
+    for column in ("ID", "NAME", "STATUS", "QUEUE", "OWNER", "ATTEMPTS", "NODE", "PROGRESS", "CREATED"):
         table.add_column(column, no_wrap=column in ("ID", "STATUS", "CREATED"))
     for job in jobs:
         add_row(
@@ -138,6 +138,7 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
             job.get("name") or "-",
             status_text(job["status"]),
             job["queue"],
+            job.get("owner") or "-",  # jobs from before users had no owner
             str(job["attempts"]),
             job.get("node") or "-",
             progress_text(job),
@@ -160,6 +161,7 @@ def job_summary(job: dict[str, Any]) -> Table:
     rows: list[tuple[str, str | Text]] = [
         ("job", str(job["id"]) + (f" ({job['name']})" if job.get("name") else "")),
         ("status", Text.assemble(status_text(job["status"]), cancel_note)),
+        ("owner", job.get("owner") or "-"),
         ("runs", entrypoint(spec)),
         ("queue", f"{job['queue']}, priority {job['priority']}, {spec.get('devices', 1)} device(s)"),
         ("datasets", ", ".join(spec.get("datasets") or []) or "-"),
@@ -174,6 +176,9 @@ def job_summary(job: dict[str, Any]) -> Table:
         ("finished", format_time(job.get("finished_at"))),
         ("duration", duration),
     ]
+    if job.get("details_hidden"):
+        # TRAINFARM_JOB_VISIBILITY=own: another user's job shows its status and timing only.
+        rows.append(("details", Text("hidden: another user's job", style="dim")))
     if job.get("error"):
         rows.append(("error", Text(job["error"], style="red")))
     if job.get("handbacks"):

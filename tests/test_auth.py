@@ -516,9 +516,12 @@ def test_changes_and_failed_logins_are_audited(farm: Farm):
 
 @sqlite_only
 def test_the_dashboard_session_cookie(farm: Farm):
-    opened = farm.client.post(
-        "/api/auth/session", data={"username": "alice", "password": farm.passwords["alice"]}
-    )
+    form = {"username": "alice", "password": farm.passwords["alice"]}
+    # Login CSRF: no other site may sign a visitor's browser in (as anyone).
+    for route in ("/api/auth/session", "/api/auth/login"):
+        foreign = farm.client.post(route, data=form, headers={"Origin": "https://evil.example"})
+        assert foreign.status_code == 403 and "set-cookie" not in foreign.headers
+    opened = farm.client.post("/api/auth/session", data=form, headers={"Origin": "http://testserver"})
     assert opened.status_code == 200, opened.text
     assert opened.json()["name"] == "alice" and opened.json()["role"] == "member"
     set_cookie = opened.headers["set-cookie"]

@@ -164,6 +164,44 @@ def test_page_uses_only_local_assets() -> None:
         assert "@import" not in path.read_text() or path.suffix != ".css"
 
 
+@sqlite_only
+def test_the_page_is_public_and_the_api_is_not(settings) -> None:  # type: ignore[no-untyped-def]
+    """A browser with no session gets the page (which then shows its login) but no data."""
+    with TestClient(create_app(settings)) as anonymous:
+        for path in ("/", "/static/app.js", "/static/login.js", "/static/favicon.svg"):
+            assert anonymous.get(path).status_code == 200, path
+        me = anonymous.get("/api/auth/me")
+        assert me.status_code == 401 and me.json()["message"]
+        assert anonymous.get("/api/jobs").status_code == 401
+
+
+def test_the_page_keeps_to_its_content_security_policy() -> None:
+    """CSP `default-src 'self'`: no inline script, handler or style, no data: URL; the browser test
+    (tests/test_browser.py) catches what runs, this what is written."""
+    html = (STATIC / "index.html").read_text()
+    assert not re.search(r"<script(?![^>]*\bsrc=)", html), "inline <script>"
+    assert not re.search(r"\son[a-z]+\s*=", html, re.I), "inline event handler"
+    assert not re.search(r"\sstyle\s*=", html, re.I), "style attribute"
+    assert "data:" not in html
+    for path in JS_FILES:
+        src = path.read_text()
+        for pattern in (
+            r"setAttribute\(\s*[\"']style",
+            r"style:\s*[`\"']",
+            r"\bnew Function\(",
+            r"setTimeout\(\s*[`\"']",
+        ):
+            assert not re.search(pattern, src), f"{path.name} uses {pattern}"
+
+
+def test_the_login_posts_a_form_with_the_session_cookie() -> None:
+    """/api/auth/session takes the OAuth2 form (URL-encoded), and every fetch sends the cookie."""
+    api_js = (STATIC / "api.js").read_text()
+    assert "new URLSearchParams(form)" in api_js
+    assert 'credentials: "same-origin"' in api_js
+    assert 'api.form("/api/auth/session"' in (STATIC / "session.js").read_text()
+
+
 # Calling the API --------------------------------------------------------------------------------
 
 
@@ -188,6 +226,10 @@ def test_every_api_path_in_the_scripts_is_a_route(client: TestClient) -> None:
         "/api/jobs/{x}/logs/stream",
         "/api/datasets",
         "/api/nodes",
+        "/api/auth/me",
+        "/api/auth/session",
+        "/api/users",
+        "/api/users/{x}",
     } <= used
 
 

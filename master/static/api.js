@@ -8,11 +8,23 @@ export class ApiError extends Error {
   }
 }
 
-async function request(method, path, { body, json } = {}) {
-  const init = { method, headers: { Accept: "application/json" } };
+// Called with the error when the master answers 401 to anything but a login: the session has
+// ended (logged out elsewhere, expired, user disabled) and the dashboard shows its login page.
+let onSignedOut = null;
+export function whenSignedOut(fn) {
+  onSignedOut = fn;
+}
+
+// `json` goes as JSON, `form` as a URL-encoded form (the login), `body` as raw bytes (uploads).
+// The session cookie rides along on same-origin requests; the browser adds the Origin header to
+// every changing one, which the master requires of cookie-authenticated requests.
+async function request(method, path, { body, json, form } = {}) {
+  const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
   if (json !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(json);
+  } else if (form !== undefined) {
+    init.body = new URLSearchParams(form);
   } else if (body !== undefined) {
     init.headers["Content-Type"] = "application/octet-stream";
     init.body = body;
@@ -33,7 +45,9 @@ async function request(method, path, { body, json } = {}) {
   // /api/health answers 503 with a useful body; callers that want it read `data`.
   if (!response.ok && !(data && data.status === "degraded")) {
     const message = (data && data.message) || `${response.status} ${response.statusText || "error"}`;
-    throw new ApiError(response.status, message, data && data.field);
+    const error = new ApiError(response.status, message, data && data.field);
+    if (response.status === 401 && form === undefined && onSignedOut) onSignedOut(error);
+    throw error;
   }
   return data;
 }
@@ -41,6 +55,9 @@ async function request(method, path, { body, json } = {}) {
 export const api = {
   get: (path) => request("GET", path),
   post: (path, json) => request("POST", path, { json }),
+  patch: (path, json) => request("PATCH", path, { json }),
+  del: (path) => request("DELETE", path),
+  form: (path, fields) => request("POST", path, { form: fields }),
   upload: (path, body) => request("POST", path, { body }),
 };
 
@@ -54,13 +71,15 @@ export function query(params) {
 }
 
 // el("td", {class: "x", title: "y"}, "text", childNode, ...): text children become text nodes.
+// `style` takes an object set through the CSSOM (node.style), which the Content-Security-Policy
+// allows; a style="..." attribute it would block.
 export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === undefined || v === null || v === false) continue;
     if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else if (k === "class") node.className = v;
-    else if (k === "style") node.setAttribute("style", v);
+    else if (k === "style") Object.assign(node.style, v);
     else node.setAttribute(k, v === true ? "" : String(v));
   }
   for (const child of children.flat()) {
@@ -145,7 +164,7 @@ export function progressBar(progress) {
   return el(
     "div",
     { class: "progress", title: `epoch ${epoch} of ${max}` },
-    el("div", { class: "progress-fill", style: `width:${pct.toFixed(1)}%` }),
+    el("div", { class: "progress-fill", style: { width: `${pct.toFixed(1)}%` } }),
     el("span", { class: "progress-label" }, `${done}/${max}`),
   );
 }

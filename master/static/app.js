@@ -1,9 +1,12 @@
-// trainfarm dashboard: wires the panels together and keeps them fresh.
+// trainfarm dashboard: the login page, then the panels, wired together and kept fresh.
 
-import { api, badge, el, fill } from "./api.js";
+import { api, badge, el, fill, whenSignedOut } from "./api.js";
 import { JobDetail } from "./detail.js";
 import { refreshDatasets, refreshNodes, setupSubmit, setupUpload } from "./forms.js";
 import { JobsTable, STATUSES, statusCounts } from "./jobs.js";
+import { setupLogin } from "./login.js";
+import { isAdmin, logOut, me, mayWrite, whoAmI } from "./session.js";
+import { UsersPage } from "./users.js";
 
 const $ = (id) => document.getElementById(id);
 const JOBS_EVERY_MS = 2000;
@@ -13,9 +16,11 @@ const jobs = new JobsTable({
   tbody: $("jobs-body"),
   statusFilter: $("filter-status"),
   queueFilter: $("filter-queue"),
+  mineFilter: $("filter-mine"),
   olderBtn: $("jobs-older"),
   info: $("jobs-info"),
   onSelect: (id) => selectJob(id),
+  onCancel: (id) => cancelJob(id),
 });
 
 const detail = new JobDetail($("detail"), {
@@ -24,6 +29,13 @@ const detail = new JobDetail($("detail"), {
     jobs.select(null);
     setHash(null);
   },
+});
+
+const users = new UsersPage({
+  tbody: $("users-body"),
+  info: $("users-info"),
+  message: $("users-message"),
+  form: $("user-form"),
 });
 
 function setHash(id) {
@@ -38,6 +50,16 @@ function selectJob(id) {
   $("detail").scrollIntoView({ behavior: "smooth", block: "start" });
 }
 
+async function cancelJob(id) {
+  try {
+    await api.post(`/api/jobs/${id}/cancel`);
+  } catch (err) {
+    showBanner(`Cancel job #${id}: ${err.message}`);
+  }
+  await refreshJobs();
+  if (detail.jobId === id) await detail.refresh();
+}
+
 function showBanner(text) {
   const banner = $("banner");
   banner.hidden = !text;
@@ -49,7 +71,7 @@ async function refreshJobs() {
     await jobs.refresh();
     showBanner("");
   } catch (err) {
-    showBanner(`Jobs: ${err.message}`);
+    if (err.status !== 401) showBanner(`Jobs: ${err.message}`);
   }
 }
 
@@ -78,23 +100,104 @@ async function refreshCounts() {
   }
 }
 
+const quiet = (what) => (err) => {
+  if (err.status !== 401) showBanner(`${what}: ${err.message}`);
+};
+
 async function refreshSlow() {
   await Promise.all([
     refreshHealth(),
     refreshCounts(),
-    refreshNodes($("nodes-body"), $("nodes-info")).catch((err) => showBanner(`Nodes: ${err.message}`)),
-    refreshDatasets($("datasets-body"), $("submit-form").elements.datasets).catch((err) => showBanner(`Datasets: ${err.message}`)),
+    refreshNodes($("nodes-body"), $("nodes-info")).catch(quiet("Nodes")),
+    refreshDatasets($("datasets-body"), $("submit-form").elements.datasets).catch(quiet("Datasets")),
   ]);
 }
 
-// One timer chain per cadence; a slow answer delays the next tick instead of piling requests up.
+// The timers of one signed-in session; a new session starts a new generation, and the old one's
+// timers stop at their next tick. A slow answer delays the next tick instead of piling requests up.
+let generation = 0;
 function every(ms, fn) {
+  const mine = generation;
   const tick = async () => {
+    if (mine !== generation) return;
     if (!document.hidden) await fn();
-    setTimeout(tick, ms);
+    if (mine === generation) setTimeout(tick, ms);
   };
   tick();
 }
+
+// Views: the dashboard, or (admins) the users page at #users; #job-12 opens that job.
+function showView() {
+  const wantUsers = location.hash === "#users" && isAdmin();
+  $("dashboard-view").hidden = wantUsers;
+  $("users-view").hidden = !wantUsers;
+  $("nav-jobs").classList.toggle("current", !wantUsers);
+  $("nav-users").classList.toggle("current", wantUsers);
+  if (wantUsers) users.refresh();
+  const match = /^#job-(\d+)$/.exec(location.hash);
+  if (match) selectJob(Number(match[1]));
+}
+
+function startSession(who) {
+  generation += 1;
+  $("login").hidden = true;
+  $("app").hidden = false;
+  $("nav").hidden = false;
+  $("session-bar").hidden = false;
+  const name = who.name || "anyone";
+  fill($("whoami"), el("strong", { class: "user" }, name), " ", el("span", { class: "role" }, who.role));
+  // With authentication off (TRAINFARM_AUTH_ENABLED=false) there is no session to end.
+  $("logout").hidden = !who.auth_enabled;
+  $("nav-users").hidden = !isAdmin() || !who.auth_enabled;
+  $("submit").hidden = !mayWrite();
+  $("upload-form").hidden = !mayWrite();
+  showView();
+  every(JOBS_EVERY_MS, async () => {
+    await refreshJobs();
+    await detail.refresh();
+  });
+  every(SLOW_EVERY_MS, refreshSlow);
+}
+
+function showLogin(message) {
+  generation += 1; // stops the session's timers
+  detail.close(false); // and its live log
+  jobs.forget();
+  $("app").hidden = true;
+  $("nav").hidden = true;
+  $("session-bar").hidden = true;
+  fill($("counts"));
+  showBanner(message || "");
+  $("login").hidden = false;
+  $("login-form").elements.username.focus();
+  refreshHealth();
+}
+
+// Any 401 while signed in means the session is over (expired, revoked, user disabled).
+whenSignedOut((err) => {
+  if (me.current !== null) {
+    me.current = null;
+    showLogin(`Signed out: ${err.message}`);
+  }
+});
+
+setupLogin($("login-form"), async (who) => {
+  showBanner("");
+  startSession(who);
+});
+
+$("logout").addEventListener("click", async () => {
+  try {
+    await logOut();
+  } catch (err) {
+    // A 401 means the session had ended already: the login page is the right place either way.
+    if (err.status !== 401) {
+      showBanner(`Log out: ${err.message}`);
+      return;
+    }
+  }
+  showLogin("");
+});
 
 setupUpload($("upload-form"), () => refreshDatasets($("datasets-body"), $("submit-form").elements.datasets));
 setupSubmit($("submit-form"), async (id) => {
@@ -107,22 +210,25 @@ $("refresh-now").addEventListener("click", () => {
   refreshJobs();
   refreshSlow();
   detail.refresh();
+  if (!$("users-view").hidden) users.refresh();
 });
 
 document.addEventListener("visibilitychange", () => {
-  if (!document.hidden) refreshJobs();
+  if (!document.hidden && me.current !== null) refreshJobs();
+});
+window.addEventListener("hashchange", () => {
+  if (me.current !== null) showView();
 });
 
-every(JOBS_EVERY_MS, async () => {
-  await refreshJobs();
-  await detail.refresh();
-});
-every(SLOW_EVERY_MS, refreshSlow);
-
-// A link like /#job-12 opens that job, on load and when the hash changes.
-function openFromHash() {
-  const match = /^#job-(\d+)$/.exec(location.hash);
-  if (match) selectJob(Number(match[1]));
+async function boot() {
+  let who;
+  try {
+    who = await whoAmI();
+  } catch (err) {
+    showLogin(`The master does not answer: ${err.message}`);
+    return;
+  }
+  if (who === null) showLogin("");
+  else startSession(who);
 }
-window.addEventListener("hashchange", openFromHash);
-openFromHash();
+boot();

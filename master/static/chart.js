@@ -105,7 +105,7 @@ export function renderChart(series, { width = 460, height = 180 } = {}) {
     { class: "chart-legend" },
     present.map((s) => {
       const last = series[s.key][series[s.key].length - 1][1];
-      return el("span", {}, el("i", { style: `background:${s.color}` }), `${s.key} ${fmtNum(last)}${s.axis === "right" ? " (right axis)" : ""}`);
+      return el("span", {}, el("i", { style: { background: s.color } }), `${s.key} ${fmtNum(last)}${s.axis === "right" ? " (right axis)" : ""}`);
     }),
   );
   return el("div", { class: "chart-box" }, root, legend);

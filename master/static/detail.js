@@ -3,6 +3,7 @@
 import { api, badge, el, fill, fmtBytes, fmtDuration, fmtNum, fmtTime, progressBar, query } from "./api.js";
 import { renderChart, seriesFromHistory } from "./chart.js";
 import { LogView } from "./logs.js";
+import { mayCancel } from "./session.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const METRICS_PAGE = 10000;
@@ -26,16 +27,13 @@ export class JobDetail {
     this.title = el("h2", {}, `Job #${jobId}`);
     this.summary = el("div", { class: "summary" });
     this.message = el("p", { class: "error", hidden: true, role: "alert" });
-    this.cancelBtn = el("button", { type: "button", class: "danger", onclick: () => this.cancel() }, "Cancel job");
+    this.cancelBtn = el("button", { type: "button", class: "danger", hidden: true, onclick: () => this.cancel() }, "Cancel job");
     this.closeBtn = el("button", { type: "button", class: "small", title: "Close", onclick: () => this.close(true) }, "✕");
     this.errorBox = el("pre", { class: "job-error", hidden: true });
     this.warningsBox = el("ul", { class: "job-warnings", hidden: true, title: "What the farm noticed without ending the job" });
-    this.metrics = el("div", { class: "kv" });
-    this.chart = el("div", { class: "chart-wrap" });
     this.attempts = el("tbody");
-    this.artifacts = el("ul", { class: "artifacts" });
-    this.spec = el("pre", { class: "spec" });
-    const logs = el("div", { class: "logs" });
+    // The panes with the job's contents are built once the job says the caller may see them.
+    this.panes = el("div", { class: "panes" });
     fill(
       this.root,
       el("div", { class: "detail-head" }, this.title, el("div", { class: "actions" }, this.cancelBtn, this.closeBtn)),
@@ -43,20 +41,38 @@ export class JobDetail {
       this.message,
       this.errorBox,
       this.warningsBox,
-      el("div", { class: "detail-grid" },
-        el("section", {}, el("h3", {}, "Latest metrics"), this.metrics, this.chart),
-        el("section", {}, el("h3", {}, "Artifacts"), this.artifacts),
-      ),
       el("section", {}, el("h3", {}, "Attempts"),
         el("div", { class: "scroll-x" }, el("table", { class: "compact" },
           el("thead", {}, el("tr", {}, ["#", "status", "node", "started", "ran", "exit", "error"].map((h) => el("th", {}, h)))),
           this.attempts))),
+      this.panes,
+    );
+    this.root.hidden = false;
+    return this.refresh();
+  }
+
+  // Metrics, chart, artifacts, live log and spec: only for a job whose details the caller sees.
+  buildPanes(job) {
+    if (job.details_hidden) {
+      fill(this.panes, el("p", { class: "muted hidden-note" },
+        `This is ${job.owner || "someone else"}'s job: its log, metrics and artifacts are visible to its owner and admins only.`));
+      return;
+    }
+    this.metrics = el("div", { class: "kv" });
+    this.chart = el("div", { class: "chart-wrap" });
+    this.artifacts = el("ul", { class: "artifacts" });
+    this.spec = el("pre", { class: "spec" }, JSON.stringify(job.spec, null, 2));
+    const logs = el("div", { class: "logs" });
+    fill(
+      this.panes,
+      el("div", { class: "detail-grid" },
+        el("section", {}, el("h3", {}, "Latest metrics"), this.metrics, this.chart),
+        el("section", {}, el("h3", {}, "Artifacts"), this.artifacts),
+      ),
       el("section", {}, el("h3", {}, "Log"), logs),
       el("details", {}, el("summary", {}, "Spec"), this.spec),
     );
-    this.root.hidden = false;
-    this.logView = new LogView(logs, jobId);
-    return this.refresh();
+    this.logView = new LogView(logs, job.id);
   }
 
   close(notify) {
@@ -79,10 +95,10 @@ export class JobDetail {
       return;
     }
     if (jobId !== this.jobId) return;
-    const first = this.job === null;
+    if (this.job === null) this.buildPanes(job);
     this.job = job;
-    if (first) this.spec.textContent = JSON.stringify(job.spec, null, 2);
     this.renderJob(job);
+    if (job.details_hidden) return;
     await Promise.all([this.refreshHistory(jobId, job), this.refreshArtifacts(jobId, job)]);
   }
 
@@ -94,28 +110,34 @@ export class JobDetail {
       this.summary,
       badge(job.status),
       job.cancel_requested && !TERMINAL.has(job.status) ? el("span", { class: "muted" }, "cancel requested") : null,
-      el("span", {}, what),
+      job.details_hidden ? null : el("span", {}, what),
+      el("span", {}, `owner ${job.owner || "–"}`),
       el("span", {}, `queue ${job.queue}`),
       el("span", {}, `priority ${job.priority}`),
-      el("span", {}, `devices ${job.spec.devices ?? 1}`),
+      job.details_hidden ? null : el("span", {}, `devices ${job.spec.devices ?? 1}`),
       job.node ? el("span", {}, `node ${job.node}`) : null,
       job.handbacks ? el("span", { title: "attempts handed back by a worker shutting down" }, `hand-backs ${job.handbacks}`) : null,
       el("span", { title: job.created_at }, `submitted ${fmtTime(job.created_at)}`),
       job.started_at ? el("span", {}, `ran ${fmtDuration(job.started_at, job.finished_at)}`) : null,
-      progressBar(job.progress),
+      job.details_hidden ? null : progressBar(job.progress),
     );
-    this.cancelBtn.hidden = TERMINAL.has(job.status);
+    this.cancelBtn.hidden = !mayCancel(job);
     this.cancelBtn.disabled = job.cancel_requested;
     this.errorBox.hidden = !job.error;
     this.errorBox.textContent = job.error || "";
     const warnings = job.warnings || [];
     this.warningsBox.hidden = !warnings.length;
     fill(this.warningsBox, warnings.map((w) => el("li", {}, w)));
+    this.renderAttempts(job);
+    if (job.details_hidden) return;
     const keys = Object.keys(job.metrics || {}).sort();
     fill(
       this.metrics,
       keys.length ? keys.map((k) => el("div", {}, el("span", { class: "k" }, k), el("span", { class: "v" }, fmtNum(job.metrics[k])))) : el("span", { class: "muted" }, TERMINAL.has(job.status) ? "none" : "none yet"),
     );
+  }
+
+  renderAttempts(job) {
     fill(
       this.attempts,
       job.attempt_list.map((a) =>

@@ -1,16 +1,19 @@
 // The jobs table: filters, newest first, "older" pagination, refreshed in place.
 
 import { api, badge, el, fill, fmtDuration, fmtTime, progressBar, query, valMetrics } from "./api.js";
+import { mayCancel } from "./session.js";
 
 const PAGE = 50;
 const MAX_REFRESH = 500;
 export const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
 
 export class JobsTable {
-  constructor({ tbody, statusFilter, queueFilter, olderBtn, info, onSelect }) {
+  constructor({ tbody, statusFilter, queueFilter, mineFilter, olderBtn, info, onSelect, onCancel }) {
     this.tbody = tbody;
     this.statusFilter = statusFilter;
     this.queueFilter = queueFilter;
+    this.mineFilter = mineFilter;
+    this.onCancel = onCancel;
     this.olderBtn = olderBtn;
     this.info = info;
     this.onSelect = onSelect;
@@ -20,11 +23,16 @@ export class JobsTable {
     this.generation = 0;
     statusFilter.addEventListener("change", () => this.reset());
     queueFilter.addEventListener("change", () => this.reset());
+    mineFilter.addEventListener("change", () => this.reset());
     olderBtn.addEventListener("click", () => this.older());
   }
 
   filters() {
-    return { status: this.statusFilter.value, queue: this.queueFilter.value };
+    return {
+      status: this.statusFilter.value,
+      queue: this.queueFilter.value,
+      owner: this.mineFilter.checked ? "me" : undefined,
+    };
   }
 
   async reset() {
@@ -69,6 +77,27 @@ export class JobsTable {
     }
   }
 
+  cancelButton(job) {
+    const button = el("button", { type: "button", class: "small danger cancel", title: `Cancel job #${job.id}` }, "Cancel");
+    if (job.cancel_requested) button.disabled = true;
+    button.addEventListener("click", async (ev) => {
+      ev.stopPropagation(); // the row's own click opens the job
+      button.disabled = true;
+      await this.onCancel(job.id);
+    });
+    button.addEventListener("keydown", (ev) => ev.stopPropagation());
+    return button;
+  }
+
+  forget() {
+    this.items = [];
+    this.nextBefore = null;
+    this.selected = null;
+    this.generation += 1;
+    this.mineFilter.checked = false;
+    fill(this.tbody);
+  }
+
   select(id) {
     this.selected = id;
     for (const row of this.tbody.rows) row.classList.toggle("selected", Number(row.dataset.id) === id);
@@ -82,6 +111,7 @@ export class JobsTable {
         { "data-id": job.id, class: job.id === this.selected ? "selected" : "", tabindex: "0" },
         el("td", { class: "num" }, `#${job.id}`),
         el("td", { class: "name", title: name }, name),
+        el("td", { class: "owner" }, job.owner || el("span", { class: "muted" }, "–")),
         el("td", {}, badge(job.status), job.cancel_requested && job.status === "running" ? el("span", { class: "muted" }, " cancelling") : null),
         el("td", {}, job.queue),
         el("td", { class: "num" }, String(job.priority)),
@@ -90,6 +120,7 @@ export class JobsTable {
         el("td", { class: "hide-narrow" }, job.node || ""),
         el("td", { class: "hide-narrow", title: job.created_at }, fmtTime(job.created_at)),
         el("td", { class: "hide-narrow num" }, fmtDuration(job.started_at, job.finished_at)),
+        el("td", { class: "row-actions" }, mayCancel(job) ? this.cancelButton(job) : null),
       );
       const open = () => this.onSelect(job.id);
       row.addEventListener("click", open);
@@ -101,7 +132,7 @@ export class JobsTable {
       });
       return row;
     });
-    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 10, class: "empty" }, "No jobs match.")));
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 12, class: "empty" }, "No jobs match.")));
     fill(this.tbody, rows);
     this.olderBtn.hidden = this.nextBefore === null;
     this.info.textContent = `${this.items.length} shown`;

@@ -1,5 +1,7 @@
 """No input answers 5xx. schemathesis fuzzes the whole OpenAPI of a real master, on SQLite and
-PostgreSQL, with every phase; beside it, the inputs that once gave a 500 are pinned as examples."""
+PostgreSQL, with every phase, behind auth (as an admin, so every route is reached, and its
+`ignored_auth` check sends each request without the token too); beside it, the inputs that once gave
+a 500 are pinned as examples."""
 
 from __future__ import annotations
 
@@ -37,15 +39,31 @@ CHECKS = [
 #: The live-log stream of a running job never ends by design; it is fuzzed in a second run, once
 #: every job has ended, so that each of its answers ends too.
 STREAM = "/api/jobs/{job_id}/logs/stream"
+#: The two operations that can take the fuzzer's own access away: revoking a token (ids are small
+#: integers, so the coverage phase soon hits the fuzzer's own) and demoting or disabling a user (the
+#: stateful phase makes a second admin with POST /api/users, after which the master no longer
+#: refuses, with its 409, to disable or demote the fuzzer's). Once that happens every answer is 401
+#: and the rest of the run tests nothing. A token of a second admin does not help (its id and name
+#: are as easy to reach), and a lost case cannot be told from a kept one by operation alone; so the
+#: main runs leave these two out and a last run fuzzes just them, with a throwaway admin of its own,
+#: once nothing else is left to test. (DELETE /api/auth/session stays in: it revokes only a
+#: dashboard cookie's session, never the Bearer token the fuzzer sends.)
+LOCKOUT = ["DELETE /api/tokens/{token_id}", "PATCH /api/users/{name}"]
+#: The routes of users and access (issue 10): the main run must have tested each of these prefixes.
+ACCESS_ROUTES = ["/api/users", "/api/tokens", "/api/audit", "/api/auth/"]
 
 
-def schemathesis(master: MasterProcess, report: Path, *args: str) -> dict:
-    """One deterministic schemathesis run against the master; its JSON report."""
+def schemathesis(master: MasterProcess, report: Path, *args: str, token: str | None = None) -> dict:
+    """One deterministic schemathesis run against the master, as the admin `token` (the first
+    admin's if none); its JSON report."""
     command = [
         *SCHEMATHESIS,
         "run",
         f"{master.url}/openapi.json",
         *CHECKS,
+        # On the command line only inside this test's own process tree; a throwaway farm's token.
+        "--header",
+        f"Authorization: Bearer {token or master.token}",
         # Derandomized (which also keeps no example database between runs): the same cases every
         # time, so CI cannot flake on a case a previous run happened to find.
         "--generation-deterministic",
@@ -77,6 +95,14 @@ def cases_in(report: dict) -> int:
     return int(report["test_cases"]["generated"])
 
 
+def throwaway_admin(api: httpx.Client, name: str) -> str:
+    """A token of a new admin, for a run that may revoke or disable whatever it holds."""
+    api.post("/users", json={"name": name, "role": "admin", "password": "fuzz-lockout-pw"}).raise_for_status()
+    answer = api.post("/auth/login", data={"username": name, "password": "fuzz-lockout-pw"})
+    answer.raise_for_status()
+    return str(answer.json()["access_token"])
+
+
 # About 1 minute on SQLite and 2 on PostgreSQL here; the suite's 180 s would leave no margin on a
 # loaded CI machine, and the runs have their own 600 s bound.
 @pytest.mark.timeout(900)
@@ -90,7 +116,10 @@ def test_schemathesis_finds_no_server_error(
         "examples,coverage,fuzzing,stateful",
         "--exclude-path",
         STREAM,
+        *(arg for operation in LOCKOUT for arg in ("--exclude-name", operation)),
     )
+    # The fuzzer was never locked out: its token still works (else its cases after that were 401s).
+    assert api.get("/auth/me").status_code == 200
     # Every job the fuzzer made ends now (none has a worker), so every stream it opens ends.
     while queued := api.get("/jobs", params={"status": "queued", "limit": 500}).json()["items"]:
         for job in queued:
@@ -98,12 +127,24 @@ def test_schemathesis_finds_no_server_error(
     stream = schemathesis(
         master, tmp_path / "stream.json", "--phases", "examples,coverage,fuzzing", "--include-path", STREAM
     )
+    lockout = schemathesis(
+        master,
+        tmp_path / "lockout.json",
+        "--phases",
+        "examples,coverage,fuzzing",
+        *(arg for operation in LOCKOUT for arg in ("--include-name", operation)),
+        token=throwaway_admin(api, "fuzz-lockout"),
+    )
     # Each phase ran (the examples phase has no examples to run: the schema holds none).
     for phase in ("coverage", "fuzzing", "stateful"):
         assert main["phases"][phase]["status"] == "success", main["phases"]
     assert main["operations"]["tested"] == main["operations"]["selected"] > 10
-    total = cases_in(main) + cases_in(stream)
-    print(f"schemathesis: {total} cases ({cases_in(main)} + {cases_in(stream)} on the stream), no failure")
+    assert lockout["operations"]["tested"] == lockout["operations"]["selected"] == len(LOCKOUT)
+    total = cases_in(main) + cases_in(stream) + cases_in(lockout)
+    print(
+        f"schemathesis: {total} cases ({cases_in(main)} + {cases_in(stream)} on the stream + "
+        f"{cases_in(lockout)} revoking and changing users), no failure"
+    )
     record_property("schemathesis_cases", total)
 
 

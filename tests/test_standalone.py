@@ -43,6 +43,32 @@ def admin_client(api_url: str, data_dir: Path) -> httpx.Client:
     return httpx.Client(base_url=f"{api_url}/api", timeout=30, headers={"Authorization": f"Bearer {token}"})
 
 
+def farm_env(data_dir: Path, home: Path) -> dict[str, str]:
+    """A shell on the farm's machine as its user: no TRAINFARM_TOKEN and no saved login, only the
+    farm's data dir (where its credentials.json is)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINFARM_")}
+    (home / "config").mkdir(parents=True, exist_ok=True)
+    return {
+        **env,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "TRAINFARM_DATA_DIR": str(data_dir),
+    }
+
+
+def check_flower_asks_for_the_admin(flower_port: int, data_dir: Path) -> None:
+    """Flower's API wants the first admin's name and password; its health check (the readiness
+    probe's) needs none: Flower 2.2 guards its pages and API with --basic_auth but not /healthcheck."""
+    creds = json.loads((data_dir / "credentials.json").read_text())
+    flower = f"http://127.0.0.1:{flower_port}"
+    assert httpx.get(f"{flower}/api/workers", timeout=10).status_code == 401
+    wrong = httpx.get(f"{flower}/api/workers", auth=(creds["user"], "not-the-password"), timeout=10)
+    assert wrong.status_code == 401
+    right = httpx.get(f"{flower}/api/workers", auth=(creds["user"], creds["password"]), timeout=10)
+    assert right.status_code == 200, right.text
+    assert httpx.get(f"{flower}/healthcheck", timeout=10).status_code == 200
+
+
 def wait_healthy(api_url: str, flower_port: int, farm: subprocess.Popen[bytes]) -> None:
     def healthy() -> bool:
         assert farm.poll() is None, farm.stdout.read().decode()  # type: ignore[union-attr]
@@ -76,9 +102,23 @@ def test_standalone_runs_a_job_stops_cleanly_and_restarts_on_its_data(tmp_path):
         assert "hello farm" in [line["text"] for line in api.get(f"/jobs/{job['id']}/logs").json()["lines"]]
         nodes = wait_for(lambda: api.get("/nodes").json(), timeout=30, what="node")
         assert [n["name"] for n in nodes] == ["standalone-node"]  # type: ignore[union-attr]
+        check_flower_asks_for_the_admin(flower_port, data_dir)
+        # The CLI on the same machine finds the farm's credentials with no login and no token.
+        cli = subprocess.run(
+            [sys.executable, "-m", "trainfarm.cli", "--api-url", api_url, "jobs"],
+            cwd=ROOT, env=farm_env(data_dir, tmp_path / "home"), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert cli.returncode == 0, cli.stdout + cli.stderr
+        assert "succeeded" in cli.stdout, cli.stdout
     finally:
         output = interrupt(farm)
     assert "stopping redis" in output
+    # The banner says where the first admin's password and token are. Its panel is 80 columns wide
+    # without a terminal and breaks a long path mid-word, so it is compared with the borders and
+    # all white space taken out.
+    assert "Login user admin, password and API token in" in " ".join(output.split()), output
+    flat = "".join(output.replace("│", "").split())
+    assert "".join(str(data_dir / "credentials.json").split()) in flat, output
     ports = json.loads((data_dir / "ports.json").read_text())
     for name, port in ports.items():
         assert not port_open(port), f"{name} still listens on {port} after Ctrl-C"

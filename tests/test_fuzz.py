@@ -139,6 +139,12 @@ def test_schemathesis_finds_no_server_error(
     for phase in ("coverage", "fuzzing", "stateful"):
         assert main["phases"][phase]["status"] == "success", main["phases"]
     assert main["operations"]["tested"] == main["operations"]["selected"] > 10
+    # Every operation but the stream and the two above was in the main run; the access routes too.
+    paths = httpx.get(f"{master.url}/openapi.json", timeout=30).json()["paths"]
+    operations = {f"{method.upper()} {path}" for path, methods in paths.items() for method in methods}
+    assert main["operations"]["selected"] == len(operations) - len(paths[STREAM]) - len(LOCKOUT)
+    for prefix in ACCESS_ROUTES:
+        assert any(op.split()[1].startswith(prefix) for op in operations - set(LOCKOUT)), prefix
     assert lockout["operations"]["tested"] == lockout["operations"]["selected"] == len(LOCKOUT)
     total = cases_in(main) + cases_in(stream) + cases_in(lockout)
     print(

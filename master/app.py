@@ -59,6 +59,7 @@ def _host_patterns(hosts: list[str]) -> list[str]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    settings.check_master()  # production: no open routes, no unsigned sessions, no wildcard hosts
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -184,6 +184,11 @@ class Settings(BaseSettings):
     def _refuse_insecure(self) -> None:
         if self.s3_secret_key == DEV_S3_SECRET:
             raise ValueError("TRAINFARM_S3_SECRET_KEY must be set to a real secret in production")
+
+    def check_master(self) -> None:
+        """What a production master refuses to start with (a worker needs none of these keys)."""
+        if self.environment != "production":
+            return
         if not self.auth_enabled:
             raise ValueError(
                 "TRAINFARM_AUTH_ENABLED=false is refused in production: every route would be open"

@@ -45,14 +45,19 @@ def _banner(farm: StandaloneFarm) -> None:
         f"S3          http://{s.s3_endpoint}  bucket {s.s3_bucket}  key {s.s3_access_key}",
         f"Redis       {s.redis_url}",
         f"Data        {farm.data_dir}",
-        f"Login       user {farm.master.credentials.user}, password and API token in "
-        f"{farm.data_dir / 'credentials.json'} (the CLI on this machine finds them)",
         "",
         f"CLI:        export TRAINFARM_API_URL={s.api_url}",
         "Workers:    other machines join with `celery -A worker worker -Q gpu` and",
         "            TRAINFARM_REDIS_URL / TRAINFARM_S3_ENDPOINT pointing here (bind beyond 127.0.0.1 first)",
     ]
     console.print(Panel("\n".join(lines), title="trainfarm is running", border_style="green"))
+    # Outside the panel and unwrapped, so the path can be copied whole however narrow the terminal.
+    creds = farm.master.credentials
+    console.print(
+        f"Login as {creds.user}: password and API token in {farm.data_dir / 'credentials.json'} "
+        "(the CLI on this machine finds the token there)",
+        soft_wrap=True,
+    )
 
 
 def _say(message: str) -> None:

@@ -48,7 +48,14 @@ QUEUE_FILTER = r"^[A-Za-z0-9._-]+$"
 #: What an owner filter can be: a user name, or `me`.
 OWNER_FILTER = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 #: What someone else's job shows under TRAINFARM_JOB_VISIBILITY=own: status, queue, owner, timing.
-HIDDEN: dict[str, object] = {"spec": {}, "log_tail": None, "error": None, "progress": {}, "metrics": {}, "warnings": []}
+HIDDEN: dict[str, object] = {
+    "spec": {},
+    "log_tail": None,
+    "error": None,
+    "progress": {},
+    "metrics": {},
+    "warnings": [],
+}
 
 
 class JobBatch(BaseModel):

@@ -15,7 +15,7 @@ from master.auth import accounts
 from master.models import User, UserPublic
 from shared.roles import USER_NAME_PATTERN, Role
 
-router = APIRouter(prefix="/users", tags=["users"], responses=documented(401, 403, 404, 409, 422, 429))
+router = APIRouter(prefix="/users", tags=["users"], responses=documented(400, 401, 403, 404, 409, 422, 429))
 
 UserName = Annotated[str, PathParam(pattern=USER_NAME_PATTERN, description="The user's name")]
 

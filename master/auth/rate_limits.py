@@ -22,7 +22,11 @@ class RateLimits:
     """
 
     def __init__(
-        self, storage: RedisStorage, mutations_per_minute: int, failed_logins_per_minute: int, window: int = 60
+        self,
+        storage: RedisStorage,
+        mutations_per_minute: int,
+        failed_logins_per_minute: int,
+        window: int = 60,
     ) -> None:
         # A sliding window: a fixed one would let twice the limit through around a minute's edge.
         self._limiter = SlidingWindowCounterRateLimiter(storage)

@@ -11,8 +11,10 @@ from typing import Any
 
 
 class Connection:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, headers: dict[str, str] | None = None) -> None:
         self.host, self.port = host, port
+        #: Sent with every request, e.g. an Authorization header.
+        self._extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -21,7 +23,7 @@ class Connection:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         assert self._reader is not None
         payload = b"" if body is None else json.dumps(body).encode()
-        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(payload)}\r\n"
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{self._extra}Content-Length: {len(payload)}\r\n"
         if payload:
             head += "Content-Type: application/json\r\n"
         self._writer.write(head.encode() + b"\r\n" + payload)
@@ -52,7 +54,14 @@ class LoadResult:
 
 
 async def _closed_loop(
-    url: str, method: str, path: str, body: Any, clients: int, seconds: float, expect: int
+    url: str,
+    method: str,
+    path: str,
+    body: Any,
+    clients: int,
+    seconds: float,
+    expect: int,
+    headers: dict[str, str] | None,
 ) -> LoadResult:
     host, port = url.removeprefix("http://").split(":")
     result = LoadResult()
@@ -60,7 +69,7 @@ async def _closed_loop(
     stop_at = start + seconds
 
     async def client() -> None:
-        conn = Connection(host, int(port))
+        conn = Connection(host, int(port), headers)
         try:
             while time.perf_counter() < stop_at:
                 sent = time.perf_counter()
@@ -78,7 +87,14 @@ async def _closed_loop(
 
 
 def closed_loop(
-    url: str, method: str, path: str, body: Any, clients: int, seconds: float, expect: int = 200
+    url: str,
+    method: str,
+    path: str,
+    body: Any,
+    clients: int,
+    seconds: float,
+    expect: int = 200,
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
     """`clients` connections, each sending its next request as soon as the last is answered."""
-    return asyncio.run(_closed_loop(url, method, path, body, clients, seconds, expect))
+    return asyncio.run(_closed_loop(url, method, path, body, clients, seconds, expect, headers))

@@ -5,15 +5,12 @@ what checking the caller costs (the same master with authentication off); and on
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
-from typing import Any
 
 import httpx
 
 from bench.farm_client import command_job
-from bench.loadgen import Connection, LoadResult, closed_loop
+from bench.loadgen import LoadResult, closed_loop
 from bench.report import Row
 from bench.services import PythonProcess, Services
 from bench.stats import median, ms, percentile
@@ -22,68 +19,17 @@ from trainfarm.services import free_port
 
 CLIENTS = 16
 SECONDS, QUICK_SECONDS = 5.0, 2.0
-ROUNDS, QUICK_ROUNDS = 2, 1
+ROUNDS, QUICK_ROUNDS = 4, 1
 BATCH, BATCH_ROUNDS = 1000, 3
 SPEC = command_job("true")
 #: High enough never to refuse a submission, but on: its Redis round trip is part of what auth costs.
 MUTATIONS_PER_MINUTE = 1_000_000_000
 
 
-class BearerConnection(Connection):
-    """loadgen's keep-alive connection, sending a bearer token with every request."""
-
-    def __init__(self, host: str, port: int, token: str) -> None:
-        super().__init__(host, port)
-        self._auth = f"Authorization: Bearer {token}\r\n"
-
-    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
-        if self._writer is None:
-            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
-        assert self._reader is not None
-        payload = b"" if body is None else json.dumps(body).encode()
-        head = (
-            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{self._auth}Content-Length: {len(payload)}\r\n"
-        )
-        if payload:
-            head += "Content-Type: application/json\r\n"
-        self._writer.write(head.encode() + b"\r\n" + payload)
-        status_line = await self._reader.readline()
-        length = 0
-        while (line := await self._reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        data = await self._reader.readexactly(length)
-        return int(status_line.split()[1]), data
-
-
-async def _submitting(url: str, token: str, seconds: float) -> LoadResult:
-    host, port = url.removeprefix("http://").split(":")
-    result = LoadResult()
-    start = time.perf_counter()
-    stop_at = start + seconds
-
-    async def client() -> None:
-        conn = BearerConnection(host, int(port), token)
-        try:
-            while time.perf_counter() < stop_at:
-                sent = time.perf_counter()
-                status, _ = await conn.request("POST", "/api/jobs", SPEC)
-                if status == 201:
-                    result.latencies.append(time.perf_counter() - sent)
-                else:
-                    result.errors += 1
-        finally:
-            conn.close()
-
-    await asyncio.gather(*(client() for _ in range(CLIENTS)))
-    result.seconds = time.perf_counter() - start
-    return result
-
-
 def submitting(url: str, token: str, seconds: float) -> LoadResult:
     """`CLIENTS` connections submitting jobs with the token, each as soon as its last is answered."""
-    return asyncio.run(_submitting(url, token, seconds))
+    auth = {"Authorization": f"Bearer {token}"}
+    return closed_loop(url, "POST", "/api/jobs", SPEC, CLIENTS, seconds, expect=201, headers=auth)
 
 
 def _bare_api(services: Services, settings: Settings, name: str) -> PythonProcess:
@@ -145,9 +91,12 @@ def _database(services: Services, kind: str, quick: bool) -> list[Row]:
         submitting(master.url, token, 0.5)
         submitting(open_master.url, token, 0.5)
         closed_loop(bare.url, "POST", "/jobs", SPEC, CLIENTS, 0.5, expect=201)
-        for _ in range(QUICK_ROUNDS if quick else ROUNDS):
-            farm.append(submitting(master.url, token, seconds))
-            open_farm.append(submitting(open_master.url, token, seconds))
+        for round_ in range(QUICK_ROUNDS if quick else ROUNDS):
+            # Auth on and off swap places each round, so neither always runs on a machine the
+            # other has just warmed (or left busy with its background loops).
+            pair = [(farm, master), (open_farm, open_master)]
+            for results, proc in pair if round_ % 2 == 0 else pair[::-1]:
+                results.append(submitting(proc.url, token, seconds))
             base.append(closed_loop(bare.url, "POST", "/jobs", SPEC, CLIENTS, seconds, expect=201))
         batch = _batch_seconds(master.url, token)
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,6 +12,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from tenacity import retry, stop_after_delay, wait_exponential
 
@@ -71,6 +73,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.registry = make_registry(engine, state.broker)
         register_log_hub(app.state.registry, state.hub)
         await state.hub.start()
+        # Access changes announced by any master empty this one's token cache; this master's
+        # request counts go to Redis every tenth of a second.
+        auth_tasks = [
+            asyncio.create_task(state.auth.watch()),
+            asyncio.create_task(state.auth.limits.mutations.run()),
+        ]
         policy = RetryPolicy(max_handbacks=settings.max_handbacks)
         consumer = EventConsumer(EventBus(state.broker), engine, policy=policy)
         reaper = LeaseReaper(
@@ -88,6 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             for loop in loops:
                 loop.stop()
+            for task in auth_tasks:
+                task.cancel()
+            await asyncio.gather(*auth_tasks, return_exceptions=True)
             try:
                 state.dispatcher.marks.flush()  # what the loop had not written yet
             except Exception:  # the sweep publishes those again; leases keep it to one run
@@ -118,13 +129,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=_host_patterns(settings.allowed_hosts))
 
     @app.get("/metrics", include_in_schema=False)
-    def prometheus_metrics(request: Request) -> Response:
+    async def prometheus_metrics(request: Request) -> Response:
         state: MasterState = request.app.state.master
         if settings.auth_enabled and not state.auth.is_scraper(request):
-            caller = get_caller(request, state, None)
+            caller = await get_caller(request, state, None)
             if not caller.is_admin:
                 raise Unauthorized("/metrics takes the scrape token (TRAINFARM_METRICS_TOKEN) or an admin's")
-        return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
+        # In the thread pool: the collectors read the database.
+        body = await run_in_threadpool(generate_latest, request.app.state.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
     def dashboard() -> FileResponse:

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import redis
 import redis.asyncio as aioredis
-from limits.storage import RedisStorage
 from sqlalchemy import Engine
 
 from master.auth.callers import Authenticator
@@ -45,8 +44,9 @@ class MasterState:
         aredis = make_async_redis(settings.redis_url)
         store = ArtifactStore(make_s3_client(settings), settings.s3_bucket)
         limits = RateLimits(
-            # The broker's own pool: one set of connection settings (timeouts, TLS) for all of Redis.
-            RedisStorage(settings.redis_url, connection_pool=broker.connection_pool),
+            settings.redis_url,
+            broker,
+            aredis,
             settings.rate_limit_mutations_per_minute,
             settings.rate_limit_failed_logins_per_minute,
             settings.rate_limit_window,
@@ -66,5 +66,5 @@ class MasterState:
             hub=LogHub(make_async_redis(settings.redis_url), aredis, job_statuses(engine)),
             stream_cap=ConnectionCap(settings.sse_max_connections_per_client),
             capacities=Capacities(settings.node_offline_after),
-            auth=Authenticator(engine, cookies, limits, metrics_token),
+            auth=Authenticator(engine, broker, aredis, cookies, limits, metrics_token),
         )

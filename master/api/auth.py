@@ -110,13 +110,16 @@ def open_session(
 
 
 @router.delete("/session", status_code=204, responses=documented(403))
-def close_session(caller: CallerDep, session: SessionDep, request: Request, response: Response) -> None:
+def close_session(
+    caller: CallerDep, session: SessionDep, state: StateDep, request: Request, response: Response
+) -> None:
     """Log out of the dashboard: the session's token is revoked and its cookie cleared."""
     if caller.token_id is not None and caller.by_cookie:
         token = session.get(ApiToken, caller.token_id)
         if token is not None:
             accounts.revoke_token(session, token, actor=caller.name, address=client_address(request))
             session.commit()
+            state.auth.changed()
     response.delete_cookie(COOKIE, path="/")
 
 

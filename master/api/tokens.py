@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
-from master.api.deps import MAX_INT64, CallerDep, SessionDep, client_address
+from master.api.deps import MAX_INT64, CallerDep, SessionDep, StateDep, client_address
 from master.api.errors import documented
 from master.auth import accounts
 from master.auth.callers import Caller
@@ -85,7 +85,9 @@ def list_all_tokens(
 
 
 @router.delete("/{token_id}", response_model=TokenPublic)
-def revoke_token(token_id: TokenId, caller: CallerDep, session: SessionDep, request: Request) -> TokenPublic:
+def revoke_token(
+    token_id: TokenId, caller: CallerDep, session: SessionDep, state: StateDep, request: Request
+) -> TokenPublic:
     """Revoke a token at once: yours, or anyone's for an admin."""
     token = session.get(ApiToken, token_id)
     owner = session.get(User, token.user_id) if token is not None else None
@@ -93,5 +95,6 @@ def revoke_token(token_id: TokenId, caller: CallerDep, session: SessionDep, requ
         raise NotFound(f"token {token_id} not found", field="token_id")
     accounts.revoke_token(session, token, actor=caller.name, address=client_address(request))
     session.commit()
+    state.auth.changed()
     session.refresh(token)
     return _public(token, owner.name)

@@ -9,7 +9,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
-from master.api.deps import AdminDep, SessionDep, client_address
+from master.api.deps import AdminDep, SessionDep, StateDep, client_address
 from master.api.errors import documented
 from master.auth import accounts
 from master.models import User, UserPublic
@@ -58,7 +58,7 @@ def get_user(name: UserName, caller: AdminDep, session: SessionDep) -> User:
 
 @router.patch("/{name}", response_model=UserPublic)
 def update_user(
-    name: UserName, body: UserUpdate, caller: AdminDep, session: SessionDep, request: Request
+    name: UserName, body: UserUpdate, caller: AdminDep, session: SessionDep, state: StateDep, request: Request
 ) -> User:
     """Change a user's role, disable or enable them (a disabled user's tokens stop at once), or set a new password."""
     user = accounts.get_user(session, name)
@@ -70,5 +70,6 @@ def update_user(
     if body.password is not None:
         accounts.set_password(session, user, body.password, actor=caller.name, address=address)
     session.commit()
+    state.auth.changed()  # a disabled user's or a demoted admin's cached tokens go at once
     session.refresh(user)
     return user

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from dataclasses import dataclass
@@ -9,13 +10,17 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
+import redis.asyncio as aioredis
 from sqlalchemy import Engine, Select, bindparam, select, update
 from sqlmodel import col
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from master.auth import tokens
 from master.auth.rate_limits import RateLimits
 from master.auth.sessions import COOKIE, SessionCookies
+from master.auth.token_cache import CHANNEL, TokenCache, TokenRecord
 from master.models import ApiToken, User, as_utc, utcnow
 from shared.errors import Forbidden, Unauthorized
 from shared.roles import Role
@@ -74,25 +79,72 @@ TOKEN_LOOKUP: Select[*tuple[Any, ...]] = (
 class Authenticator:
     """Turns a request's credentials into a `Caller`, or a 401 that says what is wrong.
 
-    One indexed lookup of the token's SHA-256 per request, joined with its user, so a disabled user
-    or a revoked token stops working at once on every master process.
+    A token is looked up by its SHA-256, joined with its user, and kept in a `TokenCache` that every
+    master empties when any of them announces a change that takes access away (`changed`, `watch`):
+    a revoked token or a disabled user's stops on the next request, and a request with a known
+    token costs no database query and no Redis round trip.
     """
 
     def __init__(
-        self, engine: Engine, cookies: SessionCookies, limits: RateLimits, metrics_token: str | None
+        self,
+        engine: Engine,
+        broker: redis.Redis,
+        aredis: aioredis.Redis,
+        cookies: SessionCookies,
+        limits: RateLimits,
+        metrics_token: str | None,
     ) -> None:
         self._engine = engine
+        self._broker = broker
+        self._aredis = aredis
         self.cookies = cookies
         self.limits = limits
         self._metrics_token = metrics_token
+        self.cache = TokenCache()
 
-    def caller(self, conn: HTTPConnection) -> Caller:
+    async def caller(self, conn: HTTPConnection) -> Caller:
         plain, by_cookie = self._credentials(conn)
-        caller = self._lookup(plain, by_cookie)
+        if not tokens.looks_like_token(plain):
+            raise Unauthorized("that is not a trainfarm token (they start with 'tf_')")
+        digest = tokens.digest(plain)
+        record = await self._record(digest)
+        caller = _admit(record, by_cookie)
         if conn.scope.get("method", "GET") not in SAFE_METHODS:
             check_origin(conn, required=by_cookie)
-            self.limits.count_mutation(f"token:{caller.token_id}")
+            await self.limits.count_mutation(f"token:{record.id}")
+        if self.cache.due_touch(digest, LAST_USED_EVERY.total_seconds()):
+            await run_in_threadpool(self._touch, record.id)
         return caller
+
+    def changed(self) -> None:
+        """Call after committing a change that takes access away (a token revoked, a user disabled
+        or given another role): this master's cached tokens go now, every other master's as the
+        announcement reaches it, milliseconds later."""
+        self.cache.clear()
+        try:
+            self._broker.publish(CHANNEL, "changed")
+        except redis.RedisError:
+            # Other masters' listeners are cut off from Redis too, so they check the database on
+            # every request until it is back (TokenCache.listening).
+            log.warning("could not announce an access change in Redis")
+
+    async def watch(self) -> None:
+        """Empty the cache whenever any master announces a change; run as a task until cancelled.
+        The cache is used only while subscribed."""
+        while True:
+            try:
+                async with self._aredis.pubsub() as pubsub:
+                    await pubsub.subscribe(CHANNEL)
+                    async for message in pubsub.listen():
+                        if message["type"] == "subscribe":
+                            self.cache.listening = True
+                        self.cache.clear()
+            except redis.RedisError as exc:
+                log.warning("lost the access-change channel (%s); checking every token in the database", exc)
+            finally:
+                self.cache.listening = False
+                self.cache.clear()
+            await asyncio.sleep(1)
 
     def is_scraper(self, conn: HTTPConnection) -> bool:
         """Whether the request carries the Prometheus scrape token (compared in constant time)."""
@@ -114,30 +166,57 @@ class Authenticator:
             return self.cookies.open(cookie), True
         raise Unauthorized(NO_CREDENTIALS)
 
-    def _lookup(self, plain: str, by_cookie: bool) -> Caller:
-        if not tokens.looks_like_token(plain):
-            raise Unauthorized("that is not a trainfarm token (they start with 'tf_')")
-        now = utcnow()
+    async def _record(self, digest: str) -> TokenRecord:
+        record = self.cache.get(digest)
+        if record is None:
+            record = _known(await run_in_threadpool(self._load, digest))
+            self.cache.put(digest, record)
+        return record
+
+    def _load(self, digest: str) -> TokenRecord | None:
         with self._engine.connect() as conn:
-            row = conn.execute(TOKEN_LOOKUP, {"digest": tokens.digest(plain)}).first()
-            if row is None:
-                raise Unauthorized("unknown token: it was never issued or its user was removed")
-            if row.revoked_at is not None:
-                raise Unauthorized(f"token '{row.name}' ({row.prefix}…) was revoked")
-            if row.expires_at is not None and as_utc(row.expires_at) <= now:
-                raise Unauthorized(
-                    f"token '{row.name}' ({row.prefix}…) expired at {row.expires_at:%Y-%m-%d %H:%M} UTC"
-                )
-            if row.disabled:
-                raise Unauthorized(f"user '{row.user_name}' is disabled")
-            if by_cookie != (row.kind == "session"):
-                # A session token only in its signed cookie, an API token only in the header: a
-                # stolen cookie value is no bearer token, and the reverse.
-                raise Unauthorized("this token cannot be used this way")
-            if row.last_used_at is None or as_utc(row.last_used_at) + LAST_USED_EVERY < now:
-                conn.execute(update(ApiToken).where(col(ApiToken.id) == row.id).values(last_used_at=now))
-                conn.commit()
-            return Caller(name=row.user_name, role=Role(row.role), token_id=row.id, by_cookie=by_cookie)
+            row = conn.execute(TOKEN_LOOKUP, {"digest": digest}).first()
+        if row is None:
+            return None
+        return TokenRecord(
+            id=row.id,
+            name=row.name,
+            prefix=row.prefix,
+            kind=row.kind,
+            revoked_at=row.revoked_at,
+            expires_at=row.expires_at,
+            user_name=row.user_name,
+            role=row.role,
+            disabled=row.disabled,
+        )
+
+    def _touch(self, token_id: int) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(update(ApiToken).where(col(ApiToken.id) == token_id).values(last_used_at=utcnow()))
+
+
+def _known(record: TokenRecord | None) -> TokenRecord:
+    if record is None:
+        raise Unauthorized("unknown token: it was never issued or its user was removed")
+    return record
+
+
+def _admit(record: TokenRecord, by_cookie: bool) -> Caller:
+    """The caller a token stands for, or the 401 that says why it does not work (checked on every
+    request, cached or not: an expiry passes while a token sits in the cache)."""
+    if record.revoked_at is not None:
+        raise Unauthorized(f"token '{record.name}' ({record.prefix}…) was revoked")
+    if record.expires_at is not None and as_utc(record.expires_at) <= utcnow():
+        raise Unauthorized(
+            f"token '{record.name}' ({record.prefix}…) expired at {record.expires_at:%Y-%m-%d %H:%M} UTC"
+        )
+    if record.disabled:
+        raise Unauthorized(f"user '{record.user_name}' is disabled")
+    if by_cookie != (record.kind == "session"):
+        # A session token only in its signed cookie, an API token only in the header: a stolen
+        # cookie value is no bearer token, and the reverse.
+        raise Unauthorized("this token cannot be used this way")
+    return Caller(name=record.user_name, role=Role(record.role), token_id=record.id, by_cookie=by_cookie)
 
 
 def check_origin(conn: HTTPConnection, *, required: bool) -> None:

@@ -10,6 +10,7 @@ refuses the GPU worker's `devices` reservation), so the file is read as YAML; wh
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -44,8 +45,10 @@ def test_master_and_flower_take_their_secrets_from_the_environment():
     ]:
         match = REQUIRED.match(env[name])
         assert match and match["name"] == name, (name, env.get(name))
-    # The workers and Flower check the production settings too, so they carry the session secret.
-    assert REQUIRED.match(flower["TRAINFARM_SESSION_SECRET"])
+    # The master's keys are the master's alone: a worker hands its environment to nothing that needs
+    # them, and Flower has its own login.
+    for name in ("TRAINFARM_SESSION_SECRET", "TRAINFARM_METRICS_TOKEN"):
+        assert name not in flower and name not in services()["worker"]["environment"]
     # Host names: overridable, and by default the ones compose itself and a local browser use.
     hosts = re.fullmatch(r"\$\{TRAINFARM_ALLOWED_HOSTS:-(?P<default>.*)\}", master["TRAINFARM_ALLOWED_HOSTS"])
     assert hosts, master["TRAINFARM_ALLOWED_HOSTS"]
@@ -74,9 +77,14 @@ def compose_command() -> list[str] | None:
     return None
 
 
-@pytest.mark.skipif(compose_command() is None, reason="no docker-compose or docker compose here")
 def test_compose_accepts_the_file_with_secrets_and_refuses_it_without():
-    command = [*(compose_command() or []), "-f", str(COMPOSE), "config", "-q"]
+    compose = compose_command()
+    if compose is None:
+        message = "no docker-compose or docker compose (scripts/bootstrap installs Debian's docker-compose)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(f"LOUD SKIP: {message}; docker-compose.yml was not validated")
+    command = [*compose, "-f", str(COMPOSE), "config", "-q"]
     ok = subprocess.run(command, env={"PATH": "/usr/bin:/bin", **DUMMY}, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     without = {k: v for k, v in DUMMY.items() if k != "TRAINFARM_SESSION_SECRET"}

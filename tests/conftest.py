@@ -69,17 +69,43 @@ def postgres_server(services_dir: Path) -> Iterator[PostgresServer]:
     server.destroy()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Each test gets an empty database: a fresh SQLite file, or a fresh PostgreSQL schema."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'master.db'}"
+def empty_database(request: pytest.FixtureRequest, tmp: Path, backend: str) -> str:
+    """An empty database: a fresh SQLite file under `tmp`, or a fresh PostgreSQL schema."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp / 'master.db'}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
     engine = create_engine(server.url.replace("postgresql://", "postgresql+psycopg://"))
     with engine.begin() as conn:
         conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
     engine.dispose()
     return server.url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test gets an empty database: a fresh SQLite file, or a fresh PostgreSQL schema."""
+    return empty_database(request, tmp_path, request.param)
+
+
+def farm_settings(
+    data_dir: Path, redis_server: RedisServer, s3_server: SeaweedS3, database_url: str, **extra: Any
+) -> Settings:
+    """A farm configuration on the test services, with a bucket of its own. Fixtures that outlive
+    one test build theirs with it; the `settings` fixture adds short timings and a flushed Redis."""
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "database_url": database_url,
+        "redis_url": redis_server.url,
+        "s3_endpoint": s3_server.endpoint,
+        "s3_access_key": S3_ACCESS,
+        "s3_secret_key": S3_SECRET,
+        "s3_bucket": f"t-{uuid.uuid4().hex[:12]}",
+        # Tests make far more changes a minute than a person; the rate-limit tests set their own.
+        "rate_limit_mutations_per_minute": 100_000,
+        # `testserver` is the host name of FastAPI's in-process TestClient.
+        "allowed_hosts": ["127.0.0.1", "localhost", "testserver"],
+    }
+    return Settings(**{**values, **extra})
 
 
 @pytest.fixture
@@ -95,14 +121,11 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 def settings(tmp_path: Path, redis_server: RedisServer, s3_server: SeaweedS3, database_url: str) -> Settings:
     """A clean farm configuration: flushed Redis, a bucket of its own, an empty database."""
     redis.Redis.from_url(redis_server.url).flushdb()
-    return Settings(
-        data_dir=tmp_path / "farm",
-        database_url=database_url,
-        redis_url=redis_server.url,
-        s3_endpoint=s3_server.endpoint,
-        s3_access_key=S3_ACCESS,
-        s3_secret_key=S3_SECRET,
-        s3_bucket=f"t-{uuid.uuid4().hex[:12]}",
+    return farm_settings(
+        tmp_path / "farm",
+        redis_server,
+        s3_server,
+        database_url,
         node_offline_after=6.0,
         heartbeat_interval=1.0,
         cancel_grace_period=5.0,
@@ -110,10 +133,6 @@ def settings(tmp_path: Path, redis_server: RedisServer, s3_server: SeaweedS3, da
         lease_ttl=4.0,
         lease_grace=2.0,
         broker_visibility_timeout=60,
-        # Tests make far more changes a minute than a person; the rate-limit tests set their own.
-        rate_limit_mutations_per_minute=100_000,
-        # `testserver` is the host name of FastAPI's in-process TestClient.
-        allowed_hosts=["127.0.0.1", "localhost", "testserver"],
     )
 
 

@@ -22,7 +22,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
-from sqlalchemy import Engine, create_engine, select, text, update
+from sqlalchemy import Engine, select, update
 from sqlmodel import Session, SQLModel, col
 
 from master.app import create_app
@@ -32,46 +32,15 @@ from master.db import make_engine
 from master.models import ApiToken, User
 from shared.roles import Role
 from shared.settings import Settings
-from tests.conftest import S3_ACCESS, S3_SECRET, wait_for
+from tests.conftest import empty_database, farm_settings, wait_for
 from trainfarm.credentials import ensure_credentials
-from trainfarm.services import PostgresServer, RedisServer, SeaweedS3
+from trainfarm.services import RedisServer, SeaweedS3
 from trainfarm.services.farm import MasterProcess
 
 COMMAND = {"command": ["python", "-c", "print(1)"], "queue": "cpu"}
 #: The routes anyone may call; every other one needs a token or a session.
 OPEN_ROUTES = {("get", "/api/health"), ("post", "/api/auth/login"), ("post", "/api/auth/session")}
 USERS = {"alice": Role.MEMBER, "bob": Role.MEMBER, "vic": Role.VIEWER}
-
-
-def farm_settings(
-    data_dir: Path, redis_server: RedisServer, s3: SeaweedS3, database_url: str, **extra: Any
-) -> Settings:
-    """What conftest's `settings` fixture makes, for fixtures that outlive one test (Redis is not
-    flushed: the module's shared apps may still be running on it)."""
-    values: dict[str, Any] = {
-        "data_dir": data_dir,
-        "database_url": database_url,
-        "redis_url": redis_server.url,
-        "s3_endpoint": s3.endpoint,
-        "s3_access_key": S3_ACCESS,
-        "s3_secret_key": S3_SECRET,
-        "s3_bucket": f"t-{uuid.uuid4().hex[:12]}",
-        "rate_limit_mutations_per_minute": 100_000,
-        "rate_limit_failed_logins_per_minute": 100_000,
-        "allowed_hosts": ["127.0.0.1", "localhost", "testserver"],
-    }
-    return Settings(**{**values, **extra})
-
-
-def empty_database(request: pytest.FixtureRequest, tmp: Path, backend: str) -> str:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp / 'master.db'}"
-    server: PostgresServer = request.getfixturevalue("postgres_server")
-    engine = create_engine(server.url.replace("postgresql://", "postgresql+psycopg://"))
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    engine.dispose()
-    return server.url
 
 
 @dataclass
@@ -110,7 +79,12 @@ def farm(
     tmp = tmp_path_factory.mktemp(f"auth-{request.param}")
     redis.Redis.from_url(redis_server.url).flushdb()
     settings = farm_settings(
-        tmp / "farm", redis_server, s3_server, empty_database(request, tmp, request.param)
+        tmp / "farm",
+        redis_server,
+        s3_server,
+        empty_database(request, tmp, request.param),
+        # The shared apps see many failed logins on purpose; the limit has a test of its own.
+        rate_limit_failed_logins_per_minute=100_000,
     )
     creds = ensure_credentials(settings)
     engine = make_engine(settings.database_url)

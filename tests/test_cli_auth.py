@@ -20,8 +20,7 @@ import pytest
 import redis
 from typer.testing import Result
 
-from shared.settings import Settings
-from tests.conftest import S3_ACCESS, S3_SECRET, run_cli
+from tests.conftest import farm_settings, run_cli
 from trainfarm.services import RedisServer, SeaweedS3
 from trainfarm.services.farm import MasterProcess
 from trainfarm.token_store import save_token, tokens_file
@@ -36,17 +35,7 @@ def master(
     """One master for the module (starting one takes seconds); settings as conftest's `settings`."""
     root = tmp_path_factory.mktemp("cli-auth")
     redis.Redis.from_url(redis_server.url).flushdb()
-    settings = Settings(
-        data_dir=root / "farm",
-        database_url=f"sqlite:///{root / 'master.db'}",
-        redis_url=redis_server.url,
-        s3_endpoint=s3_server.endpoint,
-        s3_access_key=S3_ACCESS,
-        s3_secret_key=S3_SECRET,
-        s3_bucket=f"t-{uuid.uuid4().hex[:12]}",
-        rate_limit_mutations_per_minute=100_000,
-        allowed_hosts=["127.0.0.1", "localhost"],
-    )
+    settings = farm_settings(root / "farm", redis_server, s3_server, f"sqlite:///{root / 'master.db'}")
     with MasterProcess(root / "master", settings) as proc:
         yield proc
 

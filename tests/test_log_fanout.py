@@ -388,7 +388,7 @@ def test_thirty_followers_share_one_reader_and_all_get_every_line_and_the_end(
     job_id = submit(api, gated_job(gate, before, after))
     base = f"{master.url}/api"
     with ThreadPoolExecutor(30) as pool:
-        futures = [pool.submit(read_sse, base, job_id) for _ in range(30)]
+        futures = [pool.submit(read_sse, base, dict(api.headers), job_id) for _ in range(30)]
         # Every follower subscribed (some may still read the first part); the job waits at its gate.
         wait_for(lambda: metric(master, "trainfarm_log_followers") == 30, 60, what="30 followers")
         assert metric(master, "trainfarm_log_readers") == 1
@@ -433,7 +433,7 @@ def test_a_follower_stays_through_a_redis_restart_and_gets_every_line(
     before, after = 200, 1000
     job_id = submit(api, gated_job(gate, before, after))
     with ThreadPoolExecutor(1) as pool:
-        follower = pool.submit(read_sse, f"{master.url}/api", job_id)
+        follower = pool.submit(read_sse, f"{master.url}/api", dict(api.headers), job_id)
         wait_for(lambda: metric(master, "trainfarm_log_followers") == 1, 60, what="the follower")
         wait_for(lambda: f"line {before - 1}" in log_texts(api, job_id), 60, what="the first part")
         redis_server.restart()  # SIGTERM: Redis writes its append-only file, then comes back with it
@@ -482,7 +482,7 @@ def test_a_slow_follower_holds_up_nobody_and_still_gets_every_line(api, master, 
 
     with ThreadPoolExecutor(2) as pool:
         slow_done = pool.submit(slow)
-        fast_done = pool.submit(read_sse, base, job_id)
+        fast_done = pool.submit(read_sse, base, dict(api.headers), job_id)
         wait_for(lambda: metric(master, "trainfarm_log_followers") == 2, 60, what="2 followers")
         gate.touch()
         fast_lines, _, fast_end = fast_done.result(timeout=170)

@@ -21,7 +21,7 @@ from master.state import MasterState
 from shared.errors import Unauthorized
 from shared.roles import Role
 
-router = APIRouter(prefix="/auth", tags=["auth"], responses=documented(401, 403, 422, 429))
+router = APIRouter(prefix="/auth", tags=["auth"], responses=documented(400, 401, 403, 422, 429))
 
 LoginForm = Annotated[OAuth2PasswordRequestForm, Depends()]
 BAD_LOGIN = "wrong user name or password"

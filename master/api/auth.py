@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Annotated
 
@@ -19,7 +20,7 @@ from master.auth.sessions import COOKIE
 from master.models import ApiToken, User
 from master.state import MasterState
 from shared.errors import Unauthorized
-from shared.roles import Role
+from shared.roles import USER_NAME_PATTERN, Role
 
 router = APIRouter(prefix="/auth", tags=["auth"], responses=documented(400, 401, 403, 422, 429))
 
@@ -54,7 +55,9 @@ def _login(state: MasterState, session: Session, form: OAuth2PasswordRequestForm
     user = accounts.authenticate(session, form.username, form.password)
     if user is None:
         limits.failed_login(address)
-        audit.record(session, None, "auth.login_failed", f"user {form.username}", address=address)
+        # A name no user could have (NUL bytes and all) is kept as printable text.
+        typed = form.username if re.fullmatch(USER_NAME_PATTERN, form.username) else repr(form.username)[:64]
+        audit.record(session, None, "auth.login_failed", f"user {typed}", address=address)
         session.commit()
         raise Unauthorized(BAD_LOGIN, field="password")
     return user

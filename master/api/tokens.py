@@ -26,7 +26,12 @@ TokenId = Annotated[int, PathParam(ge=1, le=MAX_INT32, description="The token's 
 
 
 class TokenCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=64, description="What the token is for, e.g. 'laptop'")
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[^\x00-\x1f]+$",
+        description="What the token is for, e.g. 'laptop'",
+    )
     expires_in_days: int | None = Field(default=None, ge=1, le=3650, description="Unset: never expires")
 
 

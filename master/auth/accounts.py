@@ -5,6 +5,7 @@ Callers commit; nothing here does, so a change and its audit entry land together
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -16,7 +17,7 @@ from master.auth.passwords import hash_password, password_problem, verify_passwo
 from master.auth.tokens import NewToken, make_token
 from master.models import ApiToken, User, as_utc, utcnow
 from shared.errors import Conflict, InvalidRequest, NotFound
-from shared.roles import RESERVED_USER_NAMES, Role
+from shared.roles import RESERVED_USER_NAMES, USER_NAME_PATTERN, Role
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,8 @@ def set_password(
 
 def authenticate(session: Session, name: str, password: str) -> User | None:
     """The user with this name and password, enabled; None otherwise, after the same work."""
-    user = find_user(session, name)
+    # A name no user can have (a NUL byte, say, which PostgreSQL would refuse) is looked up nowhere.
+    user = find_user(session, name) if re.fullmatch(USER_NAME_PATTERN, name) else None
     ok = verify_password(password, user.password_hash if user is not None else None)
     return user if ok and user is not None and not user.disabled else None
 

@@ -55,7 +55,8 @@ def _banner(farm: StandaloneFarm) -> None:
     creds = farm.master.credentials
     console.print(
         f"Login as {creds.user}: password and API token in {farm.data_dir / 'credentials.json'} "
-        "(the CLI on this machine finds the token there)",
+        "(the CLI on this machine uses that token when TRAINFARM_DATA_DIR is this folder, as it is "
+        "for the default ~/.trainfarm; elsewhere run trainfarm login)",
         soft_wrap=True,
     )
 

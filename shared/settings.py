@@ -239,10 +239,24 @@ def default_environment_dirs() -> list[Path]:
     return dirs
 
 
+#: Environment variables a child process never inherits from ours.
+NOT_INHERITED = frozenset(
+    {
+        "TRAINFARM_TOKEN",
+        "TRAINFARM_SESSION_SECRET",
+        "TRAINFARM_METRICS_TOKEN",
+        "TRAINFARM_FLOWER_BASIC_AUTH",
+        "FLOWER_BASIC_AUTH",
+    }
+)
+
+
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     """What a child process (master, worker, training job) gets: our environment (PATH, virtualenv,
     CUDA, conda) with `extra` on top, this checkout importable and output unbuffered."""
-    env = dict(os.environ)
+    # Keys of the master and the CLI user's token never pass on by inheritance (a worker's jobs
+    # would see them); a child that needs one gets it in `extra`.
+    env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
     env.update(extra)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"

@@ -205,3 +205,36 @@ def test_a_tampered_or_foreign_session_cookie_is_refused():
     ):
         with pytest.raises(Unauthorized, match="not valid"):
             cookies.open(bad)
+
+
+# Secrets that must not travel ------------------------------------------------------------------------
+
+
+def test_child_processes_never_inherit_the_masters_keys_or_the_users_token(monkeypatch: pytest.MonkeyPatch):
+    from shared.settings import NOT_INHERITED, child_environment
+
+    for name in NOT_INHERITED:
+        monkeypatch.setenv(name, "secret-" + name)
+    monkeypatch.setenv("TRAINFARM_NODE_NAME", "kept")
+    env = child_environment({"TRAINFARM_METRICS_TOKEN": "given on purpose"})
+    assert env["TRAINFARM_NODE_NAME"] == "kept"
+    assert env["TRAINFARM_METRICS_TOKEN"] == "given on purpose"  # a child that needs one is handed it
+    assert not any(value.startswith("secret-") for value in env.values())
+
+
+def test_a_standalone_farms_admin_token_is_offered_only_to_this_machine(tmp_path, monkeypatch):
+    import json
+
+    from shared.settings import Settings
+    from trainfarm.token_store import find_token
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    data = tmp_path / "farm"
+    data.mkdir()
+    creds = {"user": "admin", "password": "p" * 12, "token": "tf_" + "a" * 43, "metrics_token": "m"}
+    (data / "credentials.json").write_text(json.dumps(creds))
+    settings = Settings(data_dir=data)
+    for url in ("http://127.0.0.1:8000", "http://localhost:8123"):
+        assert find_token(url, settings)[0] == creds["token"], url
+    for url in ("https://farm.example.org", "http://10.1.2.3:8000"):
+        assert find_token(url, settings) == (None, ""), url

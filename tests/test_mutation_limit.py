@@ -127,10 +127,10 @@ RECORD = TokenRecord(
 
 def test_the_token_cache_is_used_only_while_it_hears_the_change_channel() -> None:
     cache = TokenCache()
-    cache.put("d", RECORD)
+    cache.put("d", RECORD, cache.generation)
     assert cache.get("d") is None  # not listening: nothing kept, every request asks the database
     cache.listening = True
-    cache.put("d", RECORD)
+    cache.put("d", RECORD, cache.generation)
     assert cache.get("d") == RECORD
     cache.listening = False
     assert cache.get("d") is None
@@ -139,10 +139,19 @@ def test_the_token_cache_is_used_only_while_it_hears_the_change_channel() -> Non
 def test_cached_tokens_are_trusted_for_a_bounded_time_and_touched_once_a_minute() -> None:
     cache = TokenCache(max_age=0.05)
     cache.listening = True
-    cache.put("d", RECORD)
+    cache.put("d", RECORD, cache.generation)
     assert cache.due_touch("d", every=60) and not cache.due_touch("d", every=60)
     time.sleep(0.06)
     assert cache.get("d") is None
-    cache.put("d", RECORD)
+    cache.put("d", RECORD, cache.generation)
     cache.clear()
+    assert cache.get("d") is None
+
+
+def test_a_row_read_before_a_change_is_not_kept_after_it() -> None:
+    cache = TokenCache()
+    cache.listening = True
+    before = cache.generation  # a request starts reading the token's row
+    cache.clear()  # meanwhile the token is revoked and the change announced
+    cache.put("d", RECORD, before)  # the row it read may predate the revocation
     assert cache.get("d") is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from platformdirs import user_config_path
 
@@ -51,6 +52,12 @@ def forget_token(api_url: str) -> bool:
     return True
 
 
+def _on_this_machine(api_url: str) -> bool:
+    """A standalone farm binds 127.0.0.1: its admin token is never sent anywhere else."""
+    host = urlsplit(api_url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def find_token(api_url: str, settings: Settings | None) -> tuple[str | None, str]:
     """The token to use for `api_url`, and where it came from (for `whoami` and error messages)."""
     if settings is None:
@@ -60,7 +67,7 @@ def find_token(api_url: str, settings: Settings | None) -> tuple[str | None, str
     saved = _saved().get(api_url)
     if saved:
         return saved, str(tokens_file())
-    creds = load_credentials(settings.data_dir)
+    creds = load_credentials(settings.data_dir) if _on_this_machine(api_url) else None
     if creds is not None:
         return creds.token, str(settings.data_dir / "credentials.json")
     return None, ""

@@ -7,6 +7,7 @@ from typing import Annotated
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 from fastapi import APIRouter, Path, Query, Request
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from master import audit
@@ -89,7 +90,17 @@ async def upload_dataset(
     session.add(row)
     detail = {"size": info.size, "sha256": info.sha256, "replaced": existing is not None}
     audit.record(session, caller.name, "dataset.upload", f"dataset {name}", detail, client_address(request))
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:
+        # Two first uploads of one name at once: the other one's row is in. Its bytes and these
+        # share the key; the client is told to look before it uploads again.
+        session.rollback()
+        raise Conflict(
+            f"dataset '{name}' was uploaded by someone else meanwhile; check it, then pass "
+            "overwrite=true if you may replace it",
+            field="name",
+        ) from None
     session.refresh(row)
     return row
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -20,7 +21,7 @@ from starlette.requests import HTTPConnection
 from master.auth import tokens
 from master.auth.rate_limits import RateLimits
 from master.auth.sessions import COOKIE, SessionCookies
-from master.auth.token_cache import CHANNEL, TokenCache, TokenRecord
+from master.auth.token_cache import CHANNEL, MAX_AGE, TokenCache, TokenRecord
 from master.models import ApiToken, User, as_utc, utcnow
 from shared.errors import Forbidden, Unauthorized
 from shared.roles import Role
@@ -31,6 +32,8 @@ log = logging.getLogger("trainfarm.master.auth")
 #: than the lookup it records.
 LAST_USED_EVERY = timedelta(minutes=1)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Tries at announcing an access change before giving up (the redis client retries each too).
+ANNOUNCE_TRIES = 3
 NO_CREDENTIALS = (
     "not authenticated: send 'Authorization: Bearer <token>' (trainfarm login, or POST /api/auth/login) "
     "or log in to the dashboard"
@@ -121,12 +124,21 @@ class Authenticator:
         or given another role): this master's cached tokens go now, every other master's as the
         announcement reaches it, milliseconds later."""
         self.cache.clear()
-        try:
-            self._broker.publish(CHANNEL, "changed")
-        except redis.RedisError:
-            # Other masters' listeners are cut off from Redis too, so they check the database on
-            # every request until it is back (TokenCache.listening).
-            log.warning("could not announce an access change in Redis")
+        for attempt in range(ANNOUNCE_TRIES):
+            try:
+                self._broker.publish(CHANNEL, "changed")
+                return
+            except redis.RedisError as exc:
+                error = exc
+                time.sleep(0.1 * (attempt + 1))
+        # Another master whose listener still hears Redis trusts its copy for up to
+        # TokenCache's MAX_AGE; one cut off from Redis checks the database on every request.
+        log.error(
+            "could not announce an access change in Redis (%s): other masters may accept "
+            "the old token or role for up to %.0f s",
+            error,
+            MAX_AGE,
+        )
 
     async def watch(self) -> None:
         """Empty the cache whenever any master announces a change; run as a task until cancelled.
@@ -169,8 +181,9 @@ class Authenticator:
     async def _record(self, digest: str) -> TokenRecord:
         record = self.cache.get(digest)
         if record is None:
+            generation = self.cache.generation
             record = _known(await run_in_threadpool(self._load, digest))
-            self.cache.put(digest, record)
+            self.cache.put(digest, record, generation)
         return record
 
     def _load(self, digest: str) -> TokenRecord | None:

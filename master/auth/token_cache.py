@@ -51,6 +51,8 @@ class TokenCache:
         self._max_entries = max_entries
         #: Set while the master hears the change channel; the cache is bypassed otherwise.
         self.listening = False
+        #: Moves on every clear: a row loaded before a change committed is not kept after it.
+        self.generation = 0
 
     def get(self, digest: str) -> TokenRecord | None:
         entry = self._entries.get(digest) if self.listening else None
@@ -61,8 +63,10 @@ class TokenCache:
             return None
         return entry.record
 
-    def put(self, digest: str, record: TokenRecord) -> None:
-        if not self.listening:
+    def put(self, digest: str, record: TokenRecord, generation: int) -> None:
+        """Keep `record`, read from the database after `generation` was current, unless the cache
+        was cleared since (the row may predate the change that cleared it)."""
+        if not self.listening or generation != self.generation:
             return
         if len(self._entries) >= self._max_entries:
             self._entries.clear()
@@ -80,3 +84,4 @@ class TokenCache:
 
     def clear(self) -> None:
         self._entries.clear()
+        self.generation += 1

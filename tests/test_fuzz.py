@@ -54,7 +54,7 @@ LOCKOUT = ["DELETE /api/tokens/{token_id}", "PATCH /api/users/{name}"]
 #: their own with fewer examples, so that the suite's time goes to cases that differ.
 HASHING = ["POST /api/auth/login", "POST /api/auth/session", "POST /api/users"]
 #: Examples per operation: the main run's, and the hashing and lock-out runs'.
-EXAMPLES, FEW_EXAMPLES = 100, 25
+EXAMPLES, FEW_EXAMPLES = 70, 25
 #: The routes of users and access (issue 10): the main run must have tested each of these prefixes.
 ACCESS_ROUTES = ["/api/users", "/api/tokens", "/api/audit", "/api/auth/"]
 

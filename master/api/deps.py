@@ -41,7 +41,7 @@ async def get_caller(
     request: Request, state: StateDep, _token: Annotated[str | None, Depends(bearer)]
 ) -> Caller:
     """The user behind the request's token or session cookie; 401 when there is none that works."""
-    # async: a cached token costs one Redis GET on the event loop, no hop through the thread pool.
+    # async: a cached token is checked on the event loop, with no hop through the thread pool.
     caller = await state.auth.caller(request) if state.settings.auth_enabled else NOBODY
     request.state.caller = caller
     return caller

@@ -13,7 +13,7 @@ from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from master.api.deps import MAX_INT64, CallerDep, JobId, StateDep, VisibleJobDep
+from master.api.deps import MAX_INT64, CallerDep, JobId, StateDep, VisibleJobDep, client_address
 from master.api.errors import documented, event_stream
 from master.auth.callers import Caller
 from master.auth.permissions import sees_details
@@ -125,7 +125,7 @@ def client_key(request: Request, caller: Caller) -> str:
     person), or the client's address while authentication is off."""
     if caller.name is not None:
         return f"user:{caller.name}"
-    return f"address:{request.client.host if request.client else 'unknown'}"
+    return f"address:{client_address(request)}"
 
 
 @router.get("/stream", response_class=StreamingResponse, responses={**event_stream(), **documented(429)})

@@ -41,6 +41,7 @@ from master.security_headers import SecurityHeaders
 from master.state import MasterState
 from shared.errors import Unauthorized
 from shared.leases import Leases
+from shared.redaction import redact_url
 from shared.settings import Settings, get_settings
 from shared.streams import EventBus, LogStream
 
@@ -90,7 +91,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loops = start_loops(
             consumer, reaper, state.dispatcher, state.broker, engine, settings.node_offline_after
         )
-        log.info("master ready: database %s, redis %s", engine.url.render_as_string(), settings.redis_url)
+        log.info(
+            "master ready: database %s, redis %s",
+            engine.url.render_as_string(hide_password=True),
+            redact_url(settings.redis_url),
+        )
         try:
             yield
         finally:

@@ -40,11 +40,11 @@ class MasterState:
 
     @classmethod
     def connect(cls, settings: Settings, engine: Engine) -> MasterState:
-        broker = make_redis(settings.redis_url, socket_timeout=10)
-        aredis = make_async_redis(settings.redis_url)
+        broker = make_redis(settings, socket_timeout=10)
+        aredis = make_async_redis(settings)
         store = ArtifactStore(make_s3_client(settings), settings.s3_bucket)
         limits = RateLimits(
-            settings.redis_url,
+            settings.redis_connection_url(),
             broker,
             aredis,
             settings.rate_limit_mutations_per_minute,
@@ -63,7 +63,7 @@ class MasterState:
             logs=LogReader(aredis, store),
             # A client of its own: its one connection waits in XREAD, and must not be taken from the
             # pool the routes use.
-            hub=LogHub(make_async_redis(settings.redis_url), aredis, job_statuses(engine)),
+            hub=LogHub(make_async_redis(settings), aredis, job_statuses(engine)),
             stream_cap=ConnectionCap(settings.sse_max_connections_per_client),
             capacities=Capacities(settings.node_offline_after),
             auth=Authenticator(engine, broker, aredis, cookies, limits, metrics_token),

@@ -13,7 +13,7 @@ QUEUES = ("gpu", "cpu")
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     return {
-        "broker_url": settings.redis_url,
+        "broker_url": settings.redis_connection_url(),
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
         "accept_content": ["json"],

@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from ipaddress import ip_address
+from urllib.parse import quote, urlsplit
 
 from pydantic import ByteSize, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -73,7 +74,17 @@ class Settings(BaseSettings):
     token: SecretStr | None = None
 
     # Broker and streams
+    #: `redis://[user[:password]@]host:port/db`, or `rediss://` for TLS. Never logged whole: see
+    #: `shared.redaction.redact_url`.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Password of the Redis user (over one in the URL), so the URL can sit in a unit file or compose
+    #: while the password comes from a secrets file (`<secrets dir>/trainfarm_redis_password`).
+    redis_password: SecretStr | None = None
+    #: CA certificate that signed the Redis server's (`rediss://`); unset: the system's CAs.
+    redis_ca_file: Path | None = None
+    #: Client certificate and its key, for a Redis that asks for one (`tls-auth-clients yes`).
+    redis_cert_file: Path | None = None
+    redis_key_file: Path | None = None
     #: Upper bound on entries (each a batch of lines) kept per job log stream in Redis.
     log_stream_maxlen: int = 200_000
     log_flush_interval: float = 0.05
@@ -100,12 +111,30 @@ class Settings(BaseSettings):
     # Object storage
     s3_endpoint: str = "127.0.0.1:9000"
     s3_access_key: str = "trainfarm"
-    s3_secret_key: str = DEV_S3_SECRET
+    s3_secret_key: SecretStr = SecretStr(DEV_S3_SECRET)
     s3_bucket: str = "trainfarm"
     s3_secure: bool = False
     s3_region: str | None = None
     #: Largest code bundle (`trainfarm submit DIR`, a .tar.gz) the master accepts.
     code_bundle_max_bytes: int = 256 * 1024 * 1024
+
+    # Signed job messages (shared/signing.py)
+    #: The master's Ed25519 private key (base64 of its 32 raw bytes, as `trainfarm admin signing-key`
+    #: prints it); only the master holds it. Unset: read from `signing_key_file`, which the master
+    #: makes on its first start.
+    signing_key: SecretStr | None = None
+    #: Where the master keeps its key when `signing_key` is unset; default `<data_dir>/signing.key`.
+    signing_key_file: Path | None = None
+    #: The master's public key (base64), which workers verify every task message with. Unset: read
+    #: from `<data_dir>/signing.pub`, which a master on the same machine writes.
+    signing_public_key: str | None = None
+    #: Seconds a signed task message stays valid; an older one is refused as a replay. As long as
+    #: an ended attempt's lease mark lives, so every replay meets one of the two.
+    message_max_age: int = Field(default=14 * 86400, ge=60)
+
+    # Insecure settings production refuses; this opts out of named checks: "redis" (no password
+    # or plain TCP beyond loopback), "s3" (plain HTTP beyond loopback).
+    allow_insecure: list[Literal["redis", "s3"]] = Field(default_factory=list)
 
     # Reliability
     #: A worker renews its attempt's lease every third of this; a dead worker's attempt is declared
@@ -147,6 +176,17 @@ class Settings(BaseSettings):
     #: 0 turns the percent floor off; the larger of the two floors applies.
     min_free_disk_percent: float = Field(default=1.0, ge=0, le=100)
 
+    # Job isolation
+    #: On Linux, a worker started as root (or with CAP_SETUID/CAP_SETGID) runs process-backend jobs
+    #: as this user (a name or uid), so a job cannot read the worker's files, keys or
+    #: /proc/<worker>/environ. Docker jobs run as it too when the worker is root. Unset: as the
+    #: worker's own user.
+    job_user: str | None = None
+    #: Names of the worker's environment variables passed on to jobs beyond the built-in allow-list
+    #: (PATH, HOME, locale, CUDA_*, NVIDIA_*, ...); a trailing `*` matches a prefix (`NCCL_*`).
+    #: `TRAINFARM_*` never passes.
+    job_env_passthrough: list[str] = Field(default_factory=list)
+
     # Docker backend
     #: Docker engine address (e.g. unix:///run/docker.sock, npipe:////./pipe/docker_engine); unset:
     #: the engine the Docker SDK finds from DOCKER_HOST or the platform default.
@@ -157,6 +197,12 @@ class Settings(BaseSettings):
     docker_pull: bool = True
     #: /dev/shm of a job container: PyTorch DataLoader workers and DDP exchange tensors through it.
     docker_shm_size: str = "2g"
+    #: Processes (and threads) one job container may hold: a fork bomb stops there.
+    docker_pids_limit: int = Field(default=4096, ge=64)
+    #: Size of the writable /tmp of a job container (its root filesystem is read-only).
+    docker_tmp_size: str = "4g"
+    #: Memory limit of a job container whose spec gives no `memory_mb`, MiB; 0: none.
+    docker_default_memory_mb: int = Field(default=16 * 1024, ge=0)
 
     @model_validator(mode="after")
     def _normalise(self) -> Settings:
@@ -177,13 +223,50 @@ class Settings(BaseSettings):
         self.work_dir = (self.work_dir or self.data_dir / "work").expanduser()
         if not self.environment_dirs:
             self.environment_dirs = default_environment_dirs()
+        if self.signing_key_file is None:
+            self.signing_key_file = self.data_dir / "signing.key"
         if self.environment == "production":
             self._refuse_insecure()
         return self
 
     def _refuse_insecure(self) -> None:
-        if self.s3_secret_key == DEV_S3_SECRET:
+        """What no production process (master or worker) starts with; one line naming the setting."""
+        secret = self.s3_secret_key.get_secret_value()
+        if not secret or secret == DEV_S3_SECRET:
             raise ValueError("TRAINFARM_S3_SECRET_KEY must be set to a real secret in production")
+        redis_host = urlsplit(self.redis_url).hostname or ""
+        if "redis" not in self.allow_insecure and not is_loopback(redis_host):
+            if not self.redis_has_password:
+                raise ValueError(
+                    f"TRAINFARM_REDIS_PASSWORD (or a password in TRAINFARM_REDIS_URL) is required in "
+                    f"production for a Redis beyond this machine ({redis_host}); "
+                    "TRAINFARM_ALLOW_INSECURE='[\"redis\"]' opts out"
+                )
+            if not self.redis_url.startswith("rediss://"):
+                raise ValueError(
+                    f"TRAINFARM_REDIS_URL must be rediss:// (TLS) in production for a Redis beyond "
+                    f"this machine ({redis_host}); TRAINFARM_ALLOW_INSECURE='[\"redis\"]' opts out"
+                )
+        s3_host = self.s3_endpoint.rsplit(":", 1)[0].strip("[]")
+        if "s3" not in self.allow_insecure and not self.s3_secure and not is_loopback(s3_host):
+            raise ValueError(
+                f"TRAINFARM_S3_ENDPOINT must be https:// in production for S3 beyond this machine "
+                f"({s3_host}); TRAINFARM_ALLOW_INSECURE='[\"s3\"]' opts out"
+            )
+
+    @property
+    def redis_has_password(self) -> bool:
+        return self.redis_password is not None or bool(urlsplit(self.redis_url).password)
+
+    def redis_connection_url(self) -> str:
+        """The Redis URL to connect with: `redis_password`, when set, in place of the URL's."""
+        if self.redis_password is None:
+            return self.redis_url
+        parts = urlsplit(self.redis_url)
+        user = quote(parts.username or "", safe="")
+        password = quote(self.redis_password.get_secret_value(), safe="")
+        host = parts.netloc.rsplit("@", 1)[-1]
+        return parts._replace(netloc=f"{user}:{password}@{host}").geturl()
 
     def check_master(self) -> None:
         """What a production master refuses to start with (a worker needs none of these keys)."""
@@ -230,6 +313,16 @@ class Settings(BaseSettings):
         return self.work_dir
 
 
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address: traffic that never leaves this machine."""
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def default_environment_dirs() -> list[Path]:
     """virtualenvwrapper's folder, the user's conda envs, and those of the conda that runs us."""
     dirs = [Path.home() / ".virtualenvs", Path.home() / ".conda" / "envs"]
@@ -244,6 +337,7 @@ NOT_INHERITED = frozenset(
     {
         "TRAINFARM_TOKEN",
         "TRAINFARM_SESSION_SECRET",
+        "TRAINFARM_SIGNING_KEY",
         "TRAINFARM_METRICS_TOKEN",
         "TRAINFARM_FLOWER_BASIC_AUTH",
         "FLOWER_BASIC_AUTH",
@@ -263,6 +357,20 @@ def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+#: Where Docker and Swarm mount secrets; read when it exists.
+DOCKER_SECRETS_DIR = Path("/run/secrets")
+
+
+def secrets_dir() -> Path | None:
+    """Folder of secret files, one per setting (`trainfarm_s3_secret_key`, ...): TRAINFARM_SECRETS_DIR
+    (systemd's $CREDENTIALS_DIRECTORY, say), else /run/secrets where it exists. An environment
+    variable of the same setting wins over the file."""
+    named = os.environ.get("TRAINFARM_SECRETS_DIR")
+    if named:
+        return Path(named)
+    return DOCKER_SECRETS_DIR if DOCKER_SECRETS_DIR.is_dir() else None
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    return Settings(_secrets_dir=secrets_dir())  # type: ignore[call-arg]

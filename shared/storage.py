@@ -39,7 +39,7 @@ def make_s3_client(settings: Settings) -> Minio:
     return Minio(
         settings.s3_endpoint,
         access_key=settings.s3_access_key,
-        secret_key=settings.s3_secret_key,
+        secret_key=settings.s3_secret_key.get_secret_value(),
         secure=settings.s3_secure,
         region=settings.s3_region,
     )

@@ -70,7 +70,7 @@ class StandaloneFarm:
         )
         logs = self.data_dir / "logs"
         self.redis = RedisServer(self.data_dir / "redis", port=self.ports.redis)
-        self.s3 = SeaweedS3(self.data_dir / "s3", base.s3_access_key, base.s3_secret_key, port=self.ports.s3)
+        self.s3 = SeaweedS3(self.data_dir / "s3", base.s3_access_key, base.s3_secret_key.get_secret_value(), port=self.ports.s3)
         self.master = MasterProcess(logs, self.settings, port=self.ports.api)
         self.worker = WorkerProcess(
             logs, self.settings, queues="gpu,cpu", concurrency=concurrency, node_name=base.node_name

@@ -51,7 +51,7 @@ class WorkerContext:
 
     @classmethod
     def connect(cls, settings: Settings) -> WorkerContext:
-        client = make_redis(settings.redis_url)
+        client = make_redis(settings)
         store = ArtifactStore(make_s3_client(settings), settings.s3_bucket)
         return cls(
             settings=settings,

@@ -7,9 +7,9 @@ import os
 import socket
 from collections.abc import Mapping
 from functools import lru_cache
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Literal
-from ipaddress import ip_address
 from urllib.parse import quote, urlsplit
 
 from pydantic import ByteSize, Field, SecretStr, model_validator

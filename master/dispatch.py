@@ -14,6 +14,7 @@ from master.published_marks import PublishedMarks
 from shared.celery_config import RUN_ATTEMPT_TASK, celery_config, celery_priority
 from shared.schemas import DatasetRef, JobSpec, TaskMessage
 from shared.settings import Settings
+from shared.signing import Signer
 from shared.status import JobStatus
 
 #: An attempt not marked enqueued this long after creation is assumed to have missed its fast path
@@ -37,9 +38,11 @@ class Publication:
 
 
 class Dispatcher:
-    def __init__(self, celery: Celery, marks: PublishedMarks) -> None:
+    def __init__(self, celery: Celery, marks: PublishedMarks, signer: Signer) -> None:
         self._celery = celery
         self.marks = marks
+        #: Every message is signed: workers run nothing else (shared/signing.py).
+        self._signer = signer
 
     def prepare(self, session: Session, pairs: Sequence[tuple[Job, JobAttempt]]) -> list[Publication]:
         """The messages of attempts, built from rows at hand: once a commit has expired them, reading
@@ -73,9 +76,10 @@ class Dispatcher:
 
     def _send_task(self, message: TaskMessage) -> None:
         task_id = f"job-{message.job_id}-attempt-{message.attempt}"
+        signed = self._signer.sign(message)
         self._celery.send_task(
             RUN_ATTEMPT_TASK,
-            kwargs={"message": message.model_dump(mode="json")},
+            kwargs={"message": signed.model_dump()},
             queue=message.spec.queue,
             priority=celery_priority(message.spec.priority),
             task_id=task_id,

@@ -22,7 +22,7 @@ from sqlmodel import Session, select
 
 from master.job_warnings import add_warning
 from master.lifecycle import DEFAULT_POLICY, RetryPolicy, end_attempt
-from master.metrics import EVENTS_APPLIED, EVENTS_DEAD_LETTERED
+from master.metrics import EVENTS_APPLIED, EVENTS_DEAD_LETTERED, EVENTS_REFUSED
 from master.models import Artifact, Job, JobAttempt, JobMetric
 from master.transitions import move_attempt, move_job
 from shared.events import (
@@ -56,6 +56,8 @@ def apply_event(session: Session, event: Event, policy: RetryPolicy = DEFAULT_PO
         return False
     if event.seq <= attempt.last_event_seq:
         return False
+    if not _from_holder(attempt, event):
+        return False
     attempt.last_event_seq = event.seq
     current = attempt.number == job.attempts
     match event:
@@ -70,6 +72,27 @@ def apply_event(session: Session, event: Event, policy: RetryPolicy = DEFAULT_PO
     session.add(attempt)
     session.add(job)
     return True
+
+
+def _from_holder(attempt: JobAttempt, event: Event) -> bool:
+    """The event comes from the worker that holds the attempt: the one whose event about it came
+    first (it took the attempt's lease before reporting anything). Another worker's, or one forged
+    by whoever reached Redis, is ignored and counted."""
+    if attempt.worker is None:
+        attempt.worker = event.worker or None
+        return True
+    if event.worker == attempt.worker:
+        return True
+    EVENTS_REFUSED.inc()
+    log.warning(
+        "event %s of job %s attempt %s from worker %r ignored: the attempt is %r's",
+        event.kind.value,
+        event.job_id,
+        event.attempt,
+        event.worker,
+        attempt.worker,
+    )
+    return False
 
 
 def _started(job: Job, attempt: JobAttempt, event: StartedEvent, current: bool) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func
 from sqlmodel import Session, select
@@ -16,7 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from master.models import Job
 from shared.celery_config import QUEUES
+from shared.signing import Refusal
 from shared.status import JobStatus
+from shared.streams import REFUSED_MESSAGES_KEY
 
 if TYPE_CHECKING:
     from master.log_hub import LogHub
@@ -26,6 +28,10 @@ JOBS_SUBMITTED = Counter("trainfarm_jobs_submitted_total", "Jobs accepted by the
 #: reason: "invalid" (the entry is not an event of a known kind within bounds) or "apply" (applying it failed).
 EVENTS_DEAD_LETTERED = Counter(
     "trainfarm_events_dead_lettered_total", "Worker events moved to tf:events:dead unapplied", ["reason"]
+)
+EVENTS_REFUSED = Counter(
+    "trainfarm_events_refused_total",
+    "Worker events ignored: they came from a worker other than the one holding the attempt",
 )
 HANDBACKS = Counter("trainfarm_handbacks_total", "Attempts handed back by a worker shutting down")
 STATUS_MOVES_REFUSED = Counter(
@@ -49,7 +55,7 @@ class FarmCollector(Collector):
         self._engine = engine
         self._broker = broker
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         jobs = GaugeMetricFamily("trainfarm_jobs", "Jobs by status", labels=["status"])
         with Session(self._engine) as session:
             counts = dict(session.exec(select(Job.status, func.count()).group_by(Job.status)).all())  # type: ignore[call-overload]
@@ -66,6 +72,15 @@ class FarmCollector(Collector):
                 pipe.llen(key)
             depth.add_metric([queue], sum(pipe.execute()))
         yield depth
+        refused = CounterMetricFamily(
+            "trainfarm_messages_refused",
+            "Task messages workers refused to run (unsigned, tampered with, another key, expired, replayed)",
+            labels=["reason"],
+        )
+        refusals: dict[bytes, bytes] = self._broker.hgetall(REFUSED_MESSAGES_KEY)  # type: ignore[assignment]
+        for reason in Refusal:
+            refused.add_metric([reason.value], int(refusals.get(reason.value.encode(), 0)))
+        yield refused
 
 
 class RequestTimer:
@@ -112,6 +127,7 @@ def make_registry(engine: Engine, broker: redis.Redis) -> CollectorRegistry:
         JOBS_SUBMITTED,
         HTTP_LATENCY,
         EVENTS_DEAD_LETTERED,
+        EVENTS_REFUSED,
         HANDBACKS,
         STATUS_MOVES_REFUSED,
         LOOP_ERRORS,
@@ -135,7 +151,7 @@ class LogHubCollector(Collector):
     def __init__(self, hub: LogHub) -> None:
         self._hub = hub
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         fanout = self._hub.fanout
         yield GaugeMetricFamily("trainfarm_log_followers", "Live-log streams open on a job", fanout.followers)
         yield GaugeMetricFamily("trainfarm_log_followed_jobs", "Jobs with a live-log follower", fanout.jobs)

@@ -117,6 +117,8 @@ class AttemptBase(SQLModel):
     number: int
     status: JobStatus = Field(default=JobStatus.QUEUED, sa_type=StatusColumn)  # type: ignore[call-overload]
     node: str | None = None
+    #: The worker (`node#instance`) whose events this attempt's are; set by its first event.
+    worker: str | None = Field(default=None, max_length=255)
     created_at: datetime = Field(default_factory=utcnow)
     enqueued_at: datetime | None = None
     started_at: datetime | None = None

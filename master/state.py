@@ -19,6 +19,7 @@ from master.placement import Capacities
 from master.published_marks import PublishedMarks
 from shared.redis_client import make_async_redis, make_redis
 from shared.settings import Settings
+from shared.signing import Signer, master_private_key
 from shared.storage import ArtifactStore, make_s3_client
 
 
@@ -59,7 +60,9 @@ class MasterState:
             broker=broker,
             aredis=aredis,
             store=store,
-            dispatcher=Dispatcher(make_publisher(settings), PublishedMarks(engine)),
+            dispatcher=Dispatcher(
+                make_publisher(settings), PublishedMarks(engine), Signer(master_private_key(settings))
+            ),
             logs=LogReader(aredis, store),
             # A client of its own: its one connection waits in XREAD, and must not be taken from the
             # pool the routes use.

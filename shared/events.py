@@ -139,6 +139,9 @@ class _Envelope(_Strict):
     attempt: Annotated[int, Field(ge=1, le=2**31 - 1)]
     seq: Annotated[int, Field(ge=1, le=MAX_BIGINT)]
     node: Annotated[str, _clip(255)]
+    #: The reporting worker's identity key (`node#instance`): the master binds an attempt to the
+    #: worker of its first event and ignores events about it from any other.
+    worker: Annotated[str, _clip(255)] = ""
     ts: Annotated[float, Field(allow_inf_nan=False, ge=0)] = Field(default_factory=time.time)
 
 
@@ -173,19 +176,21 @@ def parse_event(raw: str | bytes) -> StartedEvent | MetricsEvent | ArtifactEvent
 
 
 def envelope(
-    data: EventData, *, job_id: int, attempt: int, seq: int, node: str
+    data: EventData, *, job_id: int, attempt: int, seq: int, node: str, worker: str = ""
 ) -> StartedEvent | MetricsEvent | ArtifactEvent | FinishedEvent:
     """Wrap what an attempt reports in the envelope of its kind."""
-    match data:
-        case Started():
-            return StartedEvent(job_id=job_id, attempt=attempt, seq=seq, node=node, data=data)
-        case Metrics():
-            return MetricsEvent(job_id=job_id, attempt=attempt, seq=seq, node=node, data=data)
-        case ArtifactStored():
-            return ArtifactEvent(job_id=job_id, attempt=attempt, seq=seq, node=node, data=data)
-        case Finished():
-            return FinishedEvent(job_id=job_id, attempt=attempt, seq=seq, node=node, data=data)
-    raise TypeError(f"not an event: {type(data).__name__}")
+    kinds: dict[type, type[StartedEvent | MetricsEvent | ArtifactEvent | FinishedEvent]] = {
+        Started: StartedEvent,
+        Metrics: MetricsEvent,
+        ArtifactStored: ArtifactEvent,
+        Finished: FinishedEvent,
+    }
+    kind = kinds.get(type(data))
+    if kind is None:
+        raise TypeError(f"not an event: {type(data).__name__}")
+    return kind.model_validate(
+        {"job_id": job_id, "attempt": attempt, "seq": seq, "node": node, "worker": worker, "data": data}
+    )
 
 
 def describe(exc: ValidationError) -> str:

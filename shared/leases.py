@@ -64,6 +64,12 @@ class Leases:
         """Fence off an expired attempt; False if its worker renewed it in the meantime."""
         return bool(self._redis.set(lease_key(job_id, attempt), LOST, nx=True, ex=ENDED_TTL_SECONDS))
 
+    def ended(self, job_id: int, attempt: int) -> bool:
+        """The attempt ran to its end (`done`) or was given up on (`lost`): a message for it now is
+        a replay, not a redelivery of a live one."""
+        value = self._redis.get(lease_key(job_id, attempt))
+        return isinstance(value, bytes) and value.decode() in (DONE, LOST)
+
     def present(self, attempts: Sequence[tuple[int, int]]) -> list[bool]:
         pipe = self._redis.pipeline(transaction=False)
         for job_id, attempt in attempts:

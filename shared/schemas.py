@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 HyperValue = str | int | float | bool | list[str | int | float | bool]
 
@@ -64,6 +65,30 @@ class JobSpec(BaseModel):
     seed: int = Field(
         default=0, ge=0, le=2**32 - 1, description="Random seed (NumPy's range, which Lightning seeds)"
     )
+    env: dict[
+        Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")],
+        Annotated[str, Field(max_length=4096, pattern=NO_NUL_PATTERN)],
+    ] = Field(
+        default_factory=dict,
+        max_length=64,
+        description=(
+            "Environment variables for the job, set last (both backends). Not for secrets: every "
+            "user of the farm can read a spec. TRAINFARM_*, PATH, PYTHONPATH, PYTHONHOME, NVIDIA_* "
+            "and the GPU-selection names the farm sets are refused"
+        ),
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        # Upper-cased: Windows names are case-insensitive. The farm sets these; NVIDIA_VISIBLE_DEVICES
+        # or CUDA_VISIBLE_DEVICES from a spec would reach GPUs given to other jobs.
+        farm = {"PATH", "PYTHONPATH", "PYTHONHOME", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"}
+        for name in env:
+            upper = name.upper()
+            if upper.startswith(("TRAINFARM_", "NVIDIA_")) or upper in farm:
+                raise ValueError(f"env: {name} is set by the farm, not by a job spec")
+        return env
 
     @model_validator(mode="after")
     def _one_entrypoint(self) -> JobSpec:
@@ -99,6 +124,9 @@ class TaskMessage(BaseModel):
     attempt: int
     spec: JobSpec
     datasets: list[DatasetRef] = Field(default_factory=list)
+    #: When the master signed it (Unix time): a worker refuses a message older than
+    #: `message_max_age` (shared/signing.py).
+    issued_at: float = Field(default_factory=time.time)
 
 
 class EventKind(StrEnum):

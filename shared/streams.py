@@ -25,6 +25,8 @@ DEAD_EVENTS_MAXLEN = 1_000
 DEAD_EVENT_KEEP = 4096
 EVENTS_GROUP = "master"
 NODES_KEY = "tf:nodes"
+#: Hash of task messages workers refused (shared/signing.py), by reason; /metrics reads it.
+REFUSED_MESSAGES_KEY = "tf:messages:refused"
 
 
 def log_key(job_id: int) -> str:

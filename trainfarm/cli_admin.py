@@ -4,6 +4,7 @@ every admin is locked out)."""
 
 from __future__ import annotations
 
+import os
 import re
 from types import ModuleType
 from typing import Annotated
@@ -71,3 +72,50 @@ def _accounts() -> ModuleType:
             "run it where the master runs"
         ) from None
     return admin_accounts
+
+
+@admin.command("signing-key")
+def signing_key(
+    new_into: Annotated[
+        str | None,
+        typer.Option(
+            "--new-into",
+            metavar="FILE",
+            help="Make a new key pair: the private key goes into FILE (owner-only, for the master's "
+            "TRAINFARM_SIGNING_KEY_FILE or the Docker secret trainfarm_signing_key); the public key is printed.",
+        ),
+    ] = None,
+) -> None:
+    """Print the public key workers verify task messages with (TRAINFARM_SIGNING_PUBLIC_KEY).
+
+    Runs where the master runs, with its TRAINFARM_* settings: the key is the master's
+    TRAINFARM_SIGNING_KEY, else the file TRAINFARM_SIGNING_KEY_FILE (default <data dir>/signing.key),
+    made now if there is none. Only the master holds the private key; every worker needs the public one.
+
+    Examples:
+      trainfarm admin signing-key
+      trainfarm admin signing-key --new-into ./secrets/trainfarm_signing_key
+    """
+    from pathlib import Path
+
+    from shared.settings import get_settings
+    from shared.signing import master_private_key, new_private_key, private_key_text, public_key_text
+
+    if new_into is not None:
+        path = Path(new_into)
+        if path.exists():
+            raise TrainfarmError(
+                f"{path} exists: the farm's workers may trust it; remove it first", field="--new-into"
+            )
+        key = new_private_key()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(private_key_text(key) + "\n")
+        click.echo(public_key_text(key.public_key()))
+        return
+    try:
+        key = master_private_key(get_settings())
+    except ValueError as exc:
+        raise TrainfarmError(str(exc), field="TRAINFARM_SIGNING_KEY") from None
+    click.echo(public_key_text(key.public_key()))

@@ -16,6 +16,7 @@ import urllib3
 from shared.errors import FinalError, RetryableError
 from shared.events import DatasetFetched, Finished, Started
 from shared.schemas import AttemptOutcome, TaskMessage
+from shared.signing import MessageRefused, Refusal
 from shared.streams import cancel_key, drain_key, node_attempts_key
 from worker import draining, identity
 from worker.backends.base import Execution, Launch
@@ -26,6 +27,7 @@ from worker.jobenv import AttemptDirs
 from worker.lease_keeper import LeaseKeeper
 from worker.logpump import LogLimits, LogPump
 from worker.progress import EventsFileTail
+from worker.refusals import record_refusal
 from worker.reporter import AttemptReporter
 from worker.uploads import archive_log, upload_tree
 
@@ -58,13 +60,17 @@ class AttemptRunner:
         #: Drain flag and running-attempts entry are this worker's, not the node's (siblings share it).
         self.worker = identity.current().key
         self.holder = f"{self.node}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.reporter = AttemptReporter(ctx.bus, message.job_id, message.attempt, self.node)
+        self.reporter = AttemptReporter(ctx.bus, message.job_id, message.attempt, self.node, self.worker)
 
     def run(self) -> Ending | None:
         """Run the attempt; None when it is not ours to run (a duplicate delivery)."""
         job_id, number = self.msg.job_id, self.msg.attempt
         if not self.ctx.leases.acquire(job_id, number, self.holder):
-            log.warning("job %s attempt %s is running or ended elsewhere: duplicate dropped", job_id, number)
+            if self.ctx.leases.ended(job_id, number):
+                refused = MessageRefused(Refusal.REPLAYED, f"job {job_id} attempt {number} already ran")
+                record_refusal(self.ctx.redis, refused, None, self.node)
+            else:
+                log.warning("job %s attempt %s runs elsewhere: duplicate dropped", job_id, number)
             return None
         keeper = LeaseKeeper(self.ctx.leases, job_id, number, self.holder)
         keeper.start()

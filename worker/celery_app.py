@@ -24,10 +24,18 @@ DRAIN_FLAG_SECONDS = 3600
 @signals.worker_init.connect
 def _on_init(**_: Any) -> None:
     from worker import identity
+    from worker.refusals import load_verifier
 
     # In the main process, before the pool forks: every pool child inherits this identity.
     me = identity.establish()
-    log.info("worker %s (node %s, instance %s) starting", me.key, me.node, me.instance)
+    verifier = load_verifier(get_settings())  # no key: it says what to set, and the worker stops
+    log.info(
+        "worker %s (node %s, instance %s) starting; runs messages signed by key %s",
+        me.key,
+        me.node,
+        me.instance,
+        verifier.key_id,
+    )
 
 
 @signals.worker_ready.connect

@@ -13,6 +13,7 @@ from shared.leases import Leases
 from shared.redis_client import make_redis
 from shared.schemas import JobSpec
 from shared.settings import Settings, get_settings
+from shared.signing import Verifier
 from shared.storage import ArtifactStore, make_s3_client
 from shared.streams import EventBus, LogStream
 from worker.backends.base import Backend
@@ -20,6 +21,7 @@ from worker.backends.process import ProcessBackend
 from worker.code_bundle import CodeBundles
 from worker.datasets import DatasetCache
 from worker.gpu_slots import GpuSlots, node_gpu_indices
+from worker.refusals import load_verifier
 
 
 @dataclass
@@ -34,6 +36,8 @@ class WorkerContext:
     code: CodeBundles
     gpu_slots: GpuSlots
     process_backend: Backend
+    #: Checks the master's signature on every task message.
+    verifier: Verifier
     docker_backend: Backend | None = None
 
     def backend(self, spec: JobSpec) -> Backend:
@@ -64,6 +68,7 @@ class WorkerContext:
             code=CodeBundles(store, settings.code_cache_dir, settings.code_cache_max_bytes),
             gpu_slots=GpuSlots(node_gpu_indices(settings), settings.job_work_dir / "gpu-locks"),
             process_backend=ProcessBackend(settings),
+            verifier=load_verifier(settings),
         )
 
 

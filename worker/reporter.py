@@ -12,11 +12,13 @@ from shared.streams import EventBus
 
 
 class AttemptReporter:
-    def __init__(self, bus: EventBus, job_id: int, attempt: int, node: str) -> None:
+    def __init__(self, bus: EventBus, job_id: int, attempt: int, node: str, worker: str = "") -> None:
         self._bus = bus
         self._job_id = job_id
         self._attempt = attempt
         self._node = node
+        #: This worker's identity key, which the master checks against the attempt's worker.
+        self._worker = worker
         self._seq = 0
         # One lock over numbering and publishing: stream order must equal sequence order.
         self._lock = threading.Lock()
@@ -25,7 +27,14 @@ class AttemptReporter:
         """Number `data` as this attempt's next event and publish it."""
         with self._lock:
             self._seq += 1
-            event = envelope(data, job_id=self._job_id, attempt=self._attempt, seq=self._seq, node=self._node)
+            event = envelope(
+                data,
+                job_id=self._job_id,
+                attempt=self._attempt,
+                seq=self._seq,
+                node=self._node,
+                worker=self._worker,
+            )
             self._publish(event)
 
     # Redis restarting or briefly unreachable must not lose an event: retry for up to ten minutes.

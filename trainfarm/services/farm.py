@@ -9,6 +9,7 @@ import httpx
 from pydantic import SecretStr
 
 from shared.settings import Settings, child_environment
+from shared.signing import master_private_key
 from trainfarm.credentials import FarmCredentials, ensure_credentials
 from trainfarm.services.process import ManagedProcess, free_port
 
@@ -58,6 +59,8 @@ class MasterProcess(FarmProcess):
 
     def _prepare(self) -> None:
         self._credentials = ensure_credentials(self.settings)
+        # Made now rather than by the master itself, so workers started next find its public key.
+        master_private_key(self.settings)
         if self.settings.metrics_token is None:
             self.settings = self.settings.model_copy(
                 update={"metrics_token": SecretStr(self._credentials.metrics_token)}

@@ -1,0 +1,30 @@
+"""job_attempts.worker
+
+The identity (`node#instance`) of the worker that reported an attempt's first event; the master
+ignores events about the attempt from any other worker. Attempts from before stay null and take
+the next worker that reports.
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-12-02
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("job_attempts") as batch_op:
+        batch_op.add_column(sa.Column("worker", sa.String(length=255), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("job_attempts") as batch_op:
+        batch_op.drop_column("worker")

@@ -346,8 +346,9 @@ NOT_INHERITED = frozenset(
 
 
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
-    """What a child process (master, worker, training job) gets: our environment (PATH, virtualenv,
-    CUDA, conda) with `extra` on top, this checkout importable and output unbuffered."""
+    """What a farm process we start (master, worker, flower) gets: our environment (PATH, virtualenv,
+    CUDA, conda) with `extra` on top, this checkout importable and output unbuffered. Not a training
+    job: it gets an allow-list of the worker's environment (worker/job_environment.py)."""
     # Keys of the master and the CLI user's token never pass on by inheritance (a worker's jobs
     # would see them); a child that needs one gets it in `extra`.
     env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}

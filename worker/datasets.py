@@ -68,3 +68,7 @@ class DatasetCache:
             os.link(fetched.path, target)
         except OSError:  # another file system, or links not allowed: fall back to a copy
             shutil.copyfile(fetched.path, target)
+        if os.name == "posix":  # on Windows a read-only file could not be deleted with its attempt
+            # Read-only for everyone, readable by a job run as another user (TRAINFARM_JOB_USER),
+            # whatever the worker's umask: a link shares the cache's file, which no job may change.
+            os.chmod(target, 0o444)

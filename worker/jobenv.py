@@ -47,6 +47,11 @@ class Layout(Generic[P]):
     def code(self) -> P:
         return self.root / "code"
 
+    @property
+    def home(self) -> P:
+        """HOME of a job run as TRAINFARM_JOB_USER (caches of pip, torch, Hugging Face go there)."""
+        return self.root / "home"
+
 
 @dataclass(frozen=True)
 class AttemptDirs(Layout[Path]):

@@ -10,21 +10,29 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 log = logging.getLogger(__name__)
 
 
+@functools.cache
+def _libc() -> Any:
+    """libc, loaded in the worker: the child runs `_linux_die_with_parent` after it became the job's
+    user, who may not be able to read the worker's Python (ctypes) at all."""
+    import ctypes
+
+    return ctypes.CDLL("libc.so.6", use_errno=True)
+
+
 def _linux_die_with_parent() -> None:
     """The kernel kills the training process if the worker dies (kill -9, OOM), so no orphan keeps
     training and holding a GPU while the job is retried elsewhere. (It fires when the *thread* that
     started the process ends: the solo pool's main thread, or a threads-pool thread, which lives as
-    long as the worker.)"""
-    import ctypes
-
+    long as the worker.) Set after the switch to the job's user, which would clear it."""
     pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    _libc().prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 @functools.cache
@@ -102,10 +110,16 @@ def _windows_join_job(proc: subprocess.Popen[bytes]) -> None:
         log.warning("pid %s is not in the worker's job object (error %s)", proc.pid, ctypes.get_last_error())
 
 
-def start(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-    """Start `argv` in its own process group, stdout and stderr merged into one pipe."""
+def start(
+    argv: Sequence[str], cwd: Path, env: Mapping[str, str], user: tuple[int, int] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `argv` in its own process group, stdout and stderr merged into one pipe; as `user`
+    (uid, gid) when given, with that group alone (none of the worker's supplementary groups)."""
     kwargs: dict = {}
+    if user is not None:
+        kwargs.update(user=user[0], group=user[1], extra_groups=[])
     if sys.platform == "linux":
+        _libc()
         kwargs["preexec_fn"] = _linux_die_with_parent
     if os.name == "posix":
         # A session of its own: the whole tree (DDP ranks, dataloader workers) gets our signals.

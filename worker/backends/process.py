@@ -1,5 +1,7 @@
 """The process backend: the job runs as a child process tree, in the worker's own Python
-environment or in a named conda/venv environment of the node."""
+environment or in a named conda/venv environment of the node, with an allow-list of the worker's
+environment variables (worker/job_environment.py) and, with TRAINFARM_JOB_USER, as that user
+(worker/job_user.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from shared.errors import FinalError
-from shared.settings import Settings, child_environment
-from worker import process
+from shared.settings import Settings
+from worker import job_user, process
 from worker.backends.base import Backend, Execution, Launch
 from worker.environments import activation, find_environment, first_on_path, interpreter
+from worker.job_environment import job_base_environment
 from worker.jobenv import job_environment
 from worker.loglines import read_lines
 
@@ -58,10 +61,16 @@ class ProcessBackend(Backend):
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        job_user.check_at_start(settings)
 
     def start(self, launch: Launch) -> ProcessExecution:
         spec = launch.message.spec
-        env = child_environment(job_environment(launch.message, launch.dirs))
+        user = job_user.job_user(self._settings)
+        contract = job_environment(launch.message, launch.dirs)
+        env = job_base_environment(contract, self._settings.job_env_passthrough)
+        if user is not None:
+            job_user.prepare(launch.dirs, user)
+            env.update(HOME=str(launch.dirs.home), USER=user.name, LOGNAME=user.name)
         if spec.environment is not None:
             env_dir = find_environment(
                 spec.environment, self._settings.environment_dirs, self._settings.node_name
@@ -73,9 +82,10 @@ class ProcessBackend(Backend):
             python = Path(sys.executable)
             env["PATH"] = first_on_path([python.parent], env)
         env.update(gpu_environment(launch.gpus))
+        env.update(spec.env)  # last: the spec's own; shared/schemas.py refuses the names set above
         argv = self._resolve(launch.argv, python, env["PATH"], launch.workdir)
         try:
-            started = process.start(argv, launch.workdir, env)
+            started = process.start(argv, launch.workdir, env, None if user is None else (user.uid, user.gid))
         except OSError as exc:  # not executable, no interpreter for its #! line: the job's to fix
             raise FinalError(
                 f"cannot run '{launch.argv[0]}': {exc.strerror or exc}", field="command"

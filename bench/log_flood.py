@@ -88,7 +88,7 @@ def run(services: Services, quick: bool) -> list[Row]:
     calm: list[float] = []
     busy: list[float] = []
     try:
-        with httpx.Client(base_url=f"{master.url}/api", timeout=30) as api:
+        with master.client(timeout=30) as api:
             for i in range(probes + WARMUP):
                 latency = _dispatch(api)
                 if i >= WARMUP:

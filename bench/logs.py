@@ -114,7 +114,7 @@ def run(services: Services, quick: bool) -> list[Row]:
     bulk = QUICK_BULK_LINES if quick else BULK_LINES
     paced = PACED_LINES // 2 if quick else PACED_LINES
     try:
-        with httpx.Client(base_url=f"{master.url}/api", timeout=30) as api:
+        with master.client(timeout=30) as api:
             _farm(api, 10, 0)  # warm-up: the pool process connects on its first job
             farm_paced = _farm(api, paced, PACED_RATE)
             bare_paced = _bare(settings.redis_url, paced, PACED_RATE)

@@ -83,11 +83,13 @@ def fill(settings: Settings) -> None:
     engine.dispose()
 
 
-def _pages(url: str, path: str, count: int, filters: tuple[dict, ...]) -> list[float]:
+def _pages(
+    url: str, path: str, count: int, filters: tuple[dict, ...], headers: dict[str, str] | None = None
+) -> list[float]:
     """Pages at random depths (`before` anywhere in the table), filters taken in turn."""
     rng = random.Random(0)
     out = []
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=url, timeout=30, headers=headers) as client:
         for i in range(count):
             params = {**filters[i % len(filters)], "limit": 50, "before": rng.randint(1, JOBS + 1)}
             begun = time.perf_counter()
@@ -161,25 +163,27 @@ def run(services: Services, quick: bool) -> list[Row]:
     settings = services.settings("scale", node_offline_after=15.0)
     fill(settings)
     master, bare = services.master(settings), _bare_api(services, settings, "bare-api-scale")
+    auth = {"Authorization": f"Bearer {master.token}"}
     process = psutil.Process(master.pid)
     pages = QUICK_PAGES if quick else PAGES
     window = QUICK_CPU_WINDOW if quick else CPU_WINDOW
     beats = Heartbeats(settings.redis_url)
     try:
-        _pages(master.url, "/api/jobs", 20, FILTERS)  # warm-up: imports, caches, connection pools
+        _pages(master.url, "/api/jobs", 20, FILTERS, auth)  # warm-up: imports, caches, connection pools
         _pages(bare.url, "/jobs", 20, ({},))
         rss_start = process.memory_info().rss
         farm, farm_plain, base = [], [], []
         for _ in range(2):  # alternated halves
-            farm += _pages(master.url, "/api/jobs", pages // 2, FILTERS)
-            farm_plain += _pages(master.url, "/api/jobs", pages // 8, ({},))
+            farm += _pages(master.url, "/api/jobs", pages // 2, FILTERS, auth)
+            farm_plain += _pages(master.url, "/api/jobs", pages // 8, ({},), auth)
             base += _pages(bare.url, "/jobs", pages // 8, ({},))
         idle = _cpu(process, window)
         beats.start()
         time.sleep(BEAT_SECONDS)  # every node has beaten once: the rows exist
         busy = _cpu(process, window)
-        online = [n for n in httpx.get(f"{master.url}/api/nodes", timeout=30).json() if n["online"]]
-        farm += _pages(master.url, "/api/jobs", pages // 4, FILTERS)  # paging while the nodes beat
+        nodes = httpx.get(f"{master.url}/api/nodes", headers=auth, timeout=30).json()
+        online = [n for n in nodes if n["online"]]
+        farm += _pages(master.url, "/api/jobs", pages // 4, FILTERS, auth)  # paging while the nodes beat
         rss_end = process.memory_info().rss
     finally:
         beats.stopping.set()

@@ -186,7 +186,7 @@ def run(services: Services, quick: bool) -> list[Row]:
     # start on a busy 2-core machine.
     count = int(RATE * 900)
     try:
-        with httpx.Client(base_url=f"{master.url}/api", timeout=30) as api:
+        with master.client(timeout=30) as api:
             argv = ["python", "-m", "bench.lines", "--count", str(count), "--rate", str(RATE)]
             jobs = [submit(api, command_job(*argv)) for _ in range(JOBS)]
             _wait_printing(api, jobs)

@@ -74,7 +74,7 @@ def run(services: Services, quick: bool) -> list[Row]:
     # The worker's pool process, not the training process below it.
     farm_processes = [psutil.Process(master.pid), main, *main.children()]
     try:
-        with httpx.Client(base_url=f"{master.url}/api", timeout=30) as api:
+        with master.client(timeout=30) as api:
             # Alternated, so a neighbour's load on this shared machine falls on both sides alike.
             for _ in range(QUICK_ROUNDS if quick else ROUNDS):
                 bare.append(_bare())

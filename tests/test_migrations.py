@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from sqlalchemy import Engine, MetaData, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, SQLModel, select
@@ -216,6 +217,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import command
 from sqlmodel.sql.sqltypes import AutoString
+from alembic import command
+
 from master import migrations
 from master.db import make_engine
 from master.migrations.__main__ import main, new
@@ -415,3 +418,32 @@ def test_installed_master_migrates_from_any_directory(tmp_path):
         [sys.executable, "-c", probe], cwd=elsewhere, env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["True", HEAD]
+
+
+def test_queued_attempts_published_unsigned_are_sent_again_after_the_upgrade(database_url):
+    # Published before messages were signed: workers now refuse those copies, so 0005 marks the
+    # attempt unpublished and the master's sweep sends a signed one.
+    engine = engine_for(database_url)
+    with engine.begin() as conn:
+        command.upgrade(migrations.config(conn), "0004")
+        published = "2026-12-01 10:00:00"
+        for job_id, status in ((1, "queued"), (2, "running")):
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, status, queue, priority, spec, attempts, cancel_requested, "
+                    "created_at, progress, metrics, handbacks, warnings) VALUES "
+                    f"({job_id}, '{status}', 'cpu', 5, '{{}}', 1, false, '{published}', '{{}}', '{{}}', 0, '[]')"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO job_attempts (job_id, number, status, created_at, enqueued_at, "
+                    f"last_event_seq, info) VALUES ({job_id}, 1, '{status}', '{published}', '{published}', 0, '{{}}')"
+                )
+            )
+    init_db(engine)
+    with Session(engine) as session:
+        attempts = {a.job_id: a for a in session.exec(select(JobAttempt))}
+    assert attempts[1].enqueued_at is None
+    assert attempts[2].enqueued_at is not None and attempts[2].worker is None
+    engine.dispose()

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import urllib3
 from minio import Minio
@@ -136,6 +136,22 @@ class ArtifactStore:
                 self.bucket, key, str(path), metadata={"sha256": sha}, part_size=PART_SIZE
             )
         return ObjectInfo(key, path.stat().st_size, (result.etag or "").strip('"'), sha)
+
+    def put_open_file(self, key: str, fh: BinaryIO) -> ObjectInfo:
+        """Upload a file already open for reading (worker/beneath.py opened it), from its start."""
+        size = os.fstat(fh.fileno()).st_size
+        digest = hashlib.sha256()
+        remaining = size  # what is uploaded: a file still growing is taken as it was at the stat
+        while remaining > 0 and (block := fh.read(min(1024 * 1024, remaining))):
+            digest.update(block)
+            remaining -= len(block)
+        fh.seek(0)
+        sha = digest.hexdigest()
+        with translated(key):
+            result = self._s3.put_object(
+                self.bucket, key, fh, length=size, metadata={"sha256": sha}, part_size=PART_SIZE
+            )
+        return ObjectInfo(key, size, (result.etag or "").strip('"'), sha)
 
     def put_stream(self, key: str, reader: Readable) -> ObjectInfo:
         """Upload a stream of unknown length part by part: memory stays at one part."""

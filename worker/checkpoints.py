@@ -49,7 +49,7 @@ class CheckpointSync:
                 stat = path.stat()
                 if self._synced.get(name) == (stat.st_mtime_ns, stat.st_size):
                     continue
-                info = put_file(self._store, self._prefix + name, path)
+                info = put_file(self._store, self._prefix + name, path, self._local)
                 self._synced[name] = (stat.st_mtime_ns, stat.st_size)
                 self._reporter.report(
                     ArtifactStored(

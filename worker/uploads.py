@@ -16,6 +16,7 @@ from shared.errors import StorageUnavailable
 from shared.events import ARTIFACT_NAME_MAX, ArtifactStored
 from shared.storage import ArtifactStore, ObjectInfo
 from shared.streams import LogStream
+from worker.beneath import open_beneath
 from worker.reporter import AttemptReporter
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,13 @@ storage_retry = retry(
 
 
 @storage_retry
-def put_file(store: ArtifactStore, key: str, path: Path) -> ObjectInfo:
-    return store.put_file(key, path)
+def put_file(store: ArtifactStore, key: str, path: Path, root: Path | None = None) -> ObjectInfo:
+    """Upload `path`; one inside a job's folder `root` is opened without following links, so the
+    job cannot swap it for one of the node's files after `regular_files` looked."""
+    if root is None:
+        return store.put_file(key, path)
+    with open_beneath(root, path) as fh:
+        return store.put_open_file(key, fh)
 
 
 def archive_log(
@@ -87,7 +93,7 @@ def upload_tree(
         if len(name) > ARTIFACT_NAME_MAX:
             note(f"output {name[:80]}... not kept: its name is over {ARTIFACT_NAME_MAX} characters")
             continue
-        info = put_file(store, f"artifacts/{job_id}/{name}", path)
+        info = put_file(store, f"artifacts/{job_id}/{name}", path, root)
         reporter.report(ArtifactStored(name=name, key=info.key, size=info.size, sha256=info.sha256))
         count += 1
     return count

@@ -30,7 +30,8 @@ class DataDirLock:
 
     def acquire(self) -> None:
         """Hold the directory, or raise `DataDirBusy` naming the farm that does."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Owner-only when we make it: it holds the database, the keys and every service's files.
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not self._lock.try_acquire():
             raise DataDirBusy(
                 f"data directory {self.data_dir} is in use by another running farm "

@@ -39,11 +39,17 @@ def docker_settings(settings: Settings, engine: DockerEngine) -> Settings:
     )
 
 
+#: A setuid-root copy of `id` in the test image: with no-new-privileges it must not run as root.
+SETUID_ID = "/sbin/setuid-id"
+
+
 def _rootfs_tar() -> bytes:
-    """A root with the usual merged-/usr links, the mount points, and users for the worker's uid."""
+    """A root with the usual merged-/usr links, the mount points, users for the worker's uid and
+    nobody (a root worker's jobs), and a setuid-root binary (SETUID_ID)."""
     uid, gid = (os.getuid(), os.getgid()) if os.name == "posix" else (0, 0)
     users = "root:x:0:0:root:/root:/bin/sh\n" + (f"worker:x:{uid}:{gid}::/tmp:/bin/sh\n" if uid else "")
-    groups = "root:x:0:\n" + (f"worker:x:{gid}:\n" if gid else "")
+    users += "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    groups = "root:x:0:\n" + (f"worker:x:{gid}:\n" if gid else "") + "nogroup:x:65534:\n"
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         # sbin is a real directory: the engine places its init at /sbin/docker-init.
@@ -61,6 +67,12 @@ def _rootfs_tar() -> bytes:
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), 0o644
             tar.addfile(info, io.BytesIO(data))
+        setuid = Path("/usr/bin/id")
+        if setuid.is_file():
+            info = tarfile.TarInfo(SETUID_ID.lstrip("/"))
+            info.size, info.mode, info.uid, info.gid = setuid.stat().st_size, 0o4755, 0, 0
+            with setuid.open("rb") as binary:
+                tar.addfile(info, binary)
     return buffer.getvalue()
 
 

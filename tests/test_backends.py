@@ -26,7 +26,7 @@ from trainfarm.services.docker_engine import DockerEngine
 from trainfarm.services.farm import WorkerProcess
 from worker import identity
 from worker.backends.base import Backend, Execution, Launch
-from worker.backends.docker import DockerBackend, docker_client, parse_mount, remove_orphans
+from worker.backends.docker import NOBODY, DockerBackend, docker_client, parse_mount, remove_orphans
 from worker.backends.docker_execution import DockerExecution, lines
 from worker.backends.process import ProcessBackend
 from worker.jobenv import AttemptDirs
@@ -137,11 +137,13 @@ def test_contract_environment_paths_and_files(kind, backend, dirs, node_settings
         "TRAINFARM_EVENTS_FILE": False,
     }
     assert report["data"] == "a,b\n1,2\n"
-    # What the process wrote is on the node, owned by the worker's user.
+    # What the process wrote is on the node, owned by the worker's user (a root worker's Docker
+    # jobs: nobody's).
     assert (dirs.output / "model.txt").read_text() == "weights"
     assert (dirs.checkpoints / "last.ckpt").read_text() == "state"
     if os.name == "posix":
-        assert (dirs.output / "model.txt").stat().st_uid == os.getuid()
+        owner = NOBODY[0] if kind == "docker" and os.getuid() == 0 else os.getuid()
+        assert (dirs.output / "model.txt").stat().st_uid == owner
     if kind == "docker":
         assert env["TRAINFARM_OUTPUT_DIR"] == "/trainfarm/output" and report["cwd"] == "/trainfarm"
         assert report["nets"] == ["lo"]  # network_mode none
@@ -230,6 +232,10 @@ def test_gpu_assignment_is_exactly_the_launch_gpus(kind, backend, dirs, node_set
         [request] = container.attrs["HostConfig"]["DeviceRequests"]
         assert request["DeviceIDs"] == ["1", "3"] and request["Capabilities"] == [["gpu"]]
         assert "NVIDIA_VISIBLE_DEVICES=1,3" in container.attrs["Config"]["Env"]
+        # The same confinement as any job: the runtime's hook sets the GPUs up from outside.
+        host = container.attrs["HostConfig"]
+        assert host["CapDrop"] == ["ALL"] and not host["CapAdd"] and not host["Privileged"]
+        assert host["ReadonlyRootfs"] is True and host["SecurityOpt"] == ["no-new-privileges:true"]
     finally:
         container.remove(force=True)
 
@@ -263,7 +269,10 @@ def test_docker_limits_mounts_labels_and_user(kind, backend, dirs, node_settings
             "trainfarm.owner-pid": str(os.getpid()),  # the process running the attempt, and since when
             "trainfarm.owner-started": f"{psutil.Process().create_time():.3f}",
         }
-        assert container.attrs["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
+        # The worker's user, who uploads and deletes the outputs; a root worker's: nobody, never root.
+        user = f"{os.getuid()}:{os.getgid()}" if os.getuid() else "65534:65534"
+        assert container.attrs["Config"]["User"] == user
+        assert dirs.root.stat().st_uid == int(user.split(":")[0])  # it can write its events file there
         assert container.attrs["Config"]["Cmd"] == ["python", "-c", "pass"]  # the image's python
     finally:
         container.remove(force=True)

@@ -1,5 +1,6 @@
-"""The Docker backend: the job runs in its image, in a container with no network that sees its
-attempt's directories (datasets read-only) and exactly the GPUs given to it."""
+"""The Docker backend: the job runs in its image, in a container with no network, no capabilities,
+no way to gain privileges, a pids limit, a memory limit and a read-only root with a sized /tmp, that sees
+its attempt's directories (datasets read-only) and exactly the GPUs given to it."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from shared.settings import PROJECT_ROOT, Settings
 from worker import identity
 from worker.backends.base import Backend, Launch
 from worker.backends.docker_execution import DockerExecution
+from worker.job_user import job_user_ids
 from worker.jobenv import AttemptDirs, job_environment
 
 log = logging.getLogger(__name__)
@@ -152,6 +154,9 @@ class DockerBackend(Backend):
         )
         workdir = inside.root.joinpath(*launch.workdir.relative_to(launch.dirs.root).parts)
         job, attempt = str(launch.message.job_id), str(launch.message.attempt)
+        user = container_user(self._settings)
+        if user is not None and os.getuid() == 0:  # a root worker's job runs as someone else
+            give_to_job_user(launch.dirs, *user)
         try:
             return self._client.containers.create(
                 spec.image,
@@ -167,13 +172,13 @@ class DockerBackend(Backend):
                 working_dir=str(workdir),
                 mounts=self._mounts(launch.dirs),
                 network_mode="none",
-                tmpfs={"/tmp": "rw,exec,mode=1777"},
                 shm_size=self._settings.docker_shm_size,
                 device_requests=gpu_requests(launch.gpus),
                 # An init as PID 1 hands SIGTERM to the job (which, as PID 1, would not die of it) and reaps.
                 init=True,
-                **limits(spec),
-                **run_as_worker_user(),
+                **hardening(self._settings),
+                **limits(spec, self._settings),
+                **({} if user is None else {"user": f"{user[0]}:{user[1]}"}),
             )
         except (DockerException, requests.RequestException) as exc:
             raise RetryableError(
@@ -241,17 +246,58 @@ def gpu_requests(gpus: tuple[int, ...]) -> list[DeviceRequest]:
     return [DeviceRequest(device_ids=[str(g) for g in gpus], capabilities=[["gpu"]])]
 
 
-def limits(spec: JobSpec) -> dict[str, Any]:
+def hardening(settings: Settings) -> dict[str, Any]:
+    """What every job container is denied: any capability (the NVIDIA runtime's hook sets the GPUs
+    up from outside and needs none inside), gaining privileges (a setuid binary runs as its
+    caller), more than `docker_pids_limit` processes, writing anywhere but its mounts and /tmp."""
+    # /tmp stays exec: PyTorch extensions and Triton build shared objects there and load them.
+    tmp = f"rw,exec,nosuid,nodev,size={settings.docker_tmp_size},mode=1777"
+    return {
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "pids_limit": settings.docker_pids_limit,
+        "read_only": True,
+        "tmpfs": {"/tmp": tmp},
+    }
+
+
+def limits(spec: JobSpec, settings: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if spec.memory_mb is not None:
-        out["mem_limit"] = out["memswap_limit"] = f"{spec.memory_mb}m"  # the same: no swap on top
+    memory_mb = settings.docker_default_memory_mb if spec.memory_mb is None else spec.memory_mb
+    if memory_mb:  # a default of 0: no limit
+        out["mem_limit"] = out["memswap_limit"] = f"{memory_mb}m"  # the same: no swap on top
     if spec.cpus is not None:
         out["nano_cpus"] = round(spec.cpus * 1e9)
     return out
 
 
-def run_as_worker_user() -> dict[str, str]:
-    """Outputs are owned by the worker's user, who uploads and deletes them, not by root."""
-    if os.name == "posix":
-        return {"user": f"{os.getuid()}:{os.getgid()}"}
-    return {}
+#: Who a root worker's containers run as when `job_user` is unset: nobody, never root.
+NOBODY = (65534, 65534)
+
+
+def container_user(settings: Settings) -> tuple[int, int] | None:
+    """The container's uid and gid: the worker's own, so that it owns the outputs it uploads and
+    deletes; for a root worker, `job_user`'s (else nobody's), since root in the container would be
+    root on the node's files it sees. None where the engine's default applies (Windows)."""
+    if os.name != "posix":
+        return None
+    if os.getuid() != 0:
+        return os.getuid(), os.getgid()
+    return job_user_ids(settings) or NOBODY
+
+
+def give_to_job_user(dirs: AttemptDirs, uid: int, gid: int) -> None:
+    """Let the container's user write what a job writes: its attempt's folder (the events file, new
+    files in the working directory), output, checkpoints (restored ones too) and code. Not data,
+    whose files are hard links into the node's dataset cache; never through a link. (Unlike the
+    process backend's `job_user.prepare`, the attempt's folder itself is the job's: the job sees it
+    only through the container, where the data mount cannot be moved, and the worker reads its log
+    without following a link.)"""
+    os.chown(dirs.root, uid, gid, follow_symlinks=False)
+    for tree in (dirs.output, dirs.checkpoints, dirs.code):
+        if tree.is_symlink() or not tree.is_dir():
+            continue
+        os.chown(tree, uid, gid, follow_symlinks=False)
+        for folder, subdirs, files in os.walk(tree):
+            for name in (*subdirs, *files):
+                os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)

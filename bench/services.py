@@ -7,6 +7,7 @@ SQL database, so one figure's queues, streams and rows never reach the next.
 from __future__ import annotations
 
 import itertools
+import secrets
 import sys
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -31,7 +32,8 @@ class Services:
         self._stack = ExitStack()
         self._db_numbers = itertools.count(1)
         self._postgres: PostgresServer | None = None
-        self.redis = RedisServer(root / "redis")
+        # With a password, as every real farm's Redis: the figures include what AUTH costs.
+        self.redis = RedisServer(root / "redis", password=secrets.token_urlsafe(16))
         self.s3 = SeaweedS3(root / "s3", S3_ACCESS, S3_SECRET)
 
     def __enter__(self) -> Services:
@@ -78,7 +80,7 @@ class Services:
         return Settings(
             data_dir=self.root / name,
             database_url=self.database_url(name, database),
-            redis_url=f"redis://127.0.0.1:{self.redis.port}/{db}",
+            redis_url=self.redis.url.removesuffix("/0") + f"/{db}",
             s3_endpoint=self.s3.endpoint,
             s3_access_key=S3_ACCESS,
             s3_secret_key=S3_SECRET,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.redis_client import tls_options
 from shared.settings import Settings
 
 #: The one task workers run; the master sends it by name and never imports the worker.
@@ -12,7 +13,7 @@ QUEUES = ("gpu", "cpu")
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    return {
+    config: dict[str, Any] = {
         "broker_url": settings.redis_connection_url(),
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
@@ -33,6 +34,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": settings.broker_visibility_timeout,
         },
     }
+    if settings.redis_url.startswith("rediss://"):
+        # Without it kombu connects with CERT_NONE, trusting any server; Flower reads it too.
+        config["broker_use_ssl"] = tls_options(settings)
+    return config
 
 
 def celery_priority(spec_priority: int) -> int:

@@ -3,6 +3,7 @@ speak to a password-protected or TLS Redis as the settings say."""
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import redis
@@ -24,10 +25,11 @@ def _backoff() -> ExponentialBackoff:
 
 def tls_options(settings: Settings) -> dict[str, Any]:
     """redis-py's TLS arguments for a `rediss://` URL (none for `redis://`): the server's
-    certificate is always verified, against `redis_ca_file` or the system's CAs."""
+    certificate is always verified, against `redis_ca_file` or the system's CAs. Celery's
+    `broker_use_ssl` takes the same keys, the requirement as an `ssl` constant."""
     if not settings.redis_url.startswith("rediss://"):
         return {}
-    options: dict[str, Any] = {"ssl_cert_reqs": "required"}
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     if settings.redis_ca_file is not None:
         options["ssl_ca_certs"] = str(settings.redis_ca_file)
     if settings.redis_cert_file is not None:

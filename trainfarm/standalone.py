@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 
+from shared.redaction import redact_url
 from shared.settings import get_settings
 from trainfarm.services.data_dir import DataDirBusy, DataDirLock
 from trainfarm.supervisor import StandaloneFarm
@@ -43,12 +44,13 @@ def _banner(farm: StandaloneFarm) -> None:
         lines.append(f"Flower      {farm.flower.url}")
     lines += [
         f"S3          http://{s.s3_endpoint}  bucket {s.s3_bucket}  key {s.s3_access_key}",
-        f"Redis       {s.redis_url}",
+        f"Redis       {redact_url(s.redis_connection_url())}  (password in {farm.redis_password_file})",
         f"Data        {farm.data_dir}",
         "",
         f"CLI:        export TRAINFARM_API_URL={s.api_url}",
         "Workers:    other machines join with `celery -A worker worker -Q gpu` and",
-        "            TRAINFARM_REDIS_URL / TRAINFARM_S3_ENDPOINT pointing here (bind beyond 127.0.0.1 first)",
+        "            TRAINFARM_REDIS_URL, TRAINFARM_REDIS_PASSWORD and TRAINFARM_S3_ENDPOINT pointing",
+        '            here (bind beyond 127.0.0.1 first, with TLS: README, "Redis: password and TLS")',
     ]
     console.print(Panel("\n".join(lines), title="trainfarm is running", border_style="green"))
     # Outside the panel and unwrapped, so the path can be copied whole however narrow the terminal.

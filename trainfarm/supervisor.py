@@ -15,6 +15,8 @@ from shared.settings import Settings
 from trainfarm.services import RedisServer, SeaweedS3, free_port
 from trainfarm.services.farm import FlowerProcess, MasterProcess, WorkerProcess
 from trainfarm.services.process import ManagedProcess
+from trainfarm.services.redis_server import ensure_password
+from trainfarm.services.seaweed import REGION, ensure_identity, worker_actions
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +58,15 @@ class StandaloneFarm:
     ) -> None:
         self.data_dir = data_dir.expanduser().resolve()
         self.ports = Ports.load(self.data_dir / "ports.json", api_port, flower_port)
+        # Even on 127.0.0.1 Redis asks for a password: any local user or a job's process could
+        # otherwise read the queue, forge task messages and events, or flush everything.
+        redis_password = ensure_password(self.redis_password_file)
         self.settings = base.model_copy(
             update={
                 "data_dir": self.data_dir,
                 "database_url": f"sqlite:///{self.data_dir / 'master.db'}",
                 "redis_url": f"redis://127.0.0.1:{self.ports.redis}/0",
+                "redis_password": SecretStr(redis_password),
                 "s3_endpoint": f"127.0.0.1:{self.ports.s3}",
                 "s3_secure": False,
                 "api_url": f"http://127.0.0.1:{self.ports.api}",
@@ -69,14 +75,37 @@ class StandaloneFarm:
             }
         )
         logs = self.data_dir / "logs"
-        self.redis = RedisServer(self.data_dir / "redis", port=self.ports.redis)
-        self.s3 = SeaweedS3(self.data_dir / "s3", base.s3_access_key, base.s3_secret_key.get_secret_value(), port=self.ports.s3)
+        self.redis = RedisServer(self.data_dir / "redis", port=self.ports.redis, password=redis_password)
+        # The master keeps the admin identity; the worker gets one that reads its inputs and
+        # writes its outputs, nothing more (no delete of datasets, no buckets, no admin).
+        worker_s3 = ensure_identity(
+            self.data_dir / "s3-worker.json", "worker", worker_actions(base.s3_bucket)
+        )
+        self.s3 = SeaweedS3(
+            self.data_dir / "s3",
+            base.s3_access_key,
+            base.s3_secret_key.get_secret_value(),
+            port=self.ports.s3,
+            identities=[worker_s3],
+        )
         self.master = MasterProcess(logs, self.settings, port=self.ports.api)
+        worker_settings = self.settings.model_copy(
+            update={
+                "s3_access_key": worker_s3.access_key,
+                "s3_secret_key": SecretStr(worker_s3.secret_key),
+                "s3_region": REGION,
+            }
+        )
         self.worker = WorkerProcess(
-            logs, self.settings, queues="gpu,cpu", concurrency=concurrency, node_name=base.node_name
+            logs, worker_settings, queues="gpu,cpu", concurrency=concurrency, node_name=base.node_name
         )
         self.flower = FlowerProcess(logs, self.settings, port=self.ports.flower) if with_flower else None
         self._started: list[ManagedProcess] = []
+
+    @property
+    def redis_password_file(self) -> Path:
+        """The farm's Redis password (0600), made on the first start and kept for the next."""
+        return self.data_dir / "redis.password"
 
     @property
     def parts(self) -> list[ManagedProcess]:

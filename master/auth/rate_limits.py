@@ -19,9 +19,10 @@ from shared.errors import RateLimited
 
 class RateLimits:
     """
-    :param redis_url: The farm's Redis, for the login counters' storage settings.
+    :param redis_url: The farm's Redis URL; `limits` reads only its scheme (redis or valkey).
     :param broker: A client whose connection pool the login counters use (sync: logins run in
-        the thread pool with the password check).
+        the thread pool with the password check), so they reach Redis with its password and TLS
+        options: a URL alone would carry neither the CA nor the client certificate.
     :param aredis: An asyncio client for the mutation counters, counted on the event loop.
     :param mutations_per_minute: Mutating requests one token may make in a window.
     :param failed_logins_per_minute: Failed logins one address may make in a window.

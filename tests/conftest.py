@@ -4,6 +4,7 @@ uvicorn and Celery workers, each a separate process on 127.0.0.1 and free ports.
 from __future__ import annotations
 
 import os
+import secrets
 import textwrap
 import time
 import uuid
@@ -45,7 +46,9 @@ def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def redis_server(services_dir: Path) -> Iterator[RedisServer]:
-    with RedisServer(services_dir / "redis") as server:
+    """The suite's Redis, with a password as every real farm has: each test goes through
+    AUTH (its `.url`, and so `settings.redis_url`, carries the password)."""
+    with RedisServer(services_dir / "redis", password=secrets.token_urlsafe(16)) as server:
         yield server
 
 

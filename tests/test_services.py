@@ -6,12 +6,15 @@ import io
 import os
 import socket
 from pathlib import Path
+from urllib.parse import quote
 
 import psutil
 import pytest
 import redis
 from minio import Minio
 from minio.error import S3Error
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from trainfarm.services import PostgresServer, RedisServer, SeaweedS3
 
@@ -59,6 +62,20 @@ def test_redis_not_persistent_starts_empty(tmp_path: Path) -> None:
     assert (
         not list((tmp_path / "redis").glob("*.aof")) and not (tmp_path / "redis" / "appendonlydir").exists()
     )
+
+
+def test_redis_password_is_asked_for_and_stays_off_the_command_line(tmp_path: Path) -> None:
+    password = 'pa ss"word\\'  # spaces, a quote and a backslash survive redis.conf's quoting
+    with RedisServer(tmp_path / "redis", persistent=False, password=password) as server:
+        assert password not in " ".join(psutil.Process(server.pid).cmdline())
+        assert server.config_path.stat().st_mode & 0o777 == 0o600
+        assert server.url == f"redis://:{quote(password, safe='')}@127.0.0.1:{server.port}/0"
+        assert redis.Redis.from_url(server.url).ping()
+        refused = redis.Redis(port=server.port, retry=Retry(NoBackoff(), 0))
+        with pytest.raises(redis.AuthenticationError):
+            refused.ping()
+        server.restart()  # the config file is written again, with the same password
+        assert redis.Redis.from_url(server.url).ping()
 
 
 def test_failed_start_reports_log_tail(tmp_path: Path) -> None:

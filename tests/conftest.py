@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from pydantic import SecretStr
 from sqlalchemy import Engine, create_engine, text
 from sqlmodel import SQLModel
 from typer.testing import CliRunner, Result
@@ -26,8 +27,13 @@ from trainfarm.credentials import ensure_credentials
 from trainfarm.services import PostgresServer, RedisServer, SeaweedS3
 from trainfarm.services.farm import MasterProcess, WorkerProcess
 from trainfarm.services.postgres import available as postgres_available
+from trainfarm.services.seaweed import REGION, S3Identity, worker_actions
 
 S3_ACCESS, S3_SECRET = "trainfarm-test", "trainfarm-test-secret"
+#: What workers from `start_worker` use: only the prefixes a worker needs, in every test's bucket.
+S3_WORKER = S3Identity(
+    "worker", "trainfarm-test-worker", "trainfarm-test-worker-secret", worker_actions("t-*")
+)
 ON_CI = os.environ.get("CI") == "true"
 DIGITS = Path(__file__).resolve().parent.parent / "examples" / "datasets" / "digits.csv"
 #: The built-in recipe on the digits dataset; tests override epochs, devices and the like.
@@ -55,7 +61,9 @@ def redis_server(services_dir: Path) -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def s3_server(services_dir: Path) -> Iterator[SeaweedS3]:
     # Small volumes: every test makes a bucket, and each bucket takes volumes of its own.
-    with SeaweedS3(services_dir / "s3", S3_ACCESS, S3_SECRET, volume_size_limit_mb=32) as server:
+    with SeaweedS3(
+        services_dir / "s3", S3_ACCESS, S3_SECRET, volume_size_limit_mb=32, identities=[S3_WORKER]
+    ) as server:
         yield server
 
 
@@ -180,7 +188,9 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., W
     started: list[WorkerProcess] = []
 
     def start(node_name: str = "node-1", overrides: dict | None = None, **kwargs: object) -> WorkerProcess:
-        own = settings.model_copy(update=overrides or {})
+        # The worker identity: every test that runs a job through here shows a worker needs no more.
+        worker_s3 = {"s3_access_key": S3_WORKER.access_key, "s3_secret_key": SecretStr(S3_WORKER.secret_key)}
+        own = settings.model_copy(update={**worker_s3, "s3_region": REGION, **(overrides or {})})
         proc = WorkerProcess(tmp_path / node_name, own, node_name=node_name, **kwargs)  # type: ignore[arg-type]
         started.append(proc.start())
         return proc

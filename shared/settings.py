@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit
 
-from pydantic import ByteSize, Field, SecretStr, model_validator
+from pydantic import ByteSize, Field, SecretStr, field_serializer, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.redaction import redact_url
 
 #: The directory holding `shared/`, `master/`, `worker/`: child processes must import them from a
 #: checkout as well as from an installed package.
@@ -32,7 +34,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".trainfarm")
 
     # Master
-    database_url: str = ""
+    #: May carry a password (`postgresql://user:pass@host/db`): kept out of repr and JSON dumps.
+    database_url: str = Field(default="", repr=False)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     #: Base URL the CLI talks to.
@@ -76,7 +79,7 @@ class Settings(BaseSettings):
     # Broker and streams
     #: `redis://[user[:password]@]host:port/db`, or `rediss://` for TLS. Never logged whole: see
     #: `shared.redaction.redact_url`.
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
     #: Password of the Redis user (over one in the URL), so the URL can sit in a unit file or compose
     #: while the password comes from a secrets file (`<secrets dir>/trainfarm_redis_password`).
     redis_password: SecretStr | None = None
@@ -254,6 +257,10 @@ class Settings(BaseSettings):
                 f"({s3_host}); TRAINFARM_ALLOW_INSECURE='[\"s3\"]' opts out"
             )
 
+    @field_serializer("database_url", "redis_url", when_used="json")
+    def _redact(self, url: str) -> str:
+        return redact_url(url)
+
     @property
     def redis_has_password(self) -> bool:
         return self.redis_password is not None or bool(urlsplit(self.redis_url).password)
@@ -287,10 +294,12 @@ class Settings(BaseSettings):
         """These settings as the environment of a child process (master, worker, flower)."""
         # The CLI's own token is the user's, never a farm process's.
         values = self.model_dump(mode="json", exclude_none=True, exclude={"token"})
-        for name in values:  # json mode masks secrets as '**********'; a child needs them whole
+        for name in values:  # json mode masks secrets and URL passwords; a child needs them whole
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 values[name] = value.get_secret_value()
+            elif name in ("database_url", "redis_url"):
+                values[name] = value
         # pydantic-settings reads list fields as JSON.
         return {
             f"TRAINFARM_{k.upper()}": json.dumps(v) if isinstance(v, list) else str(v)
@@ -368,6 +377,8 @@ def secrets_dir() -> Path | None:
     variable of the same setting wins over the file."""
     named = os.environ.get("TRAINFARM_SECRETS_DIR")
     if named:
+        if not Path(named).is_dir():  # else every secret would silently fall back to its default
+            raise ValueError(f"TRAINFARM_SECRETS_DIR={named} is not a folder")
         return Path(named)
     return DOCKER_SECRETS_DIR if DOCKER_SECRETS_DIR.is_dir() else None
 

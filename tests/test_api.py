@@ -181,3 +181,21 @@ def test_published_marks_are_written_in_one_go_and_kept_through_a_database_error
         marked = {a.id: a.enqueued_at for a in session.exec(select(JobAttempt))}
     assert all(marked[i] is not None for i in ids)
     engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_health_names_a_failing_part_without_its_words(settings, caplog):
+    # Anyone may call /api/health: a dead S3 is named, its address and error text are not.
+    from shared.storage import ArtifactStore, make_s3_client
+    from trainfarm.services.process import free_port
+
+    with TestClient(create_app(settings), base_url="http://testserver/api") as client:
+        # The fault: the master's store now points at a port nobody listens on.
+        gone = settings.model_copy(update={"s3_endpoint": f"127.0.0.1:{free_port()}"})
+        client.app.state.master.store = ArtifactStore(make_s3_client(gone), settings.s3_bucket)  # type: ignore[attr-defined]
+        response = client.get("/health")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "degraded" and body["redis"] == "ok" and body["database"] == "ok"
+    assert body["s3"].startswith("error: ") and "127.0.0.1" not in response.text
+    assert any("health check of s3 failed" in r.getMessage() for r in caplog.records)

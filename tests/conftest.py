@@ -3,6 +3,8 @@ uvicorn and Celery workers, each a separate process on 127.0.0.1 and free ports.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import secrets
 import textwrap
@@ -22,6 +24,7 @@ from typer.testing import CliRunner, Result
 
 from master.db import make_engine
 from shared.settings import Settings, get_settings
+from shared.signing import parse_private_key, private_key_text, public_key_text
 from trainfarm.cli import app as cli_app
 from trainfarm.credentials import ensure_credentials
 from trainfarm.services import PostgresServer, RedisServer, SeaweedS3
@@ -34,6 +37,9 @@ S3_ACCESS, S3_SECRET = "trainfarm-test", "trainfarm-test-secret"
 S3_WORKER = S3Identity(
     "worker", "trainfarm-test-worker", "trainfarm-test-worker-secret", worker_actions("t-*")
 )
+#: The test farms' signing key, the same in every import of this module (pytest loads it as
+#: `conftest`, tests import it as `tests.conftest`): derived, not random.
+SIGNING_KEY = parse_private_key(base64.b64encode(hashlib.sha256(b"trainfarm test farms").digest()).decode())
 ON_CI = os.environ.get("CI") == "true"
 DIGITS = Path(__file__).resolve().parent.parent / "examples" / "datasets" / "digits.csv"
 #: The built-in recipe on the digits dataset; tests override epochs, devices and the like.
@@ -115,6 +121,9 @@ def farm_settings(
         "rate_limit_mutations_per_minute": 100_000,
         # `testserver` is the host name of FastAPI's in-process TestClient.
         "allowed_hosts": ["127.0.0.1", "localhost", "testserver"],
+        # One key pair for the session's farms: the master signs with it, workers verify.
+        "signing_key": private_key_text(SIGNING_KEY),
+        "signing_public_key": public_key_text(SIGNING_KEY.public_key()),
     }
     return Settings(**{**values, **extra})
 

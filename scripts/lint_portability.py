@@ -35,6 +35,8 @@ DEFAULT_PATHS = ("worker", "shared", "trainfarm")
 #: The standalone farm and the services it starts (redis-server, SeaweedFS, PostgreSQL for the tests)
 #: run on Linux and macOS only. The CLI, its client and everything a worker runs are checked in full.
 POSIX_ONLY_PATHS = (
+    # Its functions run only once `job_user` has checked os.name (a job user is POSIX-only).
+    "worker/job_user.py",
     "trainfarm/services/",
     "trainfarm/standalone.py",
     "trainfarm/supervisor.py",

@@ -83,6 +83,7 @@ CHECKS = textwrap.dedent(
         "shm_write": write_error("/dev/shm/x"),
         "memory": read_first("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"),
         "pids": read_first("/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/pids/pids.max"),
+        "env": sorted(os.environ), "lab_setting": os.environ.get("LAB_SETTING"),
     }}), flush=True)
     """
 )
@@ -120,7 +121,9 @@ def test_job_containers_are_confined_and_a_fork_bomb_leaves_the_node_working(
         assert api.post(f"/jobs/{bomb['id']}/cancel").json()["cancel_requested"] is True
         assert wait_status(api, bomb["id"], {"cancelled", "failed", "succeeded"}, 30)["status"] == "cancelled"
 
-        checks = api.post("/jobs", json=job_spec(CHECKS, docker_image)).json()
+        checks = api.post(
+            "/jobs", json={**job_spec(CHECKS, docker_image), "env": {"LAB_SETTING": "on"}}
+        ).json()
         job = wait_status(api, checks["id"], {"succeeded", "failed", "cancelled"}, 60)
         assert job["status"] == "succeeded", "\n".join(log_texts(api, checks["id"])[-30:])
         inside = reported(api, checks["id"], "CHECKS")
@@ -141,6 +144,11 @@ def test_job_containers_are_confined_and_a_fork_bomb_leaves_the_node_working(
     assert inside["tmp_write"] is None and inside["tmp_bytes"] == TMP_SIZE_MB * 2**20
     assert inside["shm_write"] is None  # DataLoader workers share tensors there
     assert inside["memory"] == str(DEFAULT_MEMORY_MB * 2**20) and inside["pids"] == str(PIDS_LIMIT)
+    # The job's own variable arrived; nothing of the worker's environment did.
+    assert inside["lab_setting"] == "on"
+    assert not [
+        name for name in inside["env"] if name.startswith(("TRAINFARM_S3", "TRAINFARM_REDIS", "DOCKER"))
+    ]
     # What it wrote as that user came back from the node.
     assert "report.txt" in artifacts
     # As the engine has it.

@@ -56,7 +56,8 @@ def archive_log(
 ) -> str:
     """Upload an attempt's log file; from then on its live Redis stream may go after `ttl` seconds
     (`GET /logs` reads archived attempts from S3). A later attempt's first write keeps it again."""
-    key = put_file(store, f"logs/{job_id}/attempt-{attempt}.log", path).key
+    # Opened without following a link: a container job owns its attempt's folder, where the log is.
+    key = put_file(store, f"logs/{job_id}/attempt-{attempt}.log", path, path.parent).key
     try:
         logs.expire(job_id, ttl, attempt)
     except redis.RedisError as exc:  # the stream stays, bounded by its budget, until a later trim

@@ -152,11 +152,14 @@ class DockerBackend(Backend):
             # The NVIDIA runtime reads this too: set, an image's ENV ...=all cannot expose every GPU.
             NVIDIA_VISIBLE_DEVICES=",".join(str(g) for g in launch.gpus) or "void",
         )
+        environment.update(spec.env)  # the job's own, last; the spec refuses the names above
         workdir = inside.root.joinpath(*launch.workdir.relative_to(launch.dirs.root).parts)
         job, attempt = str(launch.message.job_id), str(launch.message.attempt)
         user = container_user(self._settings)
-        if user is not None and os.getuid() == 0:  # a root worker's job runs as someone else
-            give_to_job_user(launch.dirs, *user)
+        if (
+            user is not None and os.name == "posix" and os.getuid() == 0
+        ):  # a root worker's job runs as someone else
+            _posix_give_to_job_user(launch.dirs, *user)
         try:
             return self._client.containers.create(
                 spec.image,
@@ -286,7 +289,7 @@ def container_user(settings: Settings) -> tuple[int, int] | None:
     return job_user_ids(settings) or NOBODY
 
 
-def give_to_job_user(dirs: AttemptDirs, uid: int, gid: int) -> None:
+def _posix_give_to_job_user(dirs: AttemptDirs, uid: int, gid: int) -> None:
     """Let the container's user write what a job writes: its attempt's folder (the events file, new
     files in the working directory), output, checkpoints (restored ones too) and code. Not data,
     whose files are hard links into the node's dataset cache; never through a link. (Unlike the

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from celery import Celery
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, or_, select
 
 from master.models import Dataset, Job, JobAttempt, utcnow
 from master.published_marks import PublishedMarks
@@ -38,11 +38,17 @@ class Publication:
 
 
 class Dispatcher:
-    def __init__(self, celery: Celery, marks: PublishedMarks, signer: Signer) -> None:
+    def __init__(
+        self, celery: Celery, marks: PublishedMarks, signer: Signer, message_max_age: float = 14 * 86400
+    ) -> None:
         self._celery = celery
         self.marks = marks
         #: Every message is signed: workers run nothing else (shared/signing.py).
         self._signer = signer
+        #: An attempt still queued this long after its message went out is sent again, freshly
+        #: signed, before workers would refuse the first copy as expired (one bouncing between busy
+        #: nodes for weeks, say); the lease lets only one copy run.
+        self.republish_after = timedelta(seconds=message_max_age / 2)
 
     def prepare(self, session: Session, pairs: Sequence[tuple[Job, JobAttempt]]) -> list[Publication]:
         """The messages of attempts, built from rows at hand: once a commit has expired them, reading
@@ -88,14 +94,18 @@ class Dispatcher:
         )
 
     def sweep(self, session: Session) -> int:
-        """Send queued attempts that were never published or whose retry backoff has passed."""
+        """Send queued attempts that were never published or whose retry backoff has passed, and
+        again those whose message is about to expire unstarted."""
         now = utcnow()
         rows = session.exec(
             select(JobAttempt, Job)
             .join(Job, Job.id == JobAttempt.job_id)  # type: ignore[arg-type]
             .where(
                 JobAttempt.status == JobStatus.QUEUED,
-                JobAttempt.enqueued_at.is_(None),  # type: ignore[union-attr]
+                or_(
+                    JobAttempt.enqueued_at.is_(None),  # type: ignore[union-attr]
+                    col(JobAttempt.enqueued_at) < now - self.republish_after,
+                ),
                 Job.status == JobStatus.QUEUED,
                 JobAttempt.number == Job.attempts,
             )

@@ -75,11 +75,15 @@ def apply_event(session: Session, event: Event, policy: RetryPolicy = DEFAULT_PO
 
 
 def _from_holder(attempt: JobAttempt, event: Event) -> bool:
-    """The event comes from the worker that holds the attempt: the one whose event about it came
-    first (it took the attempt's lease before reporting anything). Another worker's, or one forged
+    """The event comes from the worker that holds the attempt: the one whose `started` about it
+    came first (it took the attempt's lease before reporting it). Another worker's, or one forged
     by whoever reached Redis, is ignored and counted."""
     if attempt.worker is None:
-        attempt.worker = event.worker or None
+        # Only a `started` binds (the worker sends it right after taking the lease); until one
+        # came, other kinds are taken as they are (an attempt cancelled before it started ends
+        # with a `finished` alone).
+        if isinstance(event, StartedEvent):
+            attempt.worker = event.worker or None
         return True
     if event.worker == attempt.worker:
         return True
@@ -128,8 +132,19 @@ def _metrics(session: Session, job: Job, attempt: JobAttempt, event: MetricsEven
         job.metrics = {**job.metrics, **data.metrics}
 
 
+def _own_key(job: Job, key: str, prefixes: tuple[str, ...]) -> str:
+    """`key` if it lies under one of this job's prefixes. The master serves artifacts and logs with
+    its own S3 identity, so an event naming any other key (another job's artifact, a code bundle, a
+    dataset) would hand that object to whoever can download this job's files."""
+    own = tuple(f"{prefix}/{job.id}/" for prefix in prefixes)
+    if not key.startswith(own) or "/../" in key or key.endswith("/.."):
+        raise ValueError(f"key {key[:200]!r} is not under {' or '.join(own)}")
+    return key
+
+
 def _artifact(session: Session, job: Job, attempt: JobAttempt, event: ArtifactEvent) -> None:
     d = event.data
+    _own_key(job, d.key, ("artifacts", "checkpoints"))
     row = session.exec(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == d.name)).first()
     row = row or Artifact(job_id=job.id, name=d.name, key=d.key, size=0, attempt=attempt.number)  # type: ignore[arg-type]
     row.key, row.size, row.sha256, row.attempt = d.key, d.size, d.sha256, attempt.number
@@ -140,6 +155,8 @@ def _finished(
     session: Session, job: Job, attempt: JobAttempt, event: FinishedEvent, current: bool, policy: RetryPolicy
 ) -> None:
     d = event.data
+    if d.log_key is not None:
+        _own_key(job, d.log_key, ("logs",))
     attempt.log_key = d.log_key or attempt.log_key
     ended = JobStatus(d.outcome.value)
     if ended == JobStatus.SUCCEEDED and attempt.status == JobStatus.QUEUED:

@@ -61,7 +61,10 @@ class MasterState:
             aredis=aredis,
             store=store,
             dispatcher=Dispatcher(
-                make_publisher(settings), PublishedMarks(engine), Signer(master_private_key(settings))
+                make_publisher(settings),
+                PublishedMarks(engine),
+                Signer(master_private_key(settings)),
+                settings.message_max_age,
             ),
             logs=LogReader(aredis, store),
             # A client of its own: its one connection waits in XREAD, and must not be taken from the

@@ -354,6 +354,18 @@ NOT_INHERITED = frozenset(
 )
 
 
+#: Settings only the master may hold: a worker or Flower started with the farm's settings (the
+#: standalone farm, test farms) gets them removed from its environment.
+MASTER_ONLY = frozenset(
+    {
+        "TRAINFARM_SIGNING_KEY",
+        "TRAINFARM_SESSION_SECRET",
+        "TRAINFARM_METRICS_TOKEN",
+        "TRAINFARM_FLOWER_BASIC_AUTH",
+    }
+)
+
+
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     """What a farm process we start (master, worker, flower) gets: our environment (PATH, virtualenv,
     CUDA, conda) with `extra` on top, this checkout importable and output unbuffered. Not a training

@@ -51,3 +51,15 @@ def test_a_fifo_is_refused_without_blocking(job_dir: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(OSError, match="not a regular file"):
         open_beneath(job_dir, fifo)
+
+
+@posix_only
+def test_the_folder_itself_swapped_for_a_link_is_refused_and_not_listed(job_dir: Path) -> None:
+    # A container job owns its attempt's folder: `output/` can become a link to the worker's files.
+    from worker.uploads import regular_files
+
+    output = job_dir / "output"
+    output.symlink_to(job_dir.parent)
+    assert regular_files(output) == []
+    with pytest.raises(OSError):
+        open_beneath(output, output / "secret.key")

@@ -108,11 +108,11 @@ def test_a_finished_report_after_the_attempt_was_declared_lost_starts_no_second_
         end_attempt(session, job, attempt, AttemptOutcome.FAILED, retryable=True, error="worker lost")
         session.add_all([job, attempt])
         session.commit()
-    late = Finished(outcome=AttemptOutcome.FAILED, retryable=True, log_key="logs/late.log")
+    late = Finished(outcome=AttemptOutcome.FAILED, retryable=True, log_key=f"logs/{job_id}/late.log")
     assert apply(engine, raw(job_id, 2, late)) == [None]
     job, attempts = state(engine, job_id)
     assert job.attempts == 2 and len(attempts) == 2  # not three
-    assert attempts[0].status == JobStatus.FAILED and attempts[0].log_key == "logs/late.log"
+    assert attempts[0].status == JobStatus.FAILED and attempts[0].log_key == f"logs/{job_id}/late.log"
 
 
 def test_events_of_a_retried_attempt_do_not_move_the_job(engine: Engine, job_id: int) -> None:
@@ -218,3 +218,42 @@ def test_a_storm_of_hand_back_events_ends_the_job(engine: Engine, job_id: int) -
     assert len(job.warnings) == 3
     # Every hand-back is counted for /metrics, free or not: a storm shows on the farm's graphs.
     assert HANDBACKS._value.get() == counted + 5
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        ArtifactStored(name="model.pt", key="code/" + "a" * 64, size=5),  # someone's code bundle
+        ArtifactStored(name="model.pt", key="artifacts/999/model.pt", size=5),  # another job's
+        ArtifactStored(name="model.pt", key="datasets/digits.csv", size=5),
+        ArtifactStored(name="x", key="artifacts/1/../../datasets/digits.csv", size=5),
+        Finished(outcome=AttemptOutcome.SUCCEEDED, log_key="artifacts/999/secret.txt"),
+    ],
+    ids=["code", "other-job", "dataset", "dot-dot", "log-key"],
+)
+def test_an_event_naming_a_key_outside_its_job_is_refused(
+    engine: Engine, job_id: int, data: EventData
+) -> None:
+    # The master serves artifacts and logs with its own S3 identity: a forged key would be a way in.
+    [reason] = apply(engine, raw(job_id, 1, data))
+    assert reason is not None and "is not under" in reason
+    with Session(engine) as session:
+        assert session.exec(select(Artifact)).all() == []
+    _, [attempt] = state(engine, job_id)
+    assert attempt.log_key is None
+
+
+def worker_event(job_id: int, seq: int, data: EventData, worker: str) -> bytes:
+    event = envelope(data, job_id=job_id, attempt=1, seq=seq, node="node-1", worker=worker)
+    return event.model_dump_json().encode()
+
+
+def test_the_attempt_is_the_worker_whose_started_came_first(engine: Engine, job_id: int) -> None:
+    # A metrics line before any `started` binds nothing; the first `started` does.
+    assert apply(engine, worker_event(job_id, 1, Metrics(metrics={"early": 1.0}), "node-9#other")) == [None]
+    assert apply(engine, worker_event(job_id, 2, Started(pid=1), "node-1#abc")) == [None]
+    apply(engine, worker_event(job_id, 3, Metrics(metrics={"forged": 1.0}), "node-9#other"))
+    apply(engine, worker_event(job_id, 4, Metrics(metrics={"own": 1.0}), "node-1#abc"))
+    job, [attempt] = state(engine, job_id)
+    assert attempt.worker == "node-1#abc"
+    assert set(job.metrics) == {"early", "own"}

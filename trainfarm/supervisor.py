@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from shared.settings import Settings
+from shared.settings import DEV_S3_SECRET, Settings
 from trainfarm.services import RedisServer, SeaweedS3, free_port
 from trainfarm.services.farm import FlowerProcess, MasterProcess, WorkerProcess
 from trainfarm.services.process import ManagedProcess
@@ -61,12 +61,18 @@ class StandaloneFarm:
         # Even on 127.0.0.1 Redis asks for a password: any local user or a job's process could
         # otherwise read the queue, forge task messages and events, or flush everything.
         redis_password = ensure_password(self.redis_password_file)
+        # The same for S3's admin identity (the master's): the development default is public, and
+        # with it any local process could delete everything. A secret set by the user is kept.
+        admin_secret = base.s3_secret_key.get_secret_value()
+        if admin_secret == DEV_S3_SECRET:
+            admin_secret = ensure_password(self.data_dir / "s3-admin.secret")
         self.settings = base.model_copy(
             update={
                 "data_dir": self.data_dir,
                 "database_url": f"sqlite:///{self.data_dir / 'master.db'}",
                 "redis_url": f"redis://127.0.0.1:{self.ports.redis}/0",
                 "redis_password": SecretStr(redis_password),
+                "s3_secret_key": SecretStr(admin_secret),
                 "s3_endpoint": f"127.0.0.1:{self.ports.s3}",
                 "s3_secure": False,
                 "api_url": f"http://127.0.0.1:{self.ports.api}",
@@ -84,7 +90,7 @@ class StandaloneFarm:
         self.s3 = SeaweedS3(
             self.data_dir / "s3",
             base.s3_access_key,
-            base.s3_secret_key.get_secret_value(),
+            admin_secret,
             port=self.ports.s3,
             identities=[worker_s3],
         )

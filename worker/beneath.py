@@ -26,7 +26,9 @@ def open_beneath(root: Path, path: Path) -> BinaryIO:
         return open(path, "rb")
     parts = path.relative_to(root).parts
     folder_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    # The folder itself too: a container job owns its attempt's folder, so it can swap `output/`
+    # for a link to anywhere on the node.
+    fd = os.open(root, folder_flags)
     try:
         for part in parts[:-1]:
             inner = os.open(part, folder_flags, dir_fd=fd)

@@ -68,7 +68,9 @@ def archive_log(
 def regular_files(root: Path) -> list[Path]:
     """The plain files under `root`, sorted; symlinks are left out, so a job (in a container, say)
     cannot make the worker upload a file of the node by linking to it."""
-    found = []
+    found: list[Path] = []
+    if root.is_symlink():  # os.walk would follow it; the job made it, to point the worker elsewhere
+        return found
     for folder, _dirs, names in os.walk(root):  # os.walk does not descend into linked folders
         for name in names:
             path = Path(folder) / name

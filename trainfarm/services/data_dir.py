@@ -30,8 +30,11 @@ class DataDirLock:
 
     def acquire(self) -> None:
         """Hold the directory, or raise `DataDirBusy` naming the farm that does."""
-        # Owner-only when we make it: it holds the database, the keys and every service's files.
+        # Owner-only: it holds the database, the keys and every service's files. One made by an
+        # older trainfarm (0755) is tightened too, when it is ours.
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if os.name == "posix" and self.data_dir.stat().st_uid == os.getuid():
+            self.data_dir.chmod(0o700)
         if not self._lock.try_acquire():
             raise DataDirBusy(
                 f"data directory {self.data_dir} is in use by another running farm "

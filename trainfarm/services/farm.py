@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 from pydantic import SecretStr
 
-from shared.settings import Settings, child_environment
+from shared.settings import MASTER_ONLY, Settings, child_environment
 from shared.signing import master_private_key
 from trainfarm.credentials import FarmCredentials, ensure_credentials
 from trainfarm.services.process import ManagedProcess, free_port
@@ -103,7 +103,7 @@ class WorkerProcess(ManagedProcess):
         self.queues, self.concurrency, self.pool = queues, concurrency, pool
 
     def _env(self) -> dict[str, str]:
-        return child_environment(self.settings.to_env())
+        return child_environment(_without_master_secrets(self.settings.to_env()))
 
     def _command(self) -> list[str]:
         return [
@@ -133,7 +133,7 @@ class FlowerProcess(FarmProcess):
         ]  # fmt: skip
 
     def _env(self) -> dict[str, str]:
-        env = super()._env()
+        env = child_environment(_without_master_secrets(self.settings.to_env()))
         # Flower reads FLOWER_BASIC_AUTH itself; in the environment, not the argv, so `ps` never shows it.
         if self.settings.flower_basic_auth is not None:
             env["FLOWER_BASIC_AUTH"] = self.settings.flower_basic_auth.get_secret_value()
@@ -144,3 +144,8 @@ class FlowerProcess(FarmProcess):
             return httpx.get(f"{self.url}/healthcheck", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
+
+
+def _without_master_secrets(env: dict[str, str]) -> dict[str, str]:
+    """A worker's or Flower's environment: the farm's settings less the master's own keys."""
+    return {name: value for name, value in env.items() if name not in MASTER_ONLY}

@@ -138,3 +138,22 @@ def test_a_key_from_the_setting_is_used_and_bad_keys_are_named(tmp_path: Path) -
     with pytest.raises(ValueError, match="TRAINFARM_SIGNING_KEY"):
         master_private_key(Settings(data_dir=tmp_path, signing_key="AAAA"))
     assert worker_public_key(Settings(data_dir=tmp_path / "elsewhere")) is None
+
+
+def test_workers_and_flower_started_with_the_farms_settings_never_get_the_masters_keys(tmp_path: Path) -> None:
+    from trainfarm.services.farm import FlowerProcess, MasterProcess, WorkerProcess
+
+    key = new_private_key()
+    settings = Settings(
+        data_dir=tmp_path,
+        signing_key=private_key_text(key),
+        signing_public_key=public_key_text(key.public_key()),
+        session_secret="s" * 40,
+        metrics_token="m" * 40,
+    )
+    master_only = {"TRAINFARM_SIGNING_KEY", "TRAINFARM_SESSION_SECRET", "TRAINFARM_METRICS_TOKEN"}
+    assert master_only <= set(MasterProcess(tmp_path, settings)._env())
+    for child in (WorkerProcess(tmp_path, settings), FlowerProcess(tmp_path, settings)):
+        env = child._env()
+        assert not master_only & set(env), type(child).__name__
+        assert env["TRAINFARM_SIGNING_PUBLIC_KEY"] == public_key_text(key.public_key())

@@ -226,8 +226,6 @@ class Settings(BaseSettings):
         self.work_dir = (self.work_dir or self.data_dir / "work").expanduser()
         if not self.environment_dirs:
             self.environment_dirs = default_environment_dirs()
-        if self.signing_key_file is None:
-            self.signing_key_file = self.data_dir / "signing.key"
         if self.environment == "production":
             self._refuse_insecure()
         return self
@@ -260,6 +258,12 @@ class Settings(BaseSettings):
     @field_serializer("database_url", "redis_url", when_used="json")
     def _redact(self, url: str) -> str:
         return redact_url(url)
+
+    @property
+    def signing_key_path(self) -> Path:
+        """Where the master keeps its key when `signing_key` is unset (read here, not fixed at
+        validation: a farm's settings are copied onto another data dir)."""
+        return self.signing_key_file or self.data_dir / "signing.key"
 
     @property
     def redis_has_password(self) -> bool:

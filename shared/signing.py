@@ -122,8 +122,7 @@ def master_private_key(settings: Settings) -> Ed25519PrivateKey:
     if settings.signing_key is not None:
         key = parse_private_key(settings.signing_key.get_secret_value())
     else:
-        assert settings.signing_key_file is not None
-        key = _read_or_create(settings.signing_key_file)
+        key = _read_or_create(settings.signing_key_path)
     _write_public(settings.data_dir / PUBLIC_KEY_FILE, key.public_key())
     return key
 

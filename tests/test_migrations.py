@@ -129,7 +129,8 @@ def test_8bdff0f_database_upgrades_to_head_with_every_row_kept(database_url):
 def test_later_unversioned_databases_are_recognised_and_reach_head(database_url, era, revision):
     """Databases `create_all` made after 8bdff0f, before migrations: stamped where they are."""
     engine = engine_for(database_url)
-    # Today's tables of that era, less what came with migrations (users, tokens, owners: 0004).
+    # Today's tables of that era, less what came with migrations (users, tokens, owners: 0004;
+    # the attempt's worker: 0005).
     SQLModel.metadata.create_all(engine, tables=[SQLModel.metadata.tables[t] for t in adopt.TABLES])
     with Session(engine) as session:
         session.add(Job(queue="gpu", spec={"command": ["true"]}, handbacks=2, warnings=["log cut"]))
@@ -138,6 +139,7 @@ def test_later_unversioned_databases_are_recognised_and_reach_head(database_url,
         conn.execute(text("DROP INDEX ix_jobs_owner"))
         conn.execute(text("ALTER TABLE jobs DROP COLUMN owner"))
         conn.execute(text("ALTER TABLE datasets DROP COLUMN owner"))
+        conn.execute(text("ALTER TABLE job_attempts DROP COLUMN worker"))  # 0005
         if era == "c0411ab":  # its jobs table was 712b682's without `warnings`
             conn.execute(text("ALTER TABLE jobs DROP COLUMN warnings"))
 

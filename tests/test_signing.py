@@ -117,8 +117,8 @@ def test_the_master_makes_its_key_once_owner_only_and_publishes_the_public_half(
     first = master_private_key(settings)
     again = master_private_key(settings)
     assert private_key_text(first) == private_key_text(again)
-    assert settings.signing_key_file is not None
-    assert stat.S_IMODE(settings.signing_key_file.stat().st_mode) == 0o600
+    assert settings.signing_key_path == tmp_path / "signing.key"
+    assert stat.S_IMODE(settings.signing_key_path.stat().st_mode) == 0o600
     assert (tmp_path / PUBLIC_KEY_FILE).read_text().strip() == public_key_text(first.public_key())
     # A worker on the same machine finds it there; a setting wins over the file.
     found = worker_public_key(Settings(data_dir=tmp_path))
@@ -132,7 +132,7 @@ def test_a_key_from_the_setting_is_used_and_bad_keys_are_named(tmp_path: Path) -
     key = new_private_key()
     settings = Settings(data_dir=tmp_path, signing_key=private_key_text(key))
     assert public_key_text(master_private_key(settings).public_key()) == public_key_text(key.public_key())
-    assert settings.signing_key_file is not None and not settings.signing_key_file.exists()
+    assert not settings.signing_key_path.exists()
     with pytest.raises(ValueError, match="TRAINFARM_SIGNING_PUBLIC_KEY"):
         parse_public_key("too-short")
     with pytest.raises(ValueError, match="TRAINFARM_SIGNING_KEY"):

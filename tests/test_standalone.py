@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from shared.settings import DEV_S3_SECRET
 from tests.conftest import wait_for, wait_status
 from trainfarm.services import free_port
 
@@ -115,6 +116,11 @@ def test_standalone_runs_a_job_stops_cleanly_and_restarts_on_its_data(tmp_path):
     assert "stopping redis" in output
     # The banner says where the first admin's password and token are, on one line, whole.
     assert f"Login as admin: password and API token in {data_dir / 'credentials.json'} " in output, output
+    # Its keys and passwords were made for it, owner-only; none is a public default.
+    for secret in ("redis.password", "s3-admin.secret", "s3-worker.json", "signing.key", "credentials.json"):
+        assert (data_dir / secret).stat().st_mode & 0o077 == 0, secret
+    assert (data_dir / "s3-admin.secret").read_text().strip() != DEV_S3_SECRET
+    assert data_dir.stat().st_mode & 0o077 == 0
     ports = json.loads((data_dir / "ports.json").read_text())
     for name, port in ports.items():
         assert not port_open(port), f"{name} still listens on {port} after Ctrl-C"

@@ -140,7 +140,9 @@ def test_a_key_from_the_setting_is_used_and_bad_keys_are_named(tmp_path: Path) -
     assert worker_public_key(Settings(data_dir=tmp_path / "elsewhere")) is None
 
 
-def test_workers_and_flower_started_with_the_farms_settings_never_get_the_masters_keys(tmp_path: Path) -> None:
+def test_workers_and_flower_started_with_the_farms_settings_never_get_the_masters_keys(
+    tmp_path: Path,
+) -> None:
     from trainfarm.services.farm import FlowerProcess, MasterProcess, WorkerProcess
 
     key = new_private_key()

@@ -11,6 +11,8 @@ import sys
 import tarfile
 import textwrap
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -220,16 +222,23 @@ def test_s3_outage_answers_503_with_retry_after_and_the_routes_work_again(
     with_code = {"command": [PY, "main.py"], "code": digest, "queue": "cpu"}
 
     def calls() -> dict[str, httpx.Response]:
-        return {
-            "artifact download": api.get(f"/jobs/{job_id}/artifacts/out.txt"),
-            "archived log": api.get(f"/jobs/{job_id}/logs"),
-            "dataset upload": api.post("/datasets", params={"name": "new.csv"}, content=b"a,b\n1,2\n"),
-            "code upload": api.put(f"/code/{other_digest}", content=other_bundle),
-            "code HEAD": api.head(f"/code/{digest}"),
-            "code GET": api.get(f"/code/{digest}"),
-            "submission with code": api.post("/jobs", json=with_code),
-            "batch with code": api.post("/jobs/batch", json={"jobs": [with_code]}),
+        requests: dict[str, Callable[[], httpx.Response]] = {
+            "artifact download": lambda: api.get(f"/jobs/{job_id}/artifacts/out.txt"),
+            "archived log": lambda: api.get(f"/jobs/{job_id}/logs"),
+            "dataset upload": lambda: api.post(
+                "/datasets", params={"name": "new.csv"}, content=b"a,b\n1,2\n"
+            ),
+            "code upload": lambda: api.put(f"/code/{other_digest}", content=other_bundle),
+            "code HEAD": lambda: api.head(f"/code/{digest}"),
+            "code GET": lambda: api.get(f"/code/{digest}"),
+            "submission with code": lambda: api.post("/jobs", json=with_code),
+            "batch with code": lambda: api.post("/jobs/batch", json={"jobs": [with_code]}),
         }
+        # At once: during the outage each one answers only after the master's S3 client has
+        # given up retrying (seconds), and one after another they took most of a minute.
+        with ThreadPoolExecutor(len(requests)) as pool:
+            futures = {name: pool.submit(request) for name, request in requests.items()}
+            return {name: future.result() for name, future in futures.items()}
 
     s3_server.stop()
     try:

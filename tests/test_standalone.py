@@ -1,5 +1,6 @@
-"""`trainfarm standalone` as a user runs it: a whole farm from one command, Ctrl-C stops all of it,
-and a second start finds the jobs and datasets of the first."""
+"""`trainfarm standalone` as a user runs it: a whole farm from one command, a second farm on its data
+dir refused while it runs, Ctrl-C stops all of it, and a second start finds the jobs and datasets of
+the first."""
 
 from __future__ import annotations
 
@@ -90,12 +91,26 @@ def interrupt(farm: subprocess.Popen[bytes]) -> str:
     return out.decode()
 
 
+def check_a_second_farm_on_the_data_dir_is_refused(data_dir: Path, farm: subprocess.Popen[bytes]) -> None:
+    """Run inside the first farm's test, so the suite starts one farm fewer."""
+    ports = (data_dir / "ports.json").read_text()
+    second = start_farm(data_dir, free_port(), free_port())
+    out, _ = second.communicate(timeout=60)
+    said = [line for line in out.decode().splitlines() if line.strip()]
+    assert second.returncode == 1, said
+    # One line, naming the farm that holds the directory; nothing of the first farm touched.
+    assert len(said) == 1 and f"in use by another running farm (pid {farm.pid})" in said[0], said
+    assert (data_dir / "ports.json").read_text() == ports
+    assert farm.poll() is None
+
+
 def test_standalone_runs_a_job_stops_cleanly_and_restarts_on_its_data(tmp_path):
     data_dir, api_port, flower_port = tmp_path / "farm", free_port(), free_port()
     api_url = f"http://127.0.0.1:{api_port}"
     farm = start_farm(data_dir, api_port, flower_port)
     try:
         wait_healthy(api_url, flower_port, farm)
+        check_a_second_farm_on_the_data_dir_is_refused(data_dir, farm)
         api = admin_client(api_url, data_dir)
         assert api.post("/datasets", params={"name": "d.csv"}, content=b"a,b\n1,2\n").status_code == 201
         job = api.post("/jobs", json={"command": [sys.executable, "-c", "print('hello farm')"]}).json()
@@ -114,6 +129,7 @@ def test_standalone_runs_a_job_stops_cleanly_and_restarts_on_its_data(tmp_path):
     finally:
         output = interrupt(farm)
     assert "stopping redis" in output
+    assert not (data_dir / "farm.pid").exists()  # a clean stop leaves no holder behind
     # The banner says where the first admin's password and token are, on one line, whole.
     assert f"Login as admin: password and API token in {data_dir / 'credentials.json'} " in output, output
     # Its keys and passwords were made for it, owner-only; none is a public default.
@@ -135,22 +151,3 @@ def test_standalone_runs_a_job_stops_cleanly_and_restarts_on_its_data(tmp_path):
         assert "hello farm" in [line["text"] for line in api.get(f"/jobs/{job['id']}/logs").json()["lines"]]
     finally:
         interrupt(farm)
-
-
-def test_a_second_farm_on_a_data_dir_that_a_running_farm_holds_is_refused(tmp_path):
-    data_dir, api_port, flower_port = tmp_path / "farm", free_port(), free_port()
-    farm = start_farm(data_dir, api_port, flower_port)
-    try:
-        wait_healthy(f"http://127.0.0.1:{api_port}", flower_port, farm)
-        ports = (data_dir / "ports.json").read_text()
-        second = start_farm(data_dir, free_port(), free_port())
-        out, _ = second.communicate(timeout=60)
-        said = [line for line in out.decode().splitlines() if line.strip()]
-        assert second.returncode == 1, said
-        # One line, naming the farm that holds the directory; nothing of the first farm touched.
-        assert len(said) == 1 and f"in use by another running farm (pid {farm.pid})" in said[0], said
-        assert (data_dir / "ports.json").read_text() == ports
-        assert farm.poll() is None
-    finally:
-        interrupt(farm)
-    assert not (data_dir / "farm.pid").exists()  # a clean stop leaves no holder behind

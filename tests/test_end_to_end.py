@@ -61,6 +61,8 @@ def test_command_job_streams_every_line_in_order(api, worker):
     assert attempt["node"] == "node-1" and attempt["log_key"] == f"logs/{job_id}/attempt-1.log"
 
 
+# The database plays no part here (worker, Redis and S3 do): once, on SQLite.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_logs_survive_a_redis_flush_via_the_s3_archive(api, worker, settings):
     code = "for i in range(500): print('row', i)"
     job_id = api.post("/jobs", json={"command": [PY, "-c", code], "queue": "cpu"}).json()["id"]
@@ -120,6 +122,8 @@ def test_tabular_recipe_trains_and_uploads_model(api, worker, settings):
     assert epochs == sorted(epochs) and len(epochs) >= 3
 
 
+# The database plays no part here (worker, Redis and S3 do): once, on SQLite.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_second_job_on_same_dataset_downloads_nothing(api, worker):
     upload_dataset(api, DIGITS)
     code = "import os; print(sorted(os.listdir(os.environ['TRAINFARM_DATA_DIR'])))"
@@ -135,6 +139,8 @@ def test_second_job_on_same_dataset_downloads_nothing(api, worker):
     assert infos[1] == [{"name": "digits.csv", "cached": True, "size": DIGITS.stat().st_size}]
 
 
+# The database plays no part here (worker, Redis and S3 do): once, on SQLite.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_node_registers_with_heartbeat(api, worker):
     nodes = wait_for(lambda: api.get("/nodes").json(), timeout=30, what="a node")
     [node] = nodes

@@ -339,6 +339,8 @@ def _log(api: httpx.Client, job_id: int) -> list[str]:
     ]
 
 
+# The database plays no part here (worker, Redis and S3 do): once, on SQLite.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_job_printing_long_lines_and_no_final_newline_gets_them_cut_with_the_marker(api, start_worker):
     start_worker(overrides={"log_line_max_bytes": 1024})
     job_id = _submit(
@@ -361,6 +363,8 @@ def test_a_job_printing_long_lines_and_no_final_newline_gets_them_cut_with_the_m
     ]
 
 
+# The database plays no part here (worker, Redis and S3 do): once, on SQLite.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_job_over_its_live_budget_keeps_redis_small_while_the_archive_has_every_line(
     api, start_worker, settings
 ):

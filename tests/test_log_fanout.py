@@ -381,6 +381,8 @@ def gate(tmp_path: Path) -> Iterator[Path]:
     path.touch()  # a job still waiting ends on its own
 
 
+# The database plays no part here (worker, Redis and S3 do): once, on SQLite.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_thirty_followers_share_one_reader_and_all_get_every_line_and_the_end(
     api, master, worker, settings, gate
 ) -> None:

@@ -143,6 +143,7 @@ def test_no_secret_in_repr_str_or_json(clean_settings: None) -> None:
     assert "db-password-value" in env["TRAINFARM_DATABASE_URL"]
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_master_health_and_metrics_show_no_secret(settings: Settings, tmp_path: Path) -> None:
     session, metrics = "session-secret-that-is-long-enough-1234", "metrics-scrape-token-value"
     own = settings.model_copy(

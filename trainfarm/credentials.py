@@ -4,11 +4,11 @@ kept in `<data dir>/credentials.json` (0600), found there by the CLI on the same
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from shared.private_files import write_private
 from shared.settings import Settings
 
 FILE_NAME = "credentials.json"
@@ -66,14 +66,5 @@ def ensure_credentials(settings: Settings) -> FarmCredentials:
     finally:
         engine.dispose()
     if saved is None:
-        _write_private(credentials_path(settings.data_dir), json.dumps(asdict(creds), indent=2) + "\n")
+        write_private(credentials_path(settings.data_dir), json.dumps(asdict(creds), indent=2) + "\n")
     return creds
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from shared.private_files import ensure_secret
 from shared.settings import DEV_S3_SECRET, Settings
 from trainfarm.services import RedisServer, SeaweedS3, free_port
 from trainfarm.services.farm import FlowerProcess, MasterProcess, WorkerProcess
 from trainfarm.services.process import ManagedProcess
-from trainfarm.services.redis_server import ensure_password
 from trainfarm.services.seaweed import REGION, ensure_identity, worker_actions
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,12 @@ class StandaloneFarm:
         self.ports = Ports.load(self.data_dir / "ports.json", api_port, flower_port)
         # Even on 127.0.0.1 Redis asks for a password: any local user or a job's process could
         # otherwise read the queue, forge task messages and events, or flush everything.
-        redis_password = ensure_password(self.redis_password_file)
+        redis_password = ensure_secret(self.redis_password_file)
         # The same for S3's admin identity (the master's): the development default is public, and
         # with it any local process could delete everything. A secret set by the user is kept.
         admin_secret = base.s3_secret_key.get_secret_value()
         if admin_secret == DEV_S3_SECRET:
-            admin_secret = ensure_password(self.data_dir / "s3-admin.secret")
+            admin_secret = ensure_secret(self.data_dir / "s3-admin.secret")
         self.settings = base.model_copy(
             update={
                 "data_dir": self.data_dir,

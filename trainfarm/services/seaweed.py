@@ -15,6 +15,7 @@ import urllib3
 from minio import Minio
 from minio.error import MinioException
 
+from shared.private_files import write_private
 from trainfarm.services.process import ManagedProcess, free_ports
 
 #: Every port `weed server` opens; all are chosen, so two instances never collide.
@@ -77,10 +78,7 @@ def ensure_identity(path: Path, name: str, actions: Sequence[str]) -> S3Identity
         keys = json.loads(path.read_text())
     else:
         keys = {"access_key": f"trainfarm-{name}", "secret_key": secrets.token_urlsafe(32)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(keys, fh)
+        write_private(path, json.dumps(keys))
     return S3Identity(name, keys["access_key"], keys["secret_key"], tuple(actions))
 
 
@@ -165,10 +163,7 @@ class SeaweedS3(ManagedProcess):
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
         self._ports_file.write_text(json.dumps(self.ports, indent=2))
         identities = {"identities": [identity.as_config() for identity in self.identities]}
-        # Created owner-only before the secret goes in.
-        fd = os.open(self._s3_config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(identities, fh, indent=2)
+        write_private(self._s3_config, json.dumps(identities, indent=2))
 
     def _env(self) -> dict[str, str]:
         # A bucket is a collection, which grows 7 volumes at its first write by default: a few

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from shared.private_files import write_private
 
 #: Names the server certificate is valid for unless told otherwise: a farm on this machine.
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -71,7 +72,7 @@ def make_certificates(
         cert = builder.sign(ca_key, hashes.SHA256())
         files = TlsFiles(ca_file, directory / f"{stem}.crt", directory / f"{stem}.key")
         files.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_private(files.key_file, key)
+        _write_key(files.key_file, key)
         return files
 
     both = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -117,12 +118,8 @@ def _general_name(name: str) -> x509.GeneralName:
         return x509.DNSName(name)
 
 
-def _write_private(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    # Created 0600, never readable by others even for a moment.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    os.chmod(path, 0o600)
+    write_private(path, pem)

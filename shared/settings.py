@@ -15,7 +15,7 @@ from urllib.parse import quote, urlsplit
 from pydantic import ByteSize, Field, SecretStr, field_serializer, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.redaction import redact_url
+from shared.redaction import redact_url, with_password
 
 #: The directory holding `shared/`, `master/`, `worker/`: child processes must import them from a
 #: checkout as well as from an installed package.
@@ -273,11 +273,7 @@ class Settings(BaseSettings):
         """The Redis URL to connect with: `redis_password`, when set, in place of the URL's."""
         if self.redis_password is None:
             return self.redis_url
-        parts = urlsplit(self.redis_url)
-        user = quote(parts.username or "", safe="")
-        password = quote(self.redis_password.get_secret_value(), safe="")
-        host = parts.netloc.rsplit("@", 1)[-1]
-        return parts._replace(netloc=f"{user}:{password}@{host}").geturl()
+        return with_password(self.redis_url, quote(self.redis_password.get_secret_value(), safe=""))
 
     def check_master(self) -> None:
         """What a production master refuses to start with (a worker needs none of these keys)."""
@@ -345,19 +341,6 @@ def default_environment_dirs() -> list[Path]:
     return dirs
 
 
-#: Environment variables a child process never inherits from ours.
-NOT_INHERITED = frozenset(
-    {
-        "TRAINFARM_TOKEN",
-        "TRAINFARM_SESSION_SECRET",
-        "TRAINFARM_SIGNING_KEY",
-        "TRAINFARM_METRICS_TOKEN",
-        "TRAINFARM_FLOWER_BASIC_AUTH",
-        "FLOWER_BASIC_AUTH",
-    }
-)
-
-
 #: Settings only the master may hold: a worker or Flower started with the farm's settings (the
 #: standalone farm, test farms) gets them removed from its environment.
 MASTER_ONLY = frozenset(
@@ -368,6 +351,9 @@ MASTER_ONLY = frozenset(
         "TRAINFARM_FLOWER_BASIC_AUTH",
     }
 )
+#: Environment variables a child process never inherits from ours: the master's keys, the CLI
+#: user's token, and Flower's login.
+NOT_INHERITED = MASTER_ONLY | {"TRAINFARM_TOKEN", "FLOWER_BASIC_AUTH"}
 
 
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:

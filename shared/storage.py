@@ -130,15 +130,11 @@ class ArtifactStore:
                     raise
 
     def put_file(self, key: str, path: Path) -> ObjectInfo:
-        sha = file_sha256(path)
-        with translated(key):
-            result = self._s3.fput_object(
-                self.bucket, key, str(path), metadata={"sha256": sha}, part_size=PART_SIZE
-            )
-        return ObjectInfo(key, path.stat().st_size, (result.etag or "").strip('"'), sha)
+        with path.open("rb") as fh:
+            return self.put_open_file(key, fh)
 
     def put_open_file(self, key: str, fh: BinaryIO) -> ObjectInfo:
-        """Upload a file already open for reading (worker/beneath.py opened it), from its start."""
+        """Upload a file already open for reading (worker/beneath.py opens a job's), from its start."""
         size = os.fstat(fh.fileno()).st_size
         digest = hashlib.sha256()
         remaining = size  # what is uploaded: a file still growing is taken as it was at the stat

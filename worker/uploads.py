@@ -42,11 +42,9 @@ storage_retry = retry(
 
 
 @storage_retry
-def put_file(store: ArtifactStore, key: str, path: Path, root: Path | None = None) -> ObjectInfo:
-    """Upload `path`; one inside a job's folder `root` is opened without following links, so the
-    job cannot swap it for one of the node's files after `regular_files` looked."""
-    if root is None:
-        return store.put_file(key, path)
+def put_file(store: ArtifactStore, key: str, path: Path, root: Path) -> ObjectInfo:
+    """Upload `path`, inside a job's folder `root`, opened without following links, so the job
+    cannot swap it for one of the node's files after `regular_files` looked."""
     with open_beneath(root, path) as fh:
         return store.put_open_file(key, fh)
 

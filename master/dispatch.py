@@ -38,9 +38,7 @@ class Publication:
 
 
 class Dispatcher:
-    def __init__(
-        self, celery: Celery, marks: PublishedMarks, signer: Signer, message_max_age: float = 14 * 86400
-    ) -> None:
+    def __init__(self, celery: Celery, marks: PublishedMarks, signer: Signer, message_max_age: float) -> None:
         self._celery = celery
         self.marks = marks
         #: Every message is signed: workers run nothing else (shared/signing.py).

@@ -132,14 +132,13 @@ def _metrics(session: Session, job: Job, attempt: JobAttempt, event: MetricsEven
         job.metrics = {**job.metrics, **data.metrics}
 
 
-def _own_key(job: Job, key: str, prefixes: tuple[str, ...]) -> str:
-    """`key` if it lies under one of this job's prefixes. The master serves artifacts and logs with
+def _own_key(job: Job, key: str, prefixes: tuple[str, ...]) -> None:
+    """Refuse `key` unless it lies under one of this job's prefixes. The master serves artifacts and logs with
     its own S3 identity, so an event naming any other key (another job's artifact, a code bundle, a
     dataset) would hand that object to whoever can download this job's files."""
     own = tuple(f"{prefix}/{job.id}/" for prefix in prefixes)
     if not key.startswith(own) or "/../" in key or key.endswith("/.."):
         raise ValueError(f"key {key[:200]!r} is not under {' or '.join(own)}")
-    return key
 
 
 def _artifact(session: Session, job: Job, attempt: JobAttempt, event: ArtifactEvent) -> None:

@@ -151,7 +151,7 @@ class LogHubCollector(Collector):
     def __init__(self, hub: LogHub) -> None:
         self._hub = hub
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         fanout = self._hub.fanout
         yield GaugeMetricFamily("trainfarm_log_followers", "Live-log streams open on a job", fanout.followers)
         yield GaugeMetricFamily("trainfarm_log_followed_jobs", "Jobs with a live-log follower", fanout.jobs)

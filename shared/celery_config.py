@@ -34,9 +34,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": settings.broker_visibility_timeout,
         },
     }
-    if settings.redis_url.startswith("rediss://"):
+    if tls := tls_options(settings):  # rediss://
         # Without it kombu connects with CERT_NONE, trusting any server; Flower reads it too.
-        config["broker_use_ssl"] = tls_options(settings)
+        config["broker_use_ssl"] = tls
     return config
 
 

@@ -175,17 +175,20 @@ def parse_event(raw: str | bytes) -> StartedEvent | MetricsEvent | ArtifactEvent
     return _EVENT.validate_json(raw)
 
 
+#: The envelope of each kind of event data.
+_ENVELOPES: dict[type, type[StartedEvent | MetricsEvent | ArtifactEvent | FinishedEvent]] = {
+    Started: StartedEvent,
+    Metrics: MetricsEvent,
+    ArtifactStored: ArtifactEvent,
+    Finished: FinishedEvent,
+}
+
+
 def envelope(
     data: EventData, *, job_id: int, attempt: int, seq: int, node: str, worker: str = ""
 ) -> StartedEvent | MetricsEvent | ArtifactEvent | FinishedEvent:
     """Wrap what an attempt reports in the envelope of its kind."""
-    kinds: dict[type, type[StartedEvent | MetricsEvent | ArtifactEvent | FinishedEvent]] = {
-        Started: StartedEvent,
-        Metrics: MetricsEvent,
-        ArtifactStored: ArtifactEvent,
-        Finished: FinishedEvent,
-    }
-    kind = kinds.get(type(data))
+    kind = _ENVELOPES.get(type(data))
     if kind is None:
         raise TypeError(f"not an event: {type(data).__name__}")
     return kind.model_validate(

@@ -108,16 +108,16 @@ def prepare(dirs: AttemptDirs, user: JobUser) -> None:
     dirs.events.touch()
     for path in (dirs.output, dirs.checkpoints, dirs.code, dirs.home):
         if path.exists():
-            _chown_tree(path, user)
+            chown_tree(path, user.uid, user.gid)
     os.chown(dirs.events, user.uid, user.gid, follow_symlinks=False)
 
 
-def _chown_tree(root: Path, user: JobUser) -> None:
-    """`root` and everything under it (never through a link) owned by `user`."""
-    os.chown(root, user.uid, user.gid, follow_symlinks=False)
+def chown_tree(root: Path, uid: int, gid: int) -> None:
+    """`root` and everything under it (never through a link) owned by uid:gid."""
+    os.chown(root, uid, gid, follow_symlinks=False)
     for folder, subdirs, files in os.walk(root):
         for name in [*subdirs, *files]:
-            os.chown(os.path.join(folder, name), user.uid, user.gid, follow_symlinks=False)
+            os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)
 
 
 def _check_reachable(root: Path, user: JobUser) -> None:

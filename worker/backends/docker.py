@@ -24,7 +24,7 @@ from shared.settings import PROJECT_ROOT, Settings
 from worker import identity
 from worker.backends.base import Backend, Launch
 from worker.backends.docker_execution import DockerExecution
-from worker.job_user import job_user_ids
+from worker.job_user import chown_tree, job_user_ids
 from worker.jobenv import AttemptDirs, job_environment
 
 log = logging.getLogger(__name__)
@@ -156,9 +156,8 @@ class DockerBackend(Backend):
         workdir = inside.root.joinpath(*launch.workdir.relative_to(launch.dirs.root).parts)
         job, attempt = str(launch.message.job_id), str(launch.message.attempt)
         user = container_user(self._settings)
-        if (
-            user is not None and os.name == "posix" and os.getuid() == 0
-        ):  # a root worker's job runs as someone else
+        # A root worker's job runs as someone else, who must own what the job writes.
+        if user is not None and os.name == "posix" and os.getuid() == 0:
             _posix_give_to_job_user(launch.dirs, *user)
         try:
             return self._client.containers.create(
@@ -298,9 +297,5 @@ def _posix_give_to_job_user(dirs: AttemptDirs, uid: int, gid: int) -> None:
     without following a link.)"""
     os.chown(dirs.root, uid, gid, follow_symlinks=False)
     for tree in (dirs.output, dirs.checkpoints, dirs.code):
-        if tree.is_symlink() or not tree.is_dir():
-            continue
-        os.chown(tree, uid, gid, follow_symlinks=False)
-        for folder, subdirs, files in os.walk(tree):
-            for name in (*subdirs, *files):
-                os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)
+        if not tree.is_symlink() and tree.is_dir():
+            chown_tree(tree, uid, gid)

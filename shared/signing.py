@@ -31,6 +31,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.private_files import write_private
 from shared.schemas import TaskMessage
 from shared.settings import Settings
 
@@ -132,12 +133,9 @@ def _read_or_create(path: Path) -> Ed25519PrivateKey:
         return parse_private_key(path.read_text(), f"the signing key file {path}")
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
     key = new_private_key()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(private_key_text(key) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    write_private(tmp, private_key_text(key) + "\n")
     try:
         os.link(tmp, path)  # fails if another master made one meanwhile: theirs wins
     except FileExistsError:

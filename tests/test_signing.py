@@ -21,6 +21,7 @@ from shared.signing import (
     Verifier,
     master_private_key,
     new_private_key,
+    parse_private_key,
     parse_public_key,
     private_key_text,
     public_key_text,
@@ -159,3 +160,43 @@ def test_workers_and_flower_started_with_the_farms_settings_never_get_the_master
         env = child._env()
         assert not master_only & set(env), type(child).__name__
         assert env["TRAINFARM_SIGNING_PUBLIC_KEY"] == public_key_text(key.public_key())
+
+
+def test_admin_signing_key_prints_the_masters_public_key_and_makes_new_pairs(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from shared.settings import get_settings
+    from trainfarm.cli import app
+
+    def cli(*args: str) -> tuple[int, str]:
+        get_settings.cache_clear()  # TRAINFARM_DATA_DIR is read through it
+        try:
+            result = CliRunner().invoke(
+                app, ["admin", "signing-key", *args], env={"TRAINFARM_DATA_DIR": str(tmp_path)}
+            )
+        finally:
+            get_settings.cache_clear()
+        assert "Traceback" not in result.output, result.output
+        return result.exit_code, result.output.strip()
+
+    # The master's own key, made in its data dir if there is none, and the same on the next call.
+    code, printed = cli()
+    assert code == 0 and printed == (tmp_path / PUBLIC_KEY_FILE).read_text().strip()
+    assert cli() == (0, printed)
+
+    target = tmp_path / "secrets" / "trainfarm_signing_key"
+    code, public = cli("--new-into", str(target))
+    assert code == 0 and stat.S_IMODE(target.stat().st_mode) == 0o600
+    made = parse_private_key(target.read_text())
+    assert public == public_key_text(made.public_key()) != printed
+    # A key that exists is never replaced: the farm's workers may trust it.
+    code, said = cli("--new-into", str(target))
+    assert code != 0 and "--new-into" in said and "exists" in said
+    assert (
+        public_key_text(
+            master_private_key(
+                Settings(data_dir=tmp_path, signing_key=target.read_text().strip())
+            ).public_key()
+        )
+        == public
+    )

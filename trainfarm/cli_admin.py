@@ -4,7 +4,6 @@ every admin is locked out)."""
 
 from __future__ import annotations
 
-import os
 import re
 from types import ModuleType
 from typing import Annotated
@@ -98,6 +97,7 @@ def signing_key(
     """
     from pathlib import Path
 
+    from shared.private_files import write_private
     from shared.settings import get_settings
     from shared.signing import master_private_key, new_private_key, private_key_text, public_key_text
 
@@ -108,10 +108,7 @@ def signing_key(
                 f"{path} exists: the farm's workers may trust it; remove it first", field="--new-into"
             )
         key = new_private_key()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(private_key_text(key) + "\n")
+        write_private(path, private_key_text(key) + "\n")
         click.echo(public_key_text(key.public_key()))
         return
     try:

@@ -55,6 +55,13 @@ def drain_key(worker: str) -> str:
     return f"tf:drain:{worker}"
 
 
+def preempt_key(job_id: int, attempt: int) -> str:
+    """Set by the master's admission (master/fairshare/) when it preempts this attempt for a job of
+    higher priority; the value says for which. The attempt's worker then checkpoints and hands it
+    back as it does at a shutdown, and the master queues the job again without using a retry."""
+    return f"tf:preempt:{job_id}-{attempt}"
+
+
 def node_attempts_key(worker: str) -> str:
     """Hash of the attempts one worker (its identity key) runs, for its heartbeat."""
     return f"tf:node-attempts:{worker}"

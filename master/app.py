@@ -23,8 +23,10 @@ from master.api import (
     code,
     datasets,
     errors,
+    fairshare,
     health,
     jobs,
+    limits,
     logs,
     nodes,
     tokens,
@@ -81,16 +83,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(state.auth.limits.mutations.run()),
         ]
         policy = RetryPolicy(max_handbacks=settings.max_handbacks)
-        consumer = EventConsumer(EventBus(state.broker), engine, policy=policy)
+        consumer = EventConsumer(
+            EventBus(state.broker), engine, policy=policy, meter=state.meter, on_ended=state.admitter.wake
+        )
         reaper = LeaseReaper(
             engine,
             Leases(state.broker, settings.lease_ttl),
             LogStream(state.broker, settings.log_stream_maxlen),
             grace=settings.lease_grace or 0.0,
+            meter=state.meter,
         )
-        loops = start_loops(
-            consumer, reaper, state.dispatcher, state.broker, engine, settings.node_offline_after
-        )
+        state.admitter.start()
+        loops = start_loops(consumer, reaper, state, engine)
         log.info(
             "master ready: database %s, redis %s",
             engine.url.render_as_string(hide_password=True),
@@ -101,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             for loop in loops:
                 loop.stop()
+            state.admitter.stop()
             for task in auth_tasks:
                 task.cancel()
             await asyncio.gather(*auth_tasks, return_exceptions=True)
@@ -123,7 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Every route of these needs a token or a session (a test walks the OpenAPI schema to hold us
     # to it); the login routes and /api/health are the only ones open.
     signed_in = [Depends(get_caller)]
-    for module in (jobs, logs, artifacts, datasets, code, nodes, tokens, users, audit):
+    for module in (jobs, logs, artifacts, datasets, code, nodes, tokens, users, limits, fairshare, audit):
         app.include_router(module.router, prefix="/api", dependencies=signed_in)
     app.include_router(auth.router, prefix="/api")
     app.include_router(health.router, prefix="/api")

@@ -10,11 +10,11 @@ from collections.abc import Callable
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from master.dispatch import Dispatcher
 from master.events import EventConsumer
 from master.metrics import LOOP_ERRORS
 from master.nodes import sync_nodes
 from master.reaper import LeaseReaper
+from master.state import MasterState
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,17 @@ class ConsumeThenReap:
     the database is away, when the reaper could not work either.
     """
 
-    def __init__(self, consumer: EventConsumer, reaper: LeaseReaper, pause: float = 1.0) -> None:
+    def __init__(
+        self,
+        consumer: EventConsumer,
+        reaper: LeaseReaper,
+        pause: float = 1.0,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
         self._consumer = consumer
         self._reaper = reaper
+        #: Told when the reaper declared attempts lost: their devices are free again.
+        self._on_lost = on_lost
         self._pause = pause
         self._last_reap = 0.0
 
@@ -79,30 +87,35 @@ class ConsumeThenReap:
             # Stamped first: a failing reaper waits its interval too rather than run every round.
             self._last_reap = time.monotonic()
             try:
-                self._reaper.poll()
+                if self._reaper.poll() and self._on_lost is not None:
+                    self._on_lost()
             except Exception:
                 log.exception("the lease check failed; again in %.1fs", REAP_INTERVAL)
                 LOOP_ERRORS.labels("leases").inc()
 
 
 def start_loops(
-    consumer: EventConsumer,
-    reaper: LeaseReaper,
-    dispatcher: Dispatcher,
-    broker,
-    engine: Engine,  # type: ignore[no-untyped-def]
-    node_offline_after: float = 15.0,
+    consumer: EventConsumer, reaper: LeaseReaper, state: MasterState, engine: Engine
 ) -> list[Loop]:
+    dispatcher = state.dispatcher
+    settings = state.settings
+
     def sweep() -> None:
         with Session(engine) as session:
             dispatcher.sweep(session)
 
+    def sync() -> None:
+        sync_nodes(state.broker, engine, settings.node_offline_after)
+        with Session(engine) as session:
+            state.admitter.nodes_synced(session)  # a node joined, left or changed what it offers
+
     loops = [
         # poll() blocks on Redis for up to half a second, so it needs no sleep of its own.
-        Loop("events-and-leases", ConsumeThenReap(consumer, reaper), interval=0),
+        Loop("events-and-leases", ConsumeThenReap(consumer, reaper, on_lost=state.admitter.wake), interval=0),
         Loop("dispatch-sweep", sweep, interval=1.0),
         Loop("published-marks", dispatcher.marks.flush, interval=0.1),
-        Loop("node-sync", lambda: sync_nodes(broker, engine, node_offline_after), interval=2.0),
+        # As often as workers beat (at most every 2 s): a new node's slots are seen at its first beat.
+        Loop("node-sync", sync, interval=min(2.0, settings.heartbeat_interval)),
     ]
     for loop in loops:
         loop.start()

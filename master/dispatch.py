@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,8 +18,8 @@ from shared.settings import Settings
 from shared.signing import Signer
 from shared.status import JobStatus
 
-#: An attempt not marked enqueued this long after creation is assumed to have missed its fast path
-#: (master died between commit and publish) and is sent by the sweep.
+#: An attempt admitted but not marked enqueued this long after is assumed to have missed its fast
+#: path (the master died between admitting and publishing) and is sent by the sweep.
 SWEEP_GRACE = timedelta(seconds=5)
 
 
@@ -80,7 +81,8 @@ class Dispatcher:
 
     def _send_task(self, message: TaskMessage) -> None:
         task_id = f"job-{message.job_id}-attempt-{message.attempt}"
-        signed = self._signer.sign(message)
+        # Stamped as it is sent: a message built at submission may be admitted days later.
+        signed = self._signer.sign(message.model_copy(update={"issued_at": time.time()}))
         self._celery.send_task(
             RUN_ATTEMPT_TASK,
             kwargs={"message": signed.model_dump()},
@@ -92,14 +94,16 @@ class Dispatcher:
         )
 
     def sweep(self, session: Session) -> int:
-        """Send queued attempts that were never published or whose retry backoff has passed, and
-        again those whose message is about to expire unstarted."""
+        """Send admitted attempts whose message was never marked sent (the master stopped between
+        admitting and publishing, or Redis refused), and again those whose message is about to
+        expire unstarted. Attempts not admitted are admission's (master/fairshare/)."""
         now = utcnow()
         rows = session.exec(
             select(JobAttempt, Job)
             .join(Job, Job.id == JobAttempt.job_id)  # type: ignore[arg-type]
             .where(
                 JobAttempt.status == JobStatus.QUEUED,
+                col(JobAttempt.admitted_at) < now - SWEEP_GRACE,
                 or_(
                     JobAttempt.enqueued_at.is_(None),  # type: ignore[union-attr]
                     col(JobAttempt.enqueued_at) < now - self.republish_after,
@@ -109,12 +113,7 @@ class Dispatcher:
             )
             .limit(500)
         ).all()
-        sent = 0
         for attempt, job in rows:
-            due = attempt.not_before or attempt.created_at + SWEEP_GRACE
-            if due > now:
-                continue
             self.send(session, job, attempt)
-            sent += 1
         session.commit()
-        return sent
+        return len(rows)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import redis
@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session, select
 
+from master.fairshare.usage import UsageMeter
 from master.job_warnings import add_warning
 from master.lifecycle import DEFAULT_POLICY, RetryPolicy, end_attempt
 from master.metrics import EVENTS_APPLIED, EVENTS_DEAD_LETTERED, EVENTS_REFUSED
@@ -34,7 +35,7 @@ from shared.events import (
     describe,
     parse_event,
 )
-from shared.schemas import AttemptOutcome
+from shared.schemas import AttemptOutcome, EventKind
 from shared.status import JobStatus
 from shared.streams import EventBus
 
@@ -45,8 +46,11 @@ def _ts(event: Event) -> datetime:
     return datetime.fromtimestamp(event.ts, UTC)
 
 
-def apply_event(session: Session, event: Event, policy: RetryPolicy = DEFAULT_POLICY) -> bool:
-    """Apply one event inside the caller's transaction; False when it was already applied."""
+def apply_event(
+    session: Session, event: Event, policy: RetryPolicy = DEFAULT_POLICY, meter: UsageMeter | None = None
+) -> bool:
+    """Apply one event inside the caller's transaction; False when it was already applied. An
+    attempt that ends is charged to its owner's usage by `meter` (fair share)."""
     attempt = session.exec(
         select(JobAttempt).where(JobAttempt.job_id == event.job_id, JobAttempt.number == event.attempt)
     ).first()
@@ -68,7 +72,7 @@ def apply_event(session: Session, event: Event, policy: RetryPolicy = DEFAULT_PO
         case ArtifactEvent():
             _artifact(session, job, attempt, event)
         case FinishedEvent():
-            _finished(session, job, attempt, event, current, policy)
+            _finished(session, job, attempt, event, current, policy, meter)
     session.add(attempt)
     session.add(job)
     return True
@@ -151,7 +155,13 @@ def _artifact(session: Session, job: Job, attempt: JobAttempt, event: ArtifactEv
 
 
 def _finished(
-    session: Session, job: Job, attempt: JobAttempt, event: FinishedEvent, current: bool, policy: RetryPolicy
+    session: Session,
+    job: Job,
+    attempt: JobAttempt,
+    event: FinishedEvent,
+    current: bool,
+    policy: RetryPolicy,
+    meter: UsageMeter | None,
 ) -> None:
     d = event.data
     if d.log_key is not None:
@@ -169,6 +179,12 @@ def _finished(
         return
     attempt.exit_code = d.exit_code
     attempt.error = d.error
+    if meter is not None and attempt.started_at is not None and attempt.finished_at is not None:
+        meter.charge(session, job.owner, job.queue, job.devices, attempt.started_at, attempt.finished_at)
+    # Preempted by the master (it knows which attempts it asked), honoured by the worker's hand-back.
+    preempted = job.preempting == attempt.number and d.handed_back
+    if job.preempting == attempt.number:
+        job.preempting = None
     if not current:
         return
     job.log_tail = d.log_tail
@@ -180,6 +196,7 @@ def _finished(
         retryable=d.retryable,
         error=d.error,
         handed_back=d.handed_back,
+        preempted=preempted,
         policy=policy,
     )
 
@@ -203,10 +220,15 @@ def _job_of(raw: bytes) -> int | None:
 
 
 def apply_entries(
-    engine: Engine, entries: Sequence[bytes], policy: RetryPolicy = DEFAULT_POLICY
+    engine: Engine,
+    entries: Sequence[bytes],
+    policy: RetryPolicy = DEFAULT_POLICY,
+    meter: UsageMeter | None = None,
+    applied_kinds: list[str] | None = None,
 ) -> list[str | None]:
     """Parse and apply a batch of stream entries in one transaction: for each, the reason it is
-    dead (then noted on its job), or None when it was applied or was a replay.
+    dead (then noted on its job), or None when it was applied or was a replay. The kinds of the
+    events applied are added to `applied_kinds` once the transaction has committed.
 
     No savepoints: SQLite's driver commits a savepoint opened outside a transaction as soon as it
     is released, and a transaction that begins by reading cannot take SQLite's write lock once
@@ -228,7 +250,7 @@ def apply_entries(
     while True:
         applied: list[str] = []
         with Session(engine) as session:
-            failed = _apply_all(session, events, reasons, policy, applied)
+            failed = _apply_all(session, events, reasons, policy, meter, applied)
             if failed is None:
                 for i, reason in enumerate(reasons):
                     if reason is not None:
@@ -237,6 +259,8 @@ def apply_entries(
                 session.commit()
                 for kind in applied:
                     EVENTS_APPLIED.labels(kind).inc()
+                if applied_kinds is not None:
+                    applied_kinds.extend(applied)
                 return reasons
             session.rollback()
         events[failed] = None
@@ -248,6 +272,7 @@ def _apply_all(
     events: Sequence[Event | None],
     reasons: list[str | None],
     policy: RetryPolicy,
+    meter: UsageMeter | None,
     applied: list[str],
 ) -> int | None:
     """Apply the events not yet known dead, noting the kinds applied (replays are not); the index of
@@ -256,7 +281,7 @@ def _apply_all(
         if event is None:
             continue
         try:
-            if apply_event(session, event, policy):
+            if apply_event(session, event, policy, meter):
                 applied.append(event.kind.value)
             # Flushed here so a later event of the batch sees this one's rows, and so an error
             # shows as this event's.
@@ -296,12 +321,21 @@ class EventConsumer:
     batch = 500
 
     def __init__(
-        self, bus: EventBus, engine: Engine, consumer: str = "master-1", policy: RetryPolicy = DEFAULT_POLICY
+        self,
+        bus: EventBus,
+        engine: Engine,
+        consumer: str = "master-1",
+        policy: RetryPolicy = DEFAULT_POLICY,
+        meter: UsageMeter | None = None,
+        on_ended: Callable[[], None] | None = None,
     ) -> None:
         self._bus = bus
         self._engine = engine
         self._consumer = consumer
         self._policy = policy
+        self._meter = meter
+        #: Told once a round has applied an attempt's end: devices came free (admission decides).
+        self._on_ended = on_ended
         self._pending_done = False
 
     def poll(self, block_ms: int = 500) -> int:
@@ -315,7 +349,12 @@ class EventConsumer:
             self._pending_done = True
             return self.batch  # not caught up yet: new events come next
         try:
-            reasons = apply_entries(self._engine, [raw for _, raw in entries], self._policy)
+            kinds: list[str] = []
+            reasons = apply_entries(
+                self._engine, [raw for _, raw in entries], self._policy, self._meter, kinds
+            )
+            if self._on_ended is not None and EventKind.FINISHED.value in kinds:
+                self._on_ended()
             dead = [(eid, raw, why) for (eid, raw), why in zip(entries, reasons, strict=True) if why]
             # Dead-lettered before the acknowledgement: a crash in between only dead-letters it
             # twice. A dead letter Redis refuses (full) is still in the log and on its job.

@@ -10,7 +10,6 @@ import redis
 from sqlmodel import Session, select
 
 from master import audit
-from master.dispatch import Dispatcher
 from master.job_warnings import add_warning
 from master.metrics import HANDBACKS
 from master.models import Dataset, Job, JobAttempt, utcnow
@@ -55,18 +54,25 @@ def check_code(store: ArtifactStore, specs: list[JobSpec], *, batch: bool = Fals
 
 def submit_jobs(
     session: Session,
-    dispatcher: Dispatcher,
     specs: list[JobSpec],
     owner: str | None,
     address: str | None = None,
-) -> list[Job]:
-    """Store then publish. A crash between the two leaves the attempt unpublished, and the
-    dispatcher's sweep publishes it: a job is never stuck in `queued` with no message."""
+) -> list[tuple[Job, JobAttempt]]:
+    """Store the jobs with their first attempts, waiting for admission (master/fairshare/), which
+    publishes each when it may start; the caller tells the admitter."""
     for spec in specs:
         if spec.datasets:
             check_datasets(session, spec)
     jobs = [
-        Job(name=s.name, queue=s.queue, priority=s.priority, spec=s.model_dump(mode="json"), owner=owner)
+        Job(
+            name=s.name,
+            queue=s.queue,
+            priority=s.priority,
+            devices=s.devices,
+            preemptible=s.may_be_preempted,
+            spec=s.model_dump(mode="json"),
+            owner=owner,
+        )
         for s in specs
     ]
     session.add_all(jobs)
@@ -77,14 +83,10 @@ def submit_jobs(
     audit.record(session, owner, "job.submit", target, {"jobs": ids} if len(ids) > 1 else {}, address)
     attempts = [JobAttempt(job_id=j.id, number=1) for j in jobs]  # type: ignore[arg-type]
     session.add_all(attempts)
-    session.flush()
-    # Built before the commit expires the rows: reading each back would cost a query per job.
-    publications = dispatcher.prepare(session, list(zip(jobs, attempts, strict=True)))
     # The jobs are answered as stored: keeping their loaded values spares a re-read per job.
     session.expire_on_commit = False
     session.commit()
-    dispatcher.publish(publications)
-    return jobs
+    return list(zip(jobs, attempts, strict=True))
 
 
 def cancel_job(
@@ -138,6 +140,17 @@ def retry_delay(failures: int, policy: RetryPolicy, jitter: float = 1.0) -> floa
     return min(policy.max_delay, policy.base_delay * 2.0 ** min(failures - 1, 64)) * jitter
 
 
+def requeue_preempted(session: Session, job: Job, attempt: JobAttempt, error: str | None) -> None:
+    """The job goes back to waiting for admission, as it was: no retry used, no backoff, no hand-back
+    counted; its next attempt resumes from the checkpoint this one uploaded."""
+    if job.status != JobStatus.QUEUED and not move_job(job, JobStatus.QUEUED):
+        return
+    nxt = JobAttempt(job_id=job.id, number=attempt.number + 1)  # type: ignore[arg-type]
+    session.add(nxt)
+    job.attempts = nxt.number
+    job.error = f"attempt {attempt.number}: {error or 'preempted'}; queued again"
+
+
 def end_attempt(
     session: Session,
     job: Job,
@@ -147,13 +160,18 @@ def end_attempt(
     retryable: bool,
     error: str | None,
     handed_back: bool = False,
+    preempted: bool = False,
     policy: RetryPolicy = DEFAULT_POLICY,
 ) -> None:
     """Move the job after its current attempt ended: done, or a new attempt (after a backoff).
 
     A hand-back is free (no retry used, no backoff) up to `policy.max_handbacks` per job; past that
     it counts as a failed retryable attempt, so a worker handing back again and again ends the job.
+    An attempt the master preempted (`preempted`) is always free: the farm stopped it, not the job.
     """
+    if preempted and outcome == AttemptOutcome.FAILED and not job.cancel_requested:
+        requeue_preempted(session, job, attempt, error)
+        return
     spec = JobSpec.model_validate(job.spec)
     free_handback = handed_back and job.handbacks < policy.max_handbacks
     if handed_back:

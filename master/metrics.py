@@ -40,6 +40,13 @@ STATUS_MOVES_REFUSED = Counter(
 LOOP_ERRORS = Counter(
     "trainfarm_loop_errors_total", "Errors caught in the master's background loops", ["loop"]
 )
+ADMITTED = Counter("trainfarm_admitted_total", "Attempts admission let start (their messages sent)")
+PREEMPTED = Counter("trainfarm_preempted_total", "Running attempts preempted for jobs of higher priority")
+ADMISSION_SECONDS = Histogram(
+    "trainfarm_admission_decision_seconds",
+    "Time of one admission decision over every queue, acted on",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
+)
 HTTP_LATENCY = Histogram(
     "trainfarm_http_request_seconds",
     "API request latency",
@@ -131,6 +138,9 @@ def make_registry(engine: Engine, broker: redis.Redis) -> CollectorRegistry:
         HANDBACKS,
         STATUS_MOVES_REFUSED,
         LOOP_ERRORS,
+        ADMITTED,
+        PREEMPTED,
+        ADMISSION_SECONDS,
     ):
         registry.register(collector)
     registry.register(FarmCollector(engine, broker))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -59,10 +59,18 @@ class JobBase(SQLModel):
     status: JobStatus = Field(default=JobStatus.QUEUED, sa_type=StatusColumn, index=True)  # type: ignore[call-overload]
     #: Name of the user who submitted it; null for jobs from before there were users.
     owner: str | None = Field(default=None, max_length=64, index=True)
+    #: The spec's `devices`, in a column of its own: admission sums them for every running job.
+    devices: int = 1
+    #: Whether the master may preempt it for a job of higher priority (master/fairshare/).
+    preemptible: bool = False
+    #: Times the master preempted it (each time it went back to `queued` without using a retry).
+    preemptions: int = 0
 
 
 class Job(JobBase, table=True):
     __tablename__ = "jobs"
+    # The queued-jobs cap counts a user's queued jobs on a queue at every submission.
+    __table_args__ = (Index("ix_jobs_owner_status_queue", "owner", "status", "queue"),)
 
     id: int | None = Field(
         default=None,
@@ -85,6 +93,9 @@ class Job(JobBase, table=True):
     warnings: list[str] = Field(default_factory=list, sa_type=JSON)
     progress: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     metrics: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    #: The attempt the master asked to stop for a job of higher priority, until it ends.
+    preempting: int | None = None
+    last_preempted_at: datetime | None = None
 
 
 class JobPublic(JobBase):
@@ -105,6 +116,9 @@ class JobPublic(JobBase):
     #: The spec, log tail, error, progress, metrics and warnings are left out: the job is someone
     #: else's and the farm runs with TRAINFARM_JOB_VISIBILITY=own.
     details_hidden: bool = False
+    #: Why a queued job has not started, as admission last saw it (`waiting: ...`, `starting: ...`);
+    #: null once it runs or ends.
+    wait_reason: str | None = None
 
 
 class JobsPublic(SQLModel):
@@ -120,6 +134,8 @@ class AttemptBase(SQLModel):
     #: The worker (`node#instance`) whose events this attempt's are; set by its first event.
     worker: str | None = Field(default=None, max_length=255)
     created_at: datetime = Field(default_factory=utcnow)
+    #: When admission let it start (master/fairshare/); its message is published right after.
+    admitted_at: datetime | None = None
     enqueued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -130,7 +146,11 @@ class AttemptBase(SQLModel):
 
 class JobAttempt(AttemptBase, table=True):
     __tablename__ = "job_attempts"
-    __table_args__ = (UniqueConstraint("job_id", "number"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "number"),
+        # Admission reads the attempts it admitted that have not ended, at every decision.
+        Index("ix_job_attempts_status_admitted_at", "status", "admitted_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     job_id: int = Field(foreign_key="jobs.id", index=True, sa_type=BigInteger)
@@ -266,6 +286,32 @@ class User(UserBase, table=True):
 
 class UserPublic(UserBase):
     pass
+
+
+class UserLimit(SQLModel, table=True):
+    """An admin's override of the farm-wide caps for one user on one queue (null: the default)."""
+
+    __tablename__ = "user_limits"
+
+    user: str = Field(primary_key=True, max_length=64)
+    queue: str = Field(primary_key=True, max_length=32)
+    #: Most devices the user's jobs hold at once on the queue; 0: no cap.
+    max_devices: int | None = None
+    #: Most of the user's jobs queued at once on the queue; 0: no cap.
+    max_queued: int | None = None
+
+
+class UserUsage(SQLModel, table=True):
+    """A user's device-seconds on a queue from attempts that ended, decayed with the farm's
+    half-life to `at` (master/fairshare/usage.py); running attempts are added when it is read."""
+
+    __tablename__ = "user_usage"
+
+    #: "" for jobs without an owner (from before there were users).
+    user: str = Field(primary_key=True, max_length=64)
+    queue: str = Field(primary_key=True, max_length=32)
+    value: float = 0.0
+    at: datetime = Field(default_factory=utcnow)
 
 
 class TokenBase(SQLModel):

@@ -13,6 +13,7 @@ import time
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from master.fairshare.usage import UsageMeter
 from master.lifecycle import end_attempt
 from master.models import Job, JobAttempt
 from master.transitions import move_attempt
@@ -38,8 +39,12 @@ def overdue(
 
 
 class LeaseReaper:
-    def __init__(self, engine: Engine, leases: Leases, logs: LogStream, grace: float) -> None:
+    def __init__(
+        self, engine: Engine, leases: Leases, logs: LogStream, grace: float, meter: UsageMeter | None = None
+    ) -> None:
         self._engine = engine
+        #: Charges a lost attempt's devices to its owner's usage, as an ended one's.
+        self._meter = meter
         self._leases = leases
         self._logs = logs
         self._grace = grace
@@ -76,6 +81,13 @@ class LeaseReaper:
             return
         attempt.error = error
         session.add(attempt)
+        if self._meter is not None and attempt.started_at is not None and attempt.finished_at is not None:
+            self._meter.charge(
+                session, job.owner, job.queue, job.devices, attempt.started_at, attempt.finished_at
+            )
+        if job.preempting == attempt.number:
+            job.preempting = None
+            session.add(job)
         assert job.id is not None
         try:
             line = self._logs.next_line(job.id, attempt.number)

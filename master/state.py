@@ -13,6 +13,8 @@ from master.auth.rate_limits import RateLimits
 from master.auth.sessions import SessionCookies, session_secret
 from master.connection_cap import ConnectionCap
 from master.dispatch import Dispatcher, make_publisher
+from master.fairshare.admitter import Admitter
+from master.fairshare.usage import UsageMeter
 from master.log_hub import LogHub, job_statuses
 from master.logs import LogReader
 from master.placement import Capacities
@@ -38,6 +40,10 @@ class MasterState:
     stream_cap: ConnectionCap
     capacities: Capacities
     auth: Authenticator
+    #: Decides which waiting jobs start (fair share); started and stopped with the app.
+    admitter: Admitter
+    #: Charges ended attempts to their owners' usage.
+    meter: UsageMeter
 
     @classmethod
     def connect(cls, settings: Settings, engine: Engine) -> MasterState:
@@ -54,18 +60,20 @@ class MasterState:
         )
         cookies = SessionCookies(session_secret(settings), settings.session_ttl)
         metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+        dispatcher = Dispatcher(
+            make_publisher(settings),
+            PublishedMarks(engine),
+            Signer(master_private_key(settings)),
+            settings.message_max_age,
+        )
+        meter = UsageMeter(settings.fairshare_half_life)
         return cls(
             settings=settings,
             engine=engine,
             broker=broker,
             aredis=aredis,
             store=store,
-            dispatcher=Dispatcher(
-                make_publisher(settings),
-                PublishedMarks(engine),
-                Signer(master_private_key(settings)),
-                settings.message_max_age,
-            ),
+            dispatcher=dispatcher,
             logs=LogReader(aredis, store),
             # A client of its own: its one connection waits in XREAD, and must not be taken from the
             # pool the routes use.
@@ -73,4 +81,6 @@ class MasterState:
             stream_cap=ConnectionCap(settings.sse_max_connections_per_client),
             capacities=Capacities(settings.node_offline_after),
             auth=Authenticator(engine, broker, aredis, cookies, limits, metrics_token),
+            admitter=Admitter(engine, dispatcher, broker, settings, meter),
+            meter=meter,
         )

@@ -19,6 +19,8 @@ CODE_DIGEST_PATTERN = r"^[0-9a-f]{64}$"
 #: Docker image references: [registry[:port]/]path[:tag][@digest].
 IMAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$"
 ENVIRONMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+#: A job whose spec does not say `preemptible` is preemptible below this priority.
+PREEMPTIBLE_BELOW = 5
 #: An argv string cannot hold a NUL byte (exec refuses it), so one is refused at submission.
 NO_NUL_PATTERN = r"^[^\x00]*$"
 
@@ -58,7 +60,19 @@ class JobSpec(BaseModel):
     queue: Literal["gpu", "cpu"] = "gpu"
     devices: int = Field(default=1, ge=1, le=64, description="Devices (GPUs, or CPU processes) to use")
     max_epochs: int = Field(default=10, ge=1, le=1_000_000)
-    priority: int = Field(default=5, ge=0, le=9, description="0 lowest, 9 most urgent")
+    priority: int = Field(
+        default=5,
+        ge=0,
+        le=9,
+        description="0 lowest, 9 most urgent; members may use up to TRAINFARM_MEMBER_MAX_PRIORITY (7)",
+    )
+    preemptible: bool | None = Field(
+        default=None,
+        description=(
+            "Whether the farm may stop it (checkpoint, queue again, no retry used) for a job of higher "
+            "priority when preemption is on; unset: yes below priority 5"
+        ),
+    )
     timeout: int | None = Field(default=None, ge=1, le=30 * 86400, description="Seconds per attempt")
     max_retries: int = Field(default=2, ge=0, le=20)
     checkpoint_interval: int = Field(default=300, ge=5, le=86400, description="Seconds between uploads")
@@ -105,6 +119,10 @@ class JobSpec(BaseModel):
         if self.image is not None and self.environment is not None:
             raise ValueError("give at most one of 'image' (Docker) or 'environment' (conda/venv)")
         return self
+
+    @property
+    def may_be_preempted(self) -> bool:
+        return self.preemptible if self.preemptible is not None else self.priority < PREEMPTIBLE_BELOW
 
     @property
     def backend(self) -> Literal["docker", "process"]:

@@ -111,6 +111,25 @@ class Settings(BaseSettings):
     #: maxmemory, before Redis would refuse writes.
     admission_redis_memory_fraction: float = Field(default=0.9, gt=0, le=1)
 
+    # Fair share and admission (master/fairshare/)
+    #: Most devices (GPUs on the gpu queue, DDP processes on cpu) one user's jobs hold at once on
+    #: a queue, unless an admin set the user's own (`trainfarm users set-limits`); 0: no cap.
+    user_max_devices: int = Field(default=0, ge=0)
+    #: Most jobs one user may have queued on a queue; a submission beyond it answers 429. 0: no cap.
+    user_max_queued: int = Field(default=2000, ge=0)
+    #: Half-life of the usage fair ordering weighs, in seconds (device-seconds a week old count half).
+    fairshare_half_life: float = Field(default=7 * 86400, gt=0)
+    #: Whether a job that cannot start for want of devices preempts running jobs of lower priority
+    #: whose spec allows it.
+    preemption: bool = False
+    #: Seconds after a preemption during which the same job is not preempted again.
+    preemption_grace: float = Field(default=600, ge=0)
+    #: Highest priority a member may give a job; above it (up to 9) is for admins.
+    member_max_priority: int = Field(default=7, ge=0, le=9)
+    #: Seconds between admission's full re-reads of the waiting jobs from the database, a safety net
+    #: behind the changes it is told of (submissions, ends, nodes, caps).
+    admission_resync_interval: float = Field(default=30.0, gt=0)
+
     # Object storage
     s3_endpoint: str = "127.0.0.1:9000"
     s3_access_key: str = "trainfarm"

@@ -3,6 +3,7 @@ No worker runs here, so jobs stay where the API put them."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -18,7 +19,7 @@ from master.models import Job, JobAttempt
 from master.published_marks import PublishedMarks
 from shared.celery_config import celery_priority
 from shared.settings import Settings
-from shared.streams import cancel_key
+from shared.streams import NODES_KEY, cancel_key
 from tests.conftest import admin_headers, wait_for
 
 COMMAND = {"command": ["python", "-c", "print(1)"], "queue": "cpu"}
@@ -88,12 +89,35 @@ def test_list_is_newest_first_filtered_and_paginated(client):
     assert error_of(client.get("/jobs", params={"limit": 0}))["field"] == "limit"
 
 
-def test_submit_publishes_to_the_job_queue_with_priority(client, settings):
-    broker = redis.Redis.from_url(settings.redis_url)
+def beat_as_a_worker(broker: redis.Redis, queues: list[str], concurrency: int = 1) -> None:
+    """A worker's heartbeat, as worker/heartbeat.py writes it: admission then sees job slots on
+    `queues` (no worker process runs; nothing takes the messages)."""
+    seconds, micros = broker.time()
+    beat = {"ts": seconds + micros / 1e6, "queues": queues, "concurrency": concurrency, "gpu_slots": []}
+    broker.hset(NODES_KEY, "api-test#1", json.dumps({**beat, "worker": "api-test#1"}))
+
+
+def test_submit_waits_for_a_worker_then_publishes_with_priority(client, settings):
+    broker = redis.Redis.from_url(settings.redis_connection_url())
     job = client.post("/jobs", json={**COMMAND, "queue": "gpu", "priority": 9}).json()
+    # No worker serves the queue yet: the job waits, unpublished, and says why.
+    wait_for(
+        lambda: (
+            client.get(f"/jobs/{job['id']}").json()["wait_reason"]
+            == "waiting: no worker online for queue gpu"
+        ),
+        timeout=10,
+        what="admission to look at the job",
+    )
+    assert broker.llen("gpu") == 0
+    beat_as_a_worker(broker, ["gpu"])
     # Spec priority 9 is most urgent and lands in the list the Redis transport serves first.
     assert celery_priority(9) == 0
-    assert broker.llen("gpu") == 1 and broker.llen("cpu") == 0
+    wait_for(lambda: broker.llen("gpu") == 1, timeout=10, what="admission to publish the job")
+    assert broker.llen("cpu") == 0
+    assert (
+        client.get(f"/jobs/{job['id']}").json()["wait_reason"].startswith("starting: sent to the gpu queue")
+    )
     # The publish is recorded a moment later, off the request path (master/published_marks.py).
     wait_for(
         lambda: client.get(f"/jobs/{job['id']}").json()["attempt_list"][0]["enqueued_at"],
@@ -136,13 +160,20 @@ def test_dataset_upload_list_and_conflicts(client):
     assert client.get("/datasets/missing.csv").status_code == 404
 
 
-def test_health_and_prometheus(client):
+def test_health_and_prometheus(client, settings):
     health = client.get("/health").json()
     assert health == {"status": "ok", "database": "ok", "redis": "ok", "s3": "ok"}
-    client.post("/jobs", json=COMMAND)
+    beat_as_a_worker(redis.Redis.from_url(settings.redis_connection_url()), ["cpu"])
+    job_id = client.post("/jobs", json=COMMAND).json()["id"]
+    wait_for(
+        lambda: client.get(f"/jobs/{job_id}").json()["attempt_list"][0]["admitted_at"],
+        timeout=10,
+        what="admission to let the job start",
+    )
     text = client.get("http://testserver/metrics").text
     assert 'trainfarm_jobs{status="queued"} 1.0' in text
     assert 'trainfarm_queue_depth{queue="cpu"} 1.0' in text
+    assert "trainfarm_admission_decision_seconds_count" in text
     assert "trainfarm_http_request_seconds_bucket" in text
 
 

@@ -1,6 +1,6 @@
-"""The dispatcher's sweep against a real Redis: attempts never published are sent, and one still
+"""The dispatcher's sweep against a real Redis: admitted attempts never published are sent, one still
 queued long after its message went out is sent again, freshly signed, before workers would refuse
-the old copy as expired."""
+the old copy as expired, and attempts admission has not let start are left to it."""
 
 from __future__ import annotations
 
@@ -22,14 +22,22 @@ from tests.conftest import SIGNING_KEY
 MAX_AGE = 14 * 86400.0
 
 
-def _queued(session: Session, published_days_ago: float | None) -> int:
+def _queued(session: Session, published_days_ago: float | None, admitted: bool = True) -> int:
     job = Job(queue="cpu", spec={"command": ["true"], "queue": "cpu"})
     session.add(job)
     session.flush()
     assert job.id is not None
     enqueued = None if published_days_ago is None else utcnow() - timedelta(days=published_days_ago)
     created = utcnow() - timedelta(days=published_days_ago or 1)
-    session.add(JobAttempt(job_id=job.id, number=1, enqueued_at=enqueued, created_at=created))
+    session.add(
+        JobAttempt(
+            job_id=job.id,
+            number=1,
+            enqueued_at=enqueued,
+            created_at=created,
+            admitted_at=created if admitted else None,
+        )
+    )
     session.commit()
     return job.id
 
@@ -53,6 +61,7 @@ def test_sweep_sends_unpublished_attempts_and_refreshes_old_ones(settings: Setti
         never = _queued(session, None)
         stale = _queued(session, 8)  # past half the message's life: sent again
         recent = _queued(session, 1)  # its message is fine: left alone
+        waiting = _queued(session, None, admitted=False)  # admission's to send, when it may start
         assert dispatcher.sweep(session) == 2
     assert _sent(client) == sorted([never, stale])
     with Session(engine) as session:
@@ -61,5 +70,5 @@ def test_sweep_sends_unpublished_attempts_and_refreshes_old_ones(settings: Setti
         attempt = session.get(JobAttempt, 2)
         assert attempt is not None and attempt.enqueued_at is not None
         assert utcnow() - attempt.enqueued_at.replace(tzinfo=utcnow().tzinfo) < timedelta(minutes=1)
-    assert recent not in _sent(client)
+    assert recent not in _sent(client) and waiting not in _sent(client)
     client.close()

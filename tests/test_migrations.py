@@ -130,12 +130,17 @@ def test_later_unversioned_databases_are_recognised_and_reach_head(database_url,
     """Databases `create_all` made after 8bdff0f, before migrations: stamped where they are."""
     engine = engine_for(database_url)
     # Today's tables of that era, less what came with migrations (users, tokens, owners: 0004;
-    # the attempt's worker: 0005).
+    # the attempt's worker: 0005; fair share: 0006).
     SQLModel.metadata.create_all(engine, tables=[SQLModel.metadata.tables[t] for t in adopt.TABLES])
     with Session(engine) as session:
         session.add(Job(queue="gpu", spec={"command": ["true"]}, handbacks=2, warnings=["log cut"]))
         session.commit()
     with engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_jobs_owner_status_queue"))  # 0006
+        conn.execute(text("DROP INDEX ix_job_attempts_status_admitted_at"))
+        for column in ("devices", "preemptible", "preemptions", "preempting", "last_preempted_at"):
+            conn.execute(text(f"ALTER TABLE jobs DROP COLUMN {column}"))
+        conn.execute(text("ALTER TABLE job_attempts DROP COLUMN admitted_at"))
         conn.execute(text("DROP INDEX ix_jobs_owner"))
         conn.execute(text("ALTER TABLE jobs DROP COLUMN owner"))
         conn.execute(text("ALTER TABLE datasets DROP COLUMN owner"))
@@ -448,4 +453,48 @@ def test_queued_attempts_published_unsigned_are_sent_again_after_the_upgrade(dat
         attempts = {a.job_id: a for a in session.exec(select(JobAttempt))}
     assert attempts[1].enqueued_at is None
     assert attempts[2].enqueued_at is not None and attempts[2].worker is None
+    engine.dispose()
+
+
+def test_jobs_from_before_fair_share_keep_their_place_after_the_upgrade(database_url):
+    """0006: a queued attempt already published counts as admitted (sent once, its devices in use),
+    a running one too; one never published waits for admission; devices and preemptible come from
+    the spec of every job not ended."""
+    engine = engine_for(database_url)
+    with engine.begin() as conn:
+        command.upgrade(migrations.config(conn), "0005")
+        at = "2026-12-01 10:00:00"
+        rows = [
+            (1, "queued", 3, '{"devices": 2}', at),
+            (2, "queued", 5, '{"devices": 1, "preemptible": true}', None),
+            (3, "running", 8, '{"devices": 4}', at),
+            (4, "succeeded", 1, '{"devices": 4}', at),
+        ]
+        for job_id, status, priority, spec, enqueued in rows:
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, status, queue, priority, spec, attempts, cancel_requested, "
+                    "created_at, progress, metrics, handbacks, warnings) VALUES "
+                    f"({job_id}, '{status}', 'gpu', {priority}, '{spec}', 1, false, '{at}', '{{}}', '{{}}', 0, '[]')"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO job_attempts (job_id, number, status, created_at, enqueued_at, "
+                    "last_event_seq, info) VALUES (:job, 1, :status, :at, :enqueued, 0, '{}')"
+                ),
+                {"job": job_id, "status": status, "at": at, "enqueued": enqueued},
+            )
+    init_db(engine)
+    with Session(engine) as session:
+        jobs = {j.id: j for j in session.exec(select(Job))}
+        attempts = {a.job_id: a for a in session.exec(select(JobAttempt))}
+    assert [(jobs[i].devices, jobs[i].preemptible, jobs[i].preemptions) for i in (1, 2, 3, 4)] == [
+        (2, True, 0),  # priority 3: preemptible by default
+        (1, True, 0),
+        (4, False, 0),  # priority 8
+        (1, False, 0),  # ended: never admitted again, left at the defaults
+    ]
+    assert attempts[1].admitted_at is not None and attempts[3].admitted_at is not None
+    assert attempts[2].admitted_at is None and attempts[4].admitted_at is None
     engine.dispose()

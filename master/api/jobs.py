@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from master.admission import Admission
 from master.api.deps import (
@@ -23,6 +23,8 @@ from master.api.deps import (
 from master.api.errors import documented
 from master.auth.callers import Caller
 from master.auth.permissions import Visibility, check_may_change, sees_details
+from master.fairshare.submission import check_priority, check_queued_cap
+from master.fairshare.view import wait_reasons
 from master.lifecycle import cancel_job, check_code, submit_jobs
 from master.metrics import JOBS_SUBMITTED
 from master.models import (
@@ -36,6 +38,7 @@ from master.models import (
     MetricPublic,
 )
 from master.placement import check_fits
+from master.state import MasterState
 from shared.schemas import JobSpec
 from shared.status import JobStatus
 
@@ -62,21 +65,35 @@ class JobBatch(BaseModel):
     jobs: list[JobSpec] = Field(min_length=1, max_length=MAX_BATCH)
 
 
-def public_job(job: Job, caller: Caller, visibility: Visibility) -> JobPublic:
+def public_job(job: Job, caller: Caller, visibility: Visibility, wait_reason: str | None = None) -> JobPublic:
     if sees_details(caller, job.owner, visibility):
-        return JobPublic.model_validate(job)
-    return JobPublic.model_validate(job, update={**HIDDEN, "details_hidden": True})
+        return JobPublic.model_validate(job, update={"wait_reason": wait_reason})
+    return JobPublic.model_validate(
+        job, update={**HIDDEN, "details_hidden": True, "wait_reason": wait_reason}
+    )
+
+
+def _store(
+    session: Session, state: MasterState, specs: list[JobSpec], caller: Caller, request: Request
+) -> list[Job]:
+    """Store validated jobs, then tell admission, which publishes each when it may start."""
+    check_queued_cap(session, state.settings, caller.name, specs)
+    stored = submit_jobs(session, specs, caller.name, client_address(request))
+    state.admitter.notice(attempt.id for _, attempt in stored if attempt.id is not None)
+    for spec in specs:
+        JOBS_SUBMITTED.labels(spec.queue).inc()
+    return [job for job, _ in stored]
 
 
 @router.post("", status_code=201, response_model=JobPublic, dependencies=[Admission])
 def submit_job(
     spec: JobSpec, session: SessionDep, state: StateDep, caller: WriterDep, request: Request
 ) -> Job:
-    """Validate a job spec, store the job and put it on its queue."""
+    """Validate a job spec and store the job; it starts once admission (fair share) lets it."""
+    check_priority(caller, spec, state.settings.member_max_priority)
     check_fits(spec, state.capacities.largest(session))
     check_code(state.store, [spec])
-    [job] = submit_jobs(session, state.dispatcher, [spec], caller.name, client_address(request))
-    JOBS_SUBMITTED.labels(spec.queue).inc()
+    [job] = _store(session, state, [spec], caller, request)
     return job
 
 
@@ -87,12 +104,10 @@ def submit_batch(
     """Submit many jobs at once (a sweep); all are validated before any is stored."""
     largest = state.capacities.largest(session)
     for i, spec in enumerate(batch.jobs):
+        check_priority(caller, spec, state.settings.member_max_priority, field=f"jobs[{i}].priority")
         check_fits(spec, largest, field=f"jobs[{i}].devices")
     check_code(state.store, batch.jobs, batch=True)
-    jobs = submit_jobs(session, state.dispatcher, batch.jobs, caller.name, client_address(request))
-    for spec in batch.jobs:
-        JOBS_SUBMITTED.labels(spec.queue).inc()
-    return jobs
+    return _store(session, state, batch.jobs, caller, request)
 
 
 @router.get("", response_model=JobsPublic)
@@ -124,9 +139,9 @@ def list_jobs(
     page = rows[:limit]
     more = len(rows) > limit
     visibility = state.settings.job_visibility
-    return JobsPublic(
-        items=[public_job(j, caller, visibility) for j in page], next_before=page[-1].id if more else None
-    )
+    waits = wait_reasons(session, state.admitter.view, page)
+    items = [public_job(j, caller, visibility, waits.get(j.id or 0)) for j in page]
+    return JobsPublic(items=items, next_before=page[-1].id if more else None)
 
 
 @router.get("/{job_id}", response_model=JobDetail)
@@ -135,7 +150,8 @@ def get_job(job: JobDep, session: SessionDep, caller: CallerDep, state: StateDep
     attempts = session.exec(
         select(JobAttempt).where(JobAttempt.job_id == job.id).order_by(col(JobAttempt.number))
     )
-    public = public_job(job, caller, state.settings.job_visibility)
+    waits = wait_reasons(session, state.admitter.view, [job])
+    public = public_job(job, caller, state.settings.job_visibility, waits.get(job.id or 0))
     attempt_list = [AttemptPublic.model_validate(a) for a in attempts]
     if public.details_hidden:
         attempt_list = [
@@ -148,7 +164,10 @@ def get_job(job: JobDep, session: SessionDep, caller: CallerDep, state: StateDep
 def cancel(job: JobDep, session: SessionDep, state: StateDep, caller: CallerDep, request: Request) -> Job:
     """Cancel a job: a queued one never runs; a running one is stopped within seconds."""
     check_may_change(caller, job.owner, f"job {job.id}", "cancel")
-    return cancel_job(session, state.broker, job, caller.name, client_address(request))
+    cancelled = cancel_job(session, state.broker, job, caller.name, client_address(request))
+    if cancelled.id is not None:
+        state.admitter.forget(cancelled.id)  # it no longer waits, and any room it had goes to others
+    return cancelled
 
 
 @router.get("/{job_id}/metrics", response_model=list[MetricPublic])

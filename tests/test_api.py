@@ -104,7 +104,7 @@ def test_submit_waits_for_a_worker_then_publishes_with_priority(client, settings
     wait_for(
         lambda: (
             client.get(f"/jobs/{job['id']}").json()["wait_reason"]
-            == "waiting: no worker online for queue gpu"
+            == "waiting: no worker online takes jobs from queue gpu"
         ),
         timeout=10,
         what="admission to look at the job",

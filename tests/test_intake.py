@@ -101,12 +101,14 @@ def _beats_pass(api: httpx.Client, count: int) -> None:
 
 
 def _stays_queued(api: httpx.Client, settings: Settings, job_id: int) -> None:
-    # The message is in the broker, not taken; and a few beats later still so, the job unstarted.
-    wait_for(lambda: _queued_messages(settings, "cpu") == 1, timeout=30, what="the message in the broker")
+    # A paused worker offers admission nothing: the job waits unpublished, says why, and a few
+    # beats later still does, unstarted.
+    reason = "waiting: no worker online takes jobs from queue cpu"
+    wait_for(lambda: api.get(f"/jobs/{job_id}").json()["wait_reason"] == reason, timeout=30, what=reason)
     _beats_pass(api, 3)
-    assert _queued_messages(settings, "cpu") == 1
+    assert _queued_messages(settings, "cpu") == 0
     job = api.get(f"/jobs/{job_id}").json()
-    assert (job["status"], job["attempts"]) == ("queued", 1)
+    assert (job["status"], job["attempts"], job["wait_reason"]) == ("queued", 1, reason)
 
 
 @SQLITE

@@ -17,7 +17,7 @@ from shared.errors import FinalError, RetryableError
 from shared.events import DatasetFetched, Finished, Started
 from shared.schemas import AttemptOutcome, TaskMessage
 from shared.signing import MessageRefused, Refusal
-from shared.streams import cancel_key, drain_key, node_attempts_key
+from shared.streams import cancel_key, drain_key, node_attempts_key, preempt_key
 from worker import draining, identity
 from worker.backends.base import Execution, Launch
 from worker.cache_budget import Pins
@@ -50,6 +50,17 @@ class Ending:
     handed_back: bool = False
 
 
+@dataclass(frozen=True)
+class Flags:
+    """What the farm asks of a running attempt."""
+
+    cancel: bool
+    #: This worker shuts down: checkpoint and hand the attempt back.
+    drain: bool
+    #: The master preempted the attempt for a job of higher priority (why, as it says): the same.
+    preempt: str | None
+
+
 class AttemptRunner:
     def __init__(self, ctx: WorkerContext, message: TaskMessage, gpus: tuple[int, ...] = ()) -> None:
         self.ctx = ctx
@@ -79,8 +90,13 @@ class AttemptRunner:
         )
         self.ctx.redis.hset(node_attempts_key(self.worker), f"{job_id}-{number}", running)
         try:
-            if self._flags()[0]:
+            flags = self._flags()
+            if flags.cancel:
                 ending = Ending(AttemptOutcome.CANCELLED, "cancelled before it started")
+                self._finish(ending, log_key=None, tail=[])
+            elif flags.preempt is not None:
+                error = f"preempted before it started: {flags.preempt}"
+                ending = Ending(AttemptOutcome.FAILED, error, retryable=True, handed_back=True)
                 self._finish(ending, log_key=None, tail=[])
             else:
                 ending = self._run_leased(keeper)
@@ -201,11 +217,14 @@ class AttemptRunner:
         ending: Ending | None = None
         while (code := execution.poll()) is None:
             self._forward(events)
-            cancel, drain = self._flags()
-            if cancel:
+            flags = self._flags()
+            if flags.cancel:
                 pump.note("cancel requested: stopping the job")
                 ending = Ending(AttemptOutcome.CANCELLED, "cancelled by user")
-            elif drain:
+            elif flags.preempt is not None:
+                pump.note(f"preempted: {flags.preempt}: checkpointing and handing the job back")
+                ending = Ending(AttemptOutcome.FAILED, f"preempted: {flags.preempt}", True, handed_back=True)
+            elif flags.drain:
                 pump.note(f"{self.node} is shutting down: checkpointing and handing the job back")
                 ending = Ending(
                     AttemptOutcome.FAILED, f"handed back: {self.node} shut down", True, handed_back=True
@@ -241,14 +260,21 @@ class AttemptRunner:
         if final:
             events.finish()
 
-    def _flags(self) -> tuple[bool, bool]:
-        """(cancel requested, this worker draining); Redis away means neither, read again soon."""
+    def _flags(self) -> Flags:
+        """The cancel, preempt and drain flags in one round trip; Redis away means none of them
+        (but this process's own drain), read again soon."""
+        job_id, number = self.msg.job_id, self.msg.attempt
         try:
-            cancel, drain = self.ctx.redis.mget(cancel_key(self.msg.job_id), drain_key(self.worker))
+            cancel, drain, preempt = self.ctx.redis.mget(
+                cancel_key(job_id), drain_key(self.worker), preempt_key(job_id, number)
+            )
         except redis.RedisError as exc:
-            log.warning("cannot read the cancel and drain flags: %s", exc)
-            return False, draining.requested()
-        return cancel is not None, drain is not None or draining.requested()
+            log.warning("cannot read the cancel, preempt and drain flags: %s", exc)
+            return Flags(cancel=False, drain=draining.requested(), preempt=None)
+        reason = preempt.decode(errors="replace")[:500] if isinstance(preempt, bytes) else preempt
+        return Flags(
+            cancel=cancel is not None, drain=drain is not None or draining.requested(), preempt=reason
+        )
 
     def _argv(self) -> list[str]:
         if self.spec.command is not None:

@@ -22,7 +22,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -164,6 +164,11 @@ class TrainfarmCallback(pl.Callback):
     the job's checkpoint dir is replaced atomically; resume with `ckpt_path=last_checkpoint()`. (So no
     `ModelCheckpoint(save_last=True)` should write into that dir as well.)
 
+    :param stop_at: What a stop request (SIGTERM) waits for. "batch" (the default): the batch under
+        way. "epoch": the epoch under way, its validation and its `last.ckpt`; a resume from there repeats
+        the uninterrupted run exactly (with `SeedEveryEpoch`), so pick it when an epoch ends well within
+        the worker's `cancel_grace_period` (preemption and worker shutdowns send the same signal).
+
     The worker stops a job with SIGTERM (SIGKILL after a grace period). The callback then saves
     `last.ckpt` after the batch under way and ends the fit normally, without the validation Lightning would
     otherwise run first; `stopped` tells the training code that the fit did not finish. A run resumed from
@@ -172,9 +177,14 @@ class TrainfarmCallback(pl.Callback):
     batch, whichever ranks got the signal.
     """
 
-    def __init__(self, every_n_steps: int = 50, print_epochs: bool = True) -> None:
+    def __init__(
+        self, every_n_steps: int = 50, print_epochs: bool = True, stop_at: Literal["batch", "epoch"] = "batch"
+    ) -> None:
+        if stop_at not in ("batch", "epoch"):
+            raise ValueError(f"stop_at must be 'batch' or 'epoch', not {stop_at!r}")
         self.every_n_steps = every_n_steps
         self.print_epochs = print_epochs
+        self.stop_at = stop_at
         #: Set when the fit ended early because the job was asked to stop.
         self.stopped = False
         self._sigterm = False
@@ -217,7 +227,7 @@ class TrainfarmCallback(pl.Callback):
         if self._batches % self.every_n_steps == 0:
             # Mid-epoch, a logged epoch-mean "train_loss" is still last epoch's; the batch loss is current.
             self._progress(trainer, self._last_loss)
-        if not self.stopped and self._stop_requested(trainer):
+        if self.stop_at == "batch" and not self.stopped and self._stop_requested(trainer):
             self._stop(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -233,6 +243,9 @@ class TrainfarmCallback(pl.Callback):
         ctx = _context()
         if ctx is not None:
             save_checkpoint(trainer, ctx.checkpoint_dir / LAST_CHECKPOINT)
+            # Decided here, after the epoch's checkpoint, on every rank alike (DDP).
+            if self.stop_at == "epoch" and self._stop_requested(trainer):
+                self._stop_after_epoch(trainer)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._before_validation = dict(trainer.callback_metrics)
@@ -306,6 +319,13 @@ class TrainfarmCallback(pl.Callback):
         # Lightning validates before it honours should_stop (meant for early stopping); that could outlast
         # the worker's grace period.
         trainer.limit_val_batches = 0
+
+    def _stop_after_epoch(self, trainer: pl.Trainer) -> None:
+        """`stop_at="epoch"`: the epoch that was under way has ended and its `last.ckpt` is saved."""
+        if trainer.is_global_zero:
+            print(f"trainfarm: stop requested, stopping after epoch {trainer.current_epoch + 1}", flush=True)
+        self.stopped = True
+        trainer.should_stop = True
 
     def _progress(self, trainer: pl.Trainer, loss: Any) -> None:
         if not trainer.is_global_zero:

@@ -25,7 +25,7 @@ def stopped(stop: Stop, decision: QueueDecision) -> str:
     queue = decision.queue
     match stop.short:
         case Short.WORKERS:
-            return f"waiting: no worker online for queue {queue}"
+            return f"waiting: no worker online takes jobs from queue {queue}"
         case Short.SLOTS:
             return f"waiting: no free worker slot on {queue} ({decision.used_slots} in use)"
         case Short.DEVICES if stop.free_devices == 0:

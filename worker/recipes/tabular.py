@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -43,6 +43,9 @@ class TabularParams(BaseModel):
     dropout: float = Field(default=0.1, ge=0, lt=1)
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
+    #: What a stop (preemption, a worker's shutdown) waits for: the batch under way, or the epoch under
+    #: way, after which a resume repeats the uninterrupted run exactly.
+    stop_at: Literal["batch", "epoch"] = "batch"
 
     @field_validator("hidden", mode="before")
     @classmethod
@@ -164,7 +167,7 @@ def train(ctx: JobContext, spec: JobSpec, params: TabularParams) -> None:
     params_count = sum(p.numel() for p in model.parameters())
     widths = "-".join(str(w) for w in [len(data.features), *params.hidden, len(data.classes)])
     say(f"model: MLP {widths}, {params_count:,} parameters")
-    trainfarm = TrainfarmCallback()
+    trainfarm = TrainfarmCallback(stop_at=params.stop_at)
     trainer = make_trainer(ctx, spec.max_epochs, [SeedEveryEpoch(spec.seed), trainfarm])
     train_loader, val_loader = loaders(data, params.batch_size, spec.seed, ctx.devices)
     # A retry that finds its predecessor's checkpoint continues from it instead of starting over.

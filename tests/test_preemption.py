@@ -30,7 +30,11 @@ def settings(settings):
 
 def test_a_preempted_lightning_job_resumes_to_the_metrics_of_an_uninterrupted_run(api, start_worker):
     upload_dataset(api, DIGITS)
-    start_worker(overrides={"cancel_grace_period": 30.0})  # one job slot on the cpu queue
+    start_worker(queues="cpu", overrides={"cancel_grace_period": 30.0})  # one job slot on the cpu queue
+    # The uninterrupted run, at the same time on a queue of its own (no GPU here: it runs on the CPU
+    # as the other does), so the test waits for one training, not two.
+    start_worker("node-2", queues="gpu")
+    whole = api.post("/jobs", json={**TRAIN, "queue": "gpu"}).json()["id"]
     low = api.post("/jobs", json=TRAIN).json()["id"]
     # Preempted only once it has a checkpoint to resume from: after its first epoch.
     wait_for(
@@ -50,7 +54,6 @@ def test_a_preempted_lightning_job_resumes_to_the_metrics_of_an_uninterrupted_ru
     urgent_job = api.get(f"/jobs/{urgent}").json()
     assert first["finished_at"] <= urgent_job["started_at"] <= second["started_at"]
 
-    whole = api.post("/jobs", json=TRAIN).json()["id"]
     uninterrupted = wait_status(api, whole, {"succeeded", "failed"}, timeout=240)
     assert uninterrupted["status"] == "succeeded" and uninterrupted["attempts"] == 1
     expected, got = uninterrupted["metrics"], done["metrics"]

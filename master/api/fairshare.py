@@ -7,36 +7,9 @@ from pydantic import BaseModel
 
 from master.api.deps import CallerDep, StateDep
 from master.api.errors import documented
+from master.fairshare.view import QueueShare, UserShare
 
 router = APIRouter(prefix="/fairshare", tags=["fairshare"], responses=documented(401, 403))
-
-
-class QueueShareOut(BaseModel):
-    queue: str
-    #: Attempts the queue's online workers run at once, and the GPUs they hand out (0: none).
-    slots: int
-    gpus: int
-    used_slots: int
-    used_devices: int
-    waiting: int
-    workers: int
-
-
-class UserShareOut(BaseModel):
-    #: "" for jobs without an owner (from before there were users).
-    user: str
-    queue: str
-    running_devices: int
-    #: 0: no cap.
-    max_devices: int
-    queued: int
-    max_queued: int
-    #: Device-hours, decayed with the farm's half-life.
-    usage: float
-    #: Jobs ahead of the user's next waiting one; null when none of theirs waits.
-    position: int | None
-    #: "user" where an admin set the cap, "default" where the farm's setting applies.
-    limits_from: dict[str, str]
 
 
 class FairShareOut(BaseModel):
@@ -44,8 +17,8 @@ class FairShareOut(BaseModel):
     decided_at: str | None
     half_life_seconds: float
     preemption: bool
-    queues: list[QueueShareOut]
-    users: list[UserShareOut]
+    queues: list[QueueShare]
+    users: list[UserShare]
 
 
 @router.get("", response_model=FairShareOut)
@@ -66,6 +39,6 @@ def fairshare(state: StateDep, caller: CallerDep) -> FairShareOut:
         decided_at=view.at.isoformat(),
         half_life_seconds=view.half_life,
         preemption=settings.preemption,
-        queues=[QueueShareOut(**vars(q)) for q in queues],
-        users=[UserShareOut(**vars(u)) for u in users],
+        queues=queues,
+        users=users,
     )

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from pydantic import BaseModel
 from sqlalchemy import select, tuple_
 from sqlmodel import Session
 
@@ -21,24 +22,30 @@ from master.models import Job, JobAttempt, as_utc
 from shared.status import JobStatus
 
 
-@dataclass(frozen=True)
-class UserShare:
+class UserShare(BaseModel):
+    """One user's share of one queue (`GET /api/fairshare`)."""
+
+    #: "" for jobs without an owner (from before there were users).
     user: str
     queue: str
     running_devices: int
+    #: 0: no cap.
     max_devices: int
     queued: int
     max_queued: int
-    #: Decayed device-hours.
+    #: Device-hours, decayed with the farm's half-life.
     usage: float
     #: Jobs ahead of this user's next one in the queue's order; None when none of theirs is ready.
     position: int | None
+    #: "user" where an admin set the cap, "default" where the farm's setting applies.
     limits_from: dict[str, str]
 
 
-@dataclass(frozen=True)
-class QueueShare:
+class QueueShare(BaseModel):
+    """A queue's capacity and use."""
+
     queue: str
+    #: Attempts the queue's online workers run at once, and the GPUs they hand out (0: none).
     slots: int
     gpus: int
     used_slots: int

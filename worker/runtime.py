@@ -244,7 +244,9 @@ class TrainfarmCallback(pl.Callback):
         if ctx is not None:
             save_checkpoint(trainer, ctx.checkpoint_dir / LAST_CHECKPOINT)
             # Decided here, after the epoch's checkpoint, on every rank alike (DDP).
-            if self.stop_at == "epoch" and self._stop_requested(trainer):
+            # After the last epoch the fit ends anyway: it finishes as a whole run, model and all.
+            last = _max_epochs(trainer) is not None and trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
+            if self.stop_at == "epoch" and self._stop_requested(trainer) and not last:
                 self._stop_after_epoch(trainer)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

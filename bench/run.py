@@ -19,7 +19,18 @@ from pathlib import Path
 from bench.report import Row, machine, render, save
 from bench.services import Services
 
-FIGURES = ("dispatch", "logs", "submit", "training", "transfers", "scale", "sse_fanout", "log_flood")
+FIGURES = (
+    "dispatch",
+    "handoff",
+    "admission",
+    "logs",
+    "submit",
+    "training",
+    "transfers",
+    "scale",
+    "sse_fanout",
+    "log_flood",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import psycopg
+from pydantic import SecretStr
 
 from shared.settings import Settings, child_environment
 from trainfarm.services import PostgresServer, RedisServer, SeaweedS3
@@ -83,7 +84,7 @@ class Services:
             redis_url=self.redis.url.removesuffix("/0") + f"/{db}",
             s3_endpoint=self.s3.endpoint,
             s3_access_key=S3_ACCESS,
-            s3_secret_key=S3_SECRET,
+            s3_secret_key=SecretStr(S3_SECRET),
             s3_bucket=f"bench-{name}".replace("_", "-"),
             # A benchmark's one client makes thousands of changes a minute; bench/submit.py measures
             # the limit on purpose with its own value.

@@ -66,6 +66,8 @@ class HoldingSampler:
         self.running_max: dict[str, int] = defaultdict(int)
         self.admitted_max: dict[str, int] = defaultdict(int)
         self.samples = 0
+        #: Answers of GET /api/fairshare other than 200, kept so the running-status count goes on.
+        self.fairshare_errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.error: BaseException | None = None
@@ -97,7 +99,9 @@ class HoldingSampler:
         for user, devices in running.items():
             self.running_max[user] = max(self.running_max[user], devices)
         shares = client.get("/fairshare")
-        shares.raise_for_status()
+        if shares.status_code != 200:
+            self.fairshare_errors.append(f"{shares.status_code} {shares.text[:200]}")
+            return
         for share in shares.json()["users"]:
             if share["queue"] == self.queue:
                 user = share["user"]

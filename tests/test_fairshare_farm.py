@@ -26,6 +26,12 @@ from tests.fairshare_support import (
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 DONE = {"succeeded", "failed", "cancelled"}
+#: master/fairshare/caps.py: CapBook keeps the UserLimit ORM rows, which the admitter's view outlives
+#: its session with; once any user has a cap of their own, GET /api/fairshare answers 500
+#: (DetachedInstanceError in CapBook.of, from AdmissionView.shares).
+CAPBOOK_DETACHED = pytest.mark.xfail(
+    strict=True, reason="GET /api/fairshare answers 500 once a user has caps: CapBook holds detached ORM rows"
+)
 
 
 def all_done(api, ids: list[int]) -> bool:
@@ -47,6 +53,7 @@ def wait_reason(api, job_id: int, expected: str) -> str:
         ) from None
 
 
+@CAPBOOK_DETACHED
 def test_caps_hold_at_every_moment(api, master, start_worker):
     alice, bob = make_member(api, "alice"), make_member(api, "bob")
     set_limits(api, "alice", "cpu", max_devices=1)
@@ -66,9 +73,10 @@ def test_caps_hold_at_every_moment(api, master, start_worker):
     assert statuses == {"succeeded": 40}, statuses
     assert sampler.samples > 10, sampler.samples
     # Never past the caps, by either count; and the caps were reached, not merely never approached.
-    assert sampler.admitted_max["alice"] == 1 and sampler.admitted_max["bob"] == 2, sampler.admitted_max
     assert sampler.running_max["alice"] <= 1 and sampler.running_max["bob"] <= 2, sampler.running_max
     assert sampler.running_max["alice"] == 1 and sampler.running_max["bob"] == 2, sampler.running_max
+    assert sampler.fairshare_errors == [], sampler.fairshare_errors[:3]
+    assert sampler.admitted_max["alice"] == 1 and sampler.admitted_max["bob"] == 2, sampler.admitted_max
 
 
 def test_a_newcomer_goes_ahead_of_a_long_sweep(api, start_worker):
@@ -165,18 +173,35 @@ def test_a_queued_job_says_why_it_waits(api, master, start_worker, tmp_path: Pat
     for job_id in (long, second, third):
         assert wait_status(api, job_id, DONE, timeout=60)["status"] == "succeeded"
 
+    shares = api.get("/fairshare").json()
+    [admin] = [u for u in shares["users"] if u["queue"] == "cpu" and u["user"] == "admin"]
+    assert admin["usage"] > 0 and admin["running_devices"] == 0 and admin["position"] is None, admin
+    assert shares["decided_at"] is not None
+
     set_limits(api, "alice", "cpu", max_devices=1)
     hers = api.post("/jobs", json=held_job(second_release), headers=alice).json()["id"]
     wait_status(api, hers, {"running"}, timeout=60)
     capped = api.post("/jobs", json=sleep_job(), headers=alice).json()["id"]
     wait_reason(api, capped, "waiting: alice already uses 1 of their 1 device on cpu")
-    shares = api.get("/fairshare").json()
-    by_user = {u["user"]: u for u in shares["users"] if u["queue"] == "cpu"}
-    assert by_user["alice"]["running_devices"] == 1 and by_user["alice"]["max_devices"] == 1, by_user
-    assert by_user["alice"]["limits_from"]["max_devices"] == "user", by_user
-    assert by_user["alice"]["position"] is not None, by_user
-    assert by_user["admin"]["usage"] > 0 and by_user["admin"]["running_devices"] == 0, by_user
-    assert shares["decided_at"] is not None
-
     second_release.touch()
     assert wait_status(api, capped, DONE, timeout=60)["status"] == "succeeded"
+
+
+@CAPBOOK_DETACHED
+def test_the_fairshare_table_shows_a_users_own_caps(api, start_worker, tmp_path: Path):
+    alice = make_member(api, "alice")
+    release = tmp_path / "release"
+    set_limits(api, "alice", "cpu", max_devices=1, max_queued=3)
+    start_worker("node-a", concurrency=2)  # room for both: only her cap holds the second back
+    running = api.post("/jobs", json=held_job(release), headers=alice).json()["id"]
+    wait_status(api, running, {"running"}, timeout=60)  # admitted: the decision that did so committed
+    capped = api.post("/jobs", json=sleep_job(), headers=alice).json()["id"]
+    wait_reason(api, capped, "waiting: alice already uses 1 of their 1 device on cpu")
+
+    answer = api.get("/fairshare")
+    release.touch()
+    assert answer.status_code == 200, answer.text
+    [row] = [u for u in answer.json()["users"] if u["user"] == "alice" and u["queue"] == "cpu"]
+    assert (row["running_devices"], row["max_devices"], row["queued"], row["max_queued"]) == (1, 1, 1, 3), row
+    assert row["limits_from"] == {"max_devices": "user", "max_queued": "user"}, row
+    assert row["position"] is not None, row

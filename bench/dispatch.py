@@ -1,5 +1,6 @@
-"""Figure 1: from a submission's HTTP 201 to its attempt running on an idle worker, next to a bare
-Celery task on the same Redis; and from submission to the first line a job prints, seen over SSE."""
+"""Figure 1: from a submission's HTTP 201 (through admission, as every submission goes) to its
+attempt running on an idle worker, next to a bare Celery task on the same Redis; and from
+submission to the first line a job prints, seen over SSE."""
 
 from __future__ import annotations
 
@@ -145,22 +146,23 @@ def run(services: Services, quick: bool) -> list[Row]:
     n = len(farm)
     return [
         Row(
-            f"1 dispatch p50: 201 → running (n={n})",
+            f"1 dispatch p50: 201 → running, with admission (n={n})",
             median(farm_ms),
             median(bare_ms),
             "ms",
-            "< 25 ms",
-            median(farm_ms) < 25,
-            f"baseline: bare Celery send_task → task body starts; POST sent → running "
-            f"p50 {median(ms(farm_total)):.1f} ms (the 201 leaves after the publish)",
+            "< 10 ms",
+            median(farm_ms) < 10,
+            f"every submission passes the admitter (idle capacity); baseline: bare Celery send_task → "
+            f"task body starts, and the signed bare task below; POST sent → running "
+            f"p50 {median(ms(farm_total)):.1f} ms (the admitter thread publishes after the 201: its wake-up and decision are in both)",
         ),
         Row(
-            f"1 dispatch p99: 201 → running (n={n})",
+            f"1 dispatch p99: 201 → running, with admission (n={n})",
             percentile(farm_ms, 99),
             percentile(bare_ms, 99),
             "ms",
-            "< 100 ms",
-            percentile(farm_ms, 99) < 100,
+            "< 50 ms",
+            percentile(farm_ms, 99) < 50,
         ),
         Row(
             f"1 dispatch p50 with signing: signed bare task (n={n})",

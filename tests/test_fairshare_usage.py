@@ -19,9 +19,13 @@ DAY = 86400.0
 WEEK = 7 * DAY
 
 
-def midpoint(devices: int, start: float, end: float, at: float, half_life: float, steps: int = 10_000) -> float:
+def midpoint(
+    devices: int, start: float, end: float, at: float, half_life: float, steps: int = 10_000
+) -> float:
     width = (end - start) / steps
-    return sum(devices * 2.0 ** (-(at - (start + (i + 0.5) * width)) / half_life) * width for i in range(steps))
+    return sum(
+        devices * 2.0 ** (-(at - (start + (i + 0.5) * width)) / half_life) * width for i in range(steps)
+    )
 
 
 @pytest.mark.parametrize(
@@ -29,7 +33,9 @@ def midpoint(devices: int, start: float, end: float, at: float, half_life: float
     [(1, 0.0, HOUR, HOUR), (4, 0.0, 3 * DAY, 10 * DAY), (2, 5 * DAY, 5 * DAY + 600, 20 * DAY)],
 )
 def test_held_matches_a_numerical_integral(devices: int, start: float, end: float, at: float) -> None:
-    assert held(devices, start, end, at, WEEK) == pytest.approx(midpoint(devices, start, end, at, WEEK), rel=1e-7)
+    assert held(devices, start, end, at, WEEK) == pytest.approx(
+        midpoint(devices, start, end, at, WEEK), rel=1e-7
+    )
 
 
 def test_held_hand_values() -> None:

@@ -1,5 +1,6 @@
 """The `trainfarm` command: the app, its global options and error handling; commands live in
-`cli_jobs`, `cli_data`, `cli_auth` (login, tokens), `cli_users` (users, audit) and `cli_admin`, the
+`cli_jobs`, `cli_data`, `cli_fairshare`, `cli_auth` (login, tokens), `cli_users` (users, limits,
+audit) and `cli_admin`, the
 farm-running ones in `standalone`."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typer.core import TyperGroup
 
 from shared.errors import TrainfarmError
 from shared.settings import Settings, get_settings
-from trainfarm import cli_admin, cli_auth, cli_data, cli_db, cli_jobs, cli_users
+from trainfarm import cli_admin, cli_auth, cli_data, cli_db, cli_fairshare, cli_jobs, cli_users
 from trainfarm.client import ApiClient, ApiError
 from trainfarm.token_store import find_token
 
@@ -93,6 +94,7 @@ for command in (cli_jobs.jobs, cli_jobs.show, cli_jobs.logs, cli_jobs.cancel):
 app.command()(cli_data.artifacts)
 app.add_typer(cli_data.datasets, name="datasets")
 app.command()(cli_data.nodes)
+app.command()(cli_fairshare.fairshare)
 app.add_typer(cli_db.db, name="db")
 app.command()(cli_auth.login)
 app.command()(cli_auth.logout)

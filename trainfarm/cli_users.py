@@ -1,15 +1,17 @@
-"""Admins' commands over the API: `users ...` (add, list, disable, enable, set-role, set-password)
-and `audit` (who did what)."""
+"""Admins' commands over the API: `users ...` (add, list, disable, enable, set-role, set-password,
+limits, set-limits) and `audit` (who did what)."""
 
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from typing import Annotated, Any
 
 import click
 import typer
 from rich.table import Table
 
+from shared.errors import TrainfarmError
 from shared.roles import Role
 from trainfarm import render
 from trainfarm.cli_auth import PasswordStdin, new_password
@@ -121,6 +123,110 @@ def set_password(ctx: typer.Context, name: UserName, password_stdin: PasswordStd
     api: ApiClient = ctx.obj
     api.update_user(name, password=new_password(password_stdin))
     click.echo(f"password of {name} changed")
+
+
+class Queue(StrEnum):
+    gpu = "gpu"
+    cpu = "cpu"
+
+
+QueueOption = Annotated[Queue, typer.Option(case_sensitive=False, help="The queue the caps apply to.")]
+
+
+@users.command("limits")
+def show_limits(ctx: typer.Context, name: UserName) -> None:
+    """Show a user's caps on every queue, and whether an admin set them or the farm's default applies.
+
+    Admins read anyone's; others their own. A cap of 0 means none.
+
+    Example:
+      trainfarm users limits alice
+    """
+    api: ApiClient = ctx.obj
+    render.console().print(limits_table(api.user_limits(name)))
+
+
+@users.command("set-limits")
+def set_limits(
+    ctx: typer.Context,
+    name: UserName,
+    queue: QueueOption = Queue.gpu,
+    gpus: Annotated[
+        int | None,
+        typer.Option(
+            "--gpus",
+            min=0,
+            metavar="N",
+            help="Most GPUs the user's running jobs hold at once (gpu queue; 0: no cap).",
+        ),
+    ] = None,
+    devices: Annotated[
+        int | None,
+        typer.Option(
+            "--devices",
+            min=0,
+            metavar="N",
+            help="The same cap by its general name (the cpu queue counts job slots; 0: no cap).",
+        ),
+    ] = None,
+    queued: Annotated[
+        int | None,
+        typer.Option("--queued", min=0, metavar="N", help="Most jobs the user may have queued (0: no cap)."),
+    ] = None,
+    default: Annotated[
+        bool, typer.Option("--default", help="Both caps back to the farm's default (TRAINFARM_USER_MAX_*).")
+    ] = False,
+) -> None:
+    """Cap what one user holds on a queue (admins only); admission applies it at once.
+
+    A cap not given stays as it is. Jobs already running are not stopped: a user past a new device
+    cap just starts nothing more until they are under it.
+
+    Examples:
+      trainfarm users set-limits alice --gpus 4
+      trainfarm users set-limits bob --queue cpu --devices 2 --queued 100
+      trainfarm users set-limits alice --default
+    """
+    if gpus is not None and devices is not None:
+        raise TrainfarmError("give --gpus or --devices, not both (they are the same cap)", field="--gpus")
+    if gpus is not None and queue is not Queue.gpu:
+        raise TrainfarmError(f"--gpus caps the gpu queue; use --devices for {queue.value}", field="--gpus")
+    max_devices = gpus if gpus is not None else devices
+    if default and (max_devices is not None or queued is not None):
+        raise TrainfarmError("--default resets both caps: give it alone", field="--default")
+    if not default and max_devices is None and queued is None:
+        raise TrainfarmError("give --gpus/--devices, --queued or --default", field="--gpus")
+    api: ApiClient = ctx.obj
+    if not default:
+        # The route sets both caps of the queue; one not given keeps what an admin set before.
+        current = next(q for q in api.user_limits(name) if q["queue"] == queue.value)
+        if max_devices is None and current["limits_from"]["max_devices"] == "user":
+            max_devices = current["max_devices"]
+        if queued is None and current["limits_from"]["max_queued"] == "user":
+            queued = current["max_queued"]
+    render.console().print(limits_table(api.set_user_limits(name, queue.value, max_devices, queued)))
+
+
+def cap_text(value: int, source: str) -> str:
+    """`4`, `no cap` (0), with `(default)` where the farm's setting applies."""
+    text = "no cap" if value == 0 else str(value)
+    return f"{text} (default)" if source == "default" else text
+
+
+def limits_table(limits: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in ("USER", "QUEUE", "DEVICES", "QUEUED"):
+        table.add_column(column, no_wrap=True)
+    for row in limits:
+        source = row["limits_from"]
+        render.add_row(
+            table,
+            row["user"],
+            row["queue"],
+            cap_text(row["max_devices"], source["max_devices"]),
+            cap_text(row["max_queued"], source["max_queued"]),
+        )
+    return table
 
 
 def audit(

@@ -433,3 +433,18 @@ class ApiClient:
             before = page["next_before"]
             if before is None:
                 return
+
+    def fairshare(self) -> dict[str, Any]:
+        """Each queue's capacity and each user's share, as admission last decided them."""
+        return self._call("GET", "/fairshare")
+
+    def user_limits(self, name: str) -> list[dict[str, Any]]:
+        """The user's caps on every queue, and where each comes from (`limits_from`)."""
+        return self._call("GET", f"/users/{quote(name, safe='')}/limits")
+
+    def set_user_limits(
+        self, name: str, queue: str, max_devices: int | None, max_queued: int | None
+    ) -> list[dict[str, Any]]:
+        """Set both caps of one queue (None: the farm's default); answers the caps on every queue."""
+        body = {"max_devices": max_devices, "max_queued": max_queued}
+        return self._call("PUT", f"/users/{quote(name, safe='')}/limits/{queue}", json=body)

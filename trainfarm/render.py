@@ -131,6 +131,11 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     table = Table(box=None, pad_edge=False)
     for column in ("ID", "NAME", "STATUS", "QUEUE", "OWNER", "ATTEMPTS", "NODE", "PROGRESS", "CREATED"):
         table.add_column(column, no_wrap=column in ("ID", "STATUS", "CREATED"))
+    # Only when some job waits, so a list of finished jobs keeps its width; cut, not wrapped, so
+    # each job stays one line (`show` has the whole sentence).
+    waiting = any(wait_text(job) for job in jobs)
+    if waiting:
+        table.add_column("WAITING", no_wrap=True, overflow="ellipsis", max_width=60, style="dim")
     for job in jobs:
         add_row(
             table,
@@ -143,8 +148,17 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
             job.get("node") or "-",
             progress_text(job),
             format_time(job["created_at"]),
+            *((wait_text(job),) if waiting else ()),
         )
     return table
+
+
+def wait_text(job: dict[str, Any]) -> str:
+    """A queued job's wait reason without its `waiting: ` lead (the column says it); else ``."""
+    reason = job.get("wait_reason")
+    if job.get("status") != "queued" or not reason:
+        return ""
+    return str(reason).removeprefix("waiting: ")
 
 
 def job_summary(job: dict[str, Any]) -> Table:
@@ -181,6 +195,10 @@ def job_summary(job: dict[str, Any]) -> Table:
         rows.append(("details", Text("hidden: another user's job", style="dim")))
     if job.get("error"):
         rows.append(("error", Text(job["error"], style="red")))
+    if job["status"] == "queued" and job.get("wait_reason"):
+        rows.append(("waiting", Text(job["wait_reason"], style="yellow")))
+    if job.get("preemptions"):
+        rows.append(("preemptions", str(job["preemptions"])))
     if job.get("handbacks"):
         rows.append(("hand-backs", str(job["handbacks"])))
     # What the farm noticed without ending the job (events it could not apply, a hand-back storm).

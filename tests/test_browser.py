@@ -285,3 +285,38 @@ def _viewer_session(
     expect(page.locator("#upload-form")).to_be_hidden()
     expect(page.locator("#jobs-body button.cancel")).to_have_count(0)
     watch.check(page)
+
+
+@sqlite_only
+def test_a_queued_job_says_why_it_waits_and_the_fair_share_panel_shows_its_owner(
+    master: MasterProcess, api: httpx.Client, open_page: Callable[[str], tuple[Any, PageWatch]]
+) -> None:
+    """No worker online: the job waits for one, and the page says so in the list, the detail and the panel."""
+    from playwright.sync_api import expect
+
+    made = api.post("/users", json={"name": "dora", "role": "member", "password": "dora-pw-123"})
+    assert made.status_code == 201, made.text
+    with master.client(token=_token_for(master, "dora", "dora-pw-123")) as dora:
+        submitted = dora.post("/jobs", json={"command": ["python", "-c", "1"], "queue": "cpu"})
+        assert submitted.status_code == 201, submitted.text
+        job_id = submitted.json()["id"]
+    reason = "waiting: no worker online takes jobs from queue cpu"
+
+    page, watch = open_page(master.url)
+    _log_in(page, "dora", "dora-pw-123")
+    expect(page.locator("#whoami")).to_have_text("dora member")
+    row = page.locator(f"#jobs-body tr[data-id='{job_id}']")
+    # The list drops the "waiting: " its queued badge already says; the title keeps the sentence.
+    expect(row.locator(".wait-reason")).to_have_text("no worker online takes jobs from queue cpu")
+    expect(row.locator(".wait-reason")).to_have_attribute("title", reason)
+
+    row.click()
+    expect(page.locator("#detail .wait-reason-detail")).to_have_text(reason)
+    expect(page.locator("#detail .preemptions")).to_have_count(0)
+
+    expect(page.locator("#fairshare .fairshare-queue[data-queue=cpu]")).to_have_text(
+        "cpu 0 slots (0 in use), 1 waiting, 0 workers"
+    )
+    cells = page.locator("#fairshare-body tr[data-user=dora][data-queue=cpu] td")
+    expect(cells).to_have_text(["dora", "cpu", "0/no cap", "1/2000", "0.00", "0"])
+    watch.check(page)

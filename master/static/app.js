@@ -2,6 +2,7 @@
 
 import { api, badge, el, fill, whenSignedOut } from "./api.js";
 import { JobDetail } from "./detail.js";
+import { refreshFairshare } from "./fairshare.js";
 import { refreshDatasets, refreshNodes, setupSubmit, setupUpload } from "./forms.js";
 import { JobsTable, STATUSES, statusCounts } from "./jobs.js";
 import { setupLogin } from "./login.js";
@@ -109,6 +110,7 @@ async function refreshSlow() {
     refreshHealth(),
     refreshCounts(),
     refreshNodes($("nodes-body"), $("nodes-info")).catch(quiet("Nodes")),
+    refreshFairshare($("fairshare-queues"), $("fairshare-body"), $("fairshare-info")).catch(quiet("Fair share")),
     refreshDatasets($("datasets-body"), $("submit-form").elements.datasets).catch(quiet("Datasets")),
   ]);
 }

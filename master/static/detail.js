@@ -30,6 +30,7 @@ export class JobDetail {
     this.cancelBtn = el("button", { type: "button", class: "danger", hidden: true, onclick: () => this.cancel() }, "Cancel job");
     this.closeBtn = el("button", { type: "button", class: "small", title: "Close", onclick: () => this.close(true) }, "✕");
     this.errorBox = el("pre", { class: "job-error", hidden: true });
+    this.waitBox = el("p", { class: "wait-reason-detail", hidden: true, title: "Why the job has not started, as admission last saw it" });
     this.warningsBox = el("ul", { class: "job-warnings", hidden: true, title: "What the farm noticed without ending the job" });
     this.attempts = el("tbody");
     // The panes with the job's contents are built once the job says the caller may see them.
@@ -39,6 +40,7 @@ export class JobDetail {
       el("div", { class: "detail-head" }, this.title, el("div", { class: "actions" }, this.cancelBtn, this.closeBtn)),
       this.summary,
       this.message,
+      this.waitBox,
       this.errorBox,
       this.warningsBox,
       el("section", {}, el("h3", {}, "Attempts"),
@@ -117,12 +119,16 @@ export class JobDetail {
       job.details_hidden ? null : el("span", {}, `devices ${job.spec.devices ?? 1}`),
       job.node ? el("span", {}, `node ${job.node}`) : null,
       job.handbacks ? el("span", { title: "attempts handed back by a worker shutting down" }, `hand-backs ${job.handbacks}`) : null,
+      job.preemptions ? el("span", { class: "preemptions", title: "times the farm stopped it for a job of higher priority; it resumes from its checkpoint" }, `preemptions ${job.preemptions}`) : null,
       el("span", { title: job.created_at }, `submitted ${fmtTime(job.created_at)}`),
       job.started_at ? el("span", {}, `ran ${fmtDuration(job.started_at, job.finished_at)}`) : null,
       job.details_hidden ? null : progressBar(job.progress),
     );
     this.cancelBtn.hidden = !mayCancel(job);
     this.cancelBtn.disabled = job.cancel_requested;
+    const waiting = job.status === "queued" && job.wait_reason;
+    this.waitBox.hidden = !waiting;
+    this.waitBox.textContent = waiting ? job.wait_reason : "";
     this.errorBox.hidden = !job.error;
     this.errorBox.textContent = job.error || "";
     const warnings = job.warnings || [];

@@ -112,7 +112,8 @@ export class JobsTable {
         el("td", { class: "num" }, `#${job.id}`),
         el("td", { class: "name", title: name }, name),
         el("td", { class: "owner" }, job.owner || el("span", { class: "muted" }, "–")),
-        el("td", {}, badge(job.status), job.cancel_requested && job.status === "running" ? el("span", { class: "muted" }, " cancelling") : null),
+        el("td", {}, badge(job.status), job.cancel_requested && job.status === "running" ? el("span", { class: "muted" }, " cancelling") : null,
+          waitReason(job)),
         el("td", {}, job.queue),
         el("td", { class: "num" }, String(job.priority)),
         el("td", { class: "progress-cell" }, progressBar(job.progress)),
@@ -137,6 +138,13 @@ export class JobsTable {
     this.olderBtn.hidden = this.nextBefore === null;
     this.info.textContent = `${this.items.length} shown`;
   }
+}
+
+// Under a queued job's badge: why it has not started, without the "waiting: " the badge implies.
+// One line, cut by CSS; the whole sentence is its title and in the job's detail.
+function waitReason(job) {
+  if (job.status !== "queued" || !job.wait_reason) return null;
+  return el("div", { class: "muted wait-reason", title: job.wait_reason }, job.wait_reason.replace(/^waiting: /, ""));
 }
 
 // Counts by status for the header: one small query per status; "500+" past one page.

@@ -26,13 +26,6 @@ from tests.fairshare_support import (
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 DONE = {"succeeded", "failed", "cancelled"}
-#: master/fairshare/caps.py: CapBook keeps the UserLimit ORM rows, which the admitter's view outlives
-#: its session with; the admission commit expires them, so while the last decision admitted a job and
-#: any user has a cap of their own, GET /api/fairshare answers 500 (DetachedInstanceError in
-#: CapBook.of, from AdmissionView.shares). A busy farm shows it at once; a quiet one after a moment.
-CAPBOOK_DETACHED = pytest.mark.xfail(
-    strict=True, reason="GET /api/fairshare answers 500 once a user has caps: CapBook holds detached ORM rows"
-)
 
 
 def all_done(api, ids: list[int]) -> bool:
@@ -54,7 +47,6 @@ def wait_reason(api, job_id: int, expected: str) -> str:
         ) from None
 
 
-@CAPBOOK_DETACHED
 def test_caps_hold_at_every_moment(api, master, start_worker):
     alice, bob = make_member(api, "alice"), make_member(api, "bob")
     set_limits(api, "alice", "cpu", max_devices=1)

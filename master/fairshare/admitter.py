@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: A preempt flag outlives any grace period a worker gives its job.
 PREEMPT_FLAG_TTL = 86400
+#: Seconds a node sync's reading of capacity stands in for a fresh one (syncs come every 2 s at most).
+CAPACITY_FRESH = 2.5
 #: After a failed decision (database or Redis away), the next one waits this long.
 ERROR_BACKOFF = 1.0
 
@@ -84,6 +86,7 @@ class Admitter:
         self._forgotten: list[int] = []
         self._resync_at = 0.0  # monotonic: the first decision reads everything
         self._capacity_seen: object = None
+        self._capacity: tuple[float, dict[str, QueueCapacity]] = (-float("inf"), {})
         self._thread: threading.Thread | None = None
         #: The last decision, for the routes; None before the first.
         self.view: AdmissionView | None = None
@@ -108,10 +111,22 @@ class Admitter:
 
     def nodes_synced(self, session: Session) -> None:
         """After a node sync: decide again only when what the nodes offer changed."""
-        seen = fingerprint(capacity_of(session.exec(select(Node)), self._offline_after))
+        capacity = capacity_of(session.exec(select(Node)), self._offline_after)
+        self._capacity = (time.monotonic(), capacity)
+        seen = fingerprint(capacity)
         if seen != self._capacity_seen:
             self._capacity_seen = seen
             self.wake()
+
+    def _read_capacity(self, session: Session) -> dict[str, QueueCapacity]:
+        """What the nodes offer: as the last node sync read it, when that is fresh (nodes change
+        only at a sync), else read now."""
+        at, capacity = self._capacity
+        if time.monotonic() - at > CAPACITY_FRESH:
+            capacity = capacity_of(session.exec(select(Node)), self._offline_after)
+            self._capacity = (time.monotonic(), capacity)
+            self._capacity_seen = fingerprint(capacity)
+        return capacity
 
     # Running --------------------------------------------------------------------------------------
 
@@ -159,8 +174,7 @@ class Admitter:
         with Session(self._engine) as session:
             self._refresh(session, noticed, forgotten, now)
             holdings = load_holdings(session)
-            capacity = capacity_of(session.exec(select(Node)), self._offline_after)
-            self._capacity_seen = fingerprint(capacity)
+            capacity = self._read_capacity(session)
             caps = read_caps(session, self._default_caps)
             usage = self._meter.read(session, [r for h in holdings if (r := h.running()) is not None], now)
             decisions = self._decide_all(holdings, capacity, caps, usage, now)

@@ -25,26 +25,26 @@ class CapBook:
     """Every user's caps: defaults, and overrides by (user, queue)."""
 
     default: Caps
-    overrides: dict[tuple[str, str], UserLimit]
+    #: (max_devices, max_queued) an admin set, None where the default applies. Plain values, not
+    #: the rows: the book outlives the session that read it (the admission view).
+    overrides: dict[tuple[str, str], tuple[int | None, int | None]]
 
     def of(self, user: str, queue: str) -> Caps:
-        row = self.overrides.get((user, queue))
-        if row is None:
-            return self.default
+        devices, queued = self.overrides.get((user, queue), (None, None))
         return Caps(
-            self.default.max_devices if row.max_devices is None else row.max_devices,
-            self.default.max_queued if row.max_queued is None else row.max_queued,
+            self.default.max_devices if devices is None else devices,
+            self.default.max_queued if queued is None else queued,
         )
 
     def source(self, user: str, queue: str) -> dict[str, str]:
         """Where each cap comes from: "user" (an admin set it) or "default"."""
-        row = self.overrides.get((user, queue))
+        devices, queued = self.overrides.get((user, queue), (None, None))
         return {
-            "max_devices": "user" if row is not None and row.max_devices is not None else "default",
-            "max_queued": "user" if row is not None and row.max_queued is not None else "default",
+            "max_devices": "default" if devices is None else "user",
+            "max_queued": "default" if queued is None else "user",
         }
 
 
 def read_caps(session: Session, default: Caps) -> CapBook:
     rows = session.exec(select(UserLimit)).all()
-    return CapBook(default, {(r.user, r.queue): r for r in rows})
+    return CapBook(default, {(r.user, r.queue): (r.max_devices, r.max_queued) for r in rows})

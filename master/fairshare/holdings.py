@@ -39,30 +39,35 @@ class Holding:
         return Running(self.owner, self.queue, self.devices, self.started)
 
 
-def load_holdings(session: Session) -> list[Holding]:
-    query = (
-        select(  # type: ignore[call-overload, misc]
-            JobAttempt.job_id,
-            JobAttempt.number,
-            JobAttempt.started_at,
-            JobAttempt.worker,
-            JobAttempt.status,
-            Job.owner,
-            Job.queue,
-            Job.priority,
-            Job.devices,
-            Job.preemptible,
-            Job.last_preempted_at,
-            Job.preempting,
-        )
-        .join(Job, Job.id == JobAttempt.job_id)  # type: ignore[arg-type]
-        .where(
-            col(JobAttempt.status).in_([JobStatus.QUEUED, JobStatus.RUNNING]),
-            col(JobAttempt.admitted_at).is_not(None),
-        )
+#: Built once: making the statement anew cost as much as running it.
+HOLDINGS_QUERY = (
+    select(  # type: ignore[call-overload, misc]
+        JobAttempt.job_id,
+        JobAttempt.number,
+        JobAttempt.started_at,
+        JobAttempt.worker,
+        JobAttempt.status,
+        Job.owner,
+        Job.queue,
+        Job.priority,
+        Job.devices,
+        Job.preemptible,
+        Job.last_preempted_at,
+        Job.preempting,
     )
+    .join(Job, Job.id == JobAttempt.job_id)  # type: ignore[arg-type]
+    .where(
+        col(JobAttempt.status).in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+        col(JobAttempt.admitted_at).is_not(None),
+    )
+)
+
+
+def load_holdings(session: Session) -> list[Holding]:
+    query = HOLDINGS_QUERY
     out = []
-    for row in session.execute(query):
+    # On the connection, not through the ORM: plain rows, a third of the cost at a few hundred.
+    for row in session.connection().execute(query):
         (
             job_id,
             number,

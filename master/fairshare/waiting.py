@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Select, select
 from sqlmodel import Session, col
@@ -139,16 +140,22 @@ def _waiting_query() -> Select[tuple[int, int, float | None, str | None, str, in
     )
 
 
+#: Built once: making the statement anew costs as much as running a top-up.
+WAITING_QUERY = _waiting_query()
+
+
 def load_waiting(
     session: Session, *, after: int | None = None, attempt_ids: Iterable[int] = ()
 ) -> list[WaitingJob]:
     """Waiting jobs from the database: all of them, or those whose attempt id is above `after` or
     among `attempt_ids` (a top-up)."""
-    query = _waiting_query()
+    query = WAITING_QUERY
     if after is not None:
         ids = list(attempt_ids)
         newer = col(JobAttempt.id) > after
         query = query.where(newer | col(JobAttempt.id).in_(ids) if ids else newer)
+    # On the connection, not through the ORM: plain rows, a third of the cost.
+    rows: list[Any] = list(session.connection().execute(query))
     return [
         WaitingJob(
             job_id=job_id,
@@ -159,5 +166,5 @@ def load_waiting(
             devices=devices,
             not_before=as_utc(not_before).timestamp() if not_before is not None else None,
         )
-        for attempt_id, job_id, not_before, owner, queue, priority, devices in session.execute(query)
+        for attempt_id, job_id, not_before, owner, queue, priority, devices in rows
     ]

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from master import audit
 from master.api.deps import AdminDep, CallerDep, SessionDep, StateDep, client_address
@@ -18,7 +18,7 @@ from shared.celery_config import QUEUES
 from shared.errors import Forbidden
 from shared.roles import USER_NAME_PATTERN
 
-router = APIRouter(prefix="/users", tags=["users"], responses=documented(401, 403, 404, 422))
+router = APIRouter(prefix="/users", tags=["users"], responses=documented(400, 401, 403, 404, 422))
 
 UserName = Annotated[str, PathParam(pattern=USER_NAME_PATTERN, description="The user's name")]
 QueueName = Literal["gpu", "cpu"]
@@ -26,6 +26,9 @@ QueueName = Literal["gpu", "cpu"]
 
 class LimitsIn(BaseModel):
     """Null leaves a cap to the farm's default (TRAINFARM_USER_MAX_DEVICES, ..._MAX_QUEUED); 0: no cap."""
+
+    # Strict: `false` is not a cap of 0.
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     max_devices: int | None = Field(default=None, ge=0, le=100_000)
     max_queued: int | None = Field(default=None, ge=0, le=10_000_000)

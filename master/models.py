@@ -23,6 +23,11 @@ def as_utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+def unix_seconds(value: datetime | None) -> float | None:
+    """A stored time as Unix seconds (None stays None), read as UTC like `as_utc`."""
+    return None if value is None else as_utc(value).timestamp()
+
+
 class RoleColumn(TypeDecorator[Role]):
     """A plain string column read back as a `Role`."""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from sqlmodel import Session, col, select
 
 from master.fairshare.usage import Running, owner_key
-from master.models import Job, JobAttempt, as_utc
+from master.models import Job, JobAttempt, as_utc, unix_seconds
 from shared.status import JobStatus
 
 
@@ -95,7 +95,7 @@ def load_holdings(session: Session) -> list[Holding]:
                 else None,
                 worker=worker,
                 preemptible=preemptible,
-                last_preempted=as_utc(last).timestamp() if last is not None else None,
+                last_preempted=unix_seconds(last),
                 preempting=preempting == number,
             )
         )

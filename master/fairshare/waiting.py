@@ -17,7 +17,7 @@ from sqlalchemy import Select, select
 from sqlmodel import Session, col
 
 from master.fairshare.usage import owner_key
-from master.models import Job, JobAttempt, as_utc
+from master.models import Job, JobAttempt, unix_seconds
 from shared.status import JobStatus
 
 #: A user's jobs start in this order: higher priority first, then submission order.
@@ -164,7 +164,7 @@ def load_waiting(
             queue=queue,
             priority=priority,
             devices=devices,
-            not_before=as_utc(not_before).timestamp() if not_before is not None else None,
+            not_before=unix_seconds(not_before),
         )
         for attempt_id, job_id, not_before, owner, queue, priority, devices in rows
     ]

@@ -1,5 +1,5 @@
-"""Figure 1: from a submission's HTTP 201 (through admission, as every submission goes) to its
-attempt running on an idle worker, next to a bare Celery task on the same Redis; and from
+"""Figure 1: from a submission's HTTP 201 (through admission, as every submission goes, decided in
+its request) to its attempt running on an idle worker, next to a bare Celery task on the same Redis; and from
 submission to the first line a job prints, seen over SSE."""
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ def run(services: Services, quick: bool) -> list[Row]:
             median(farm_ms) < 10,
             f"every submission passes the admitter (idle capacity); baseline: bare Celery send_task → "
             f"task body starts, and the signed bare task below; POST sent → running "
-            f"p50 {median(ms(farm_total)):.1f} ms (the admitter thread publishes after the 201: its wake-up and decision are in both)",
+            f"p50 {median(ms(farm_total)):.1f} ms (the request runs the admission decision when no "
+            "other is running, so the 201 leaves once the job is published; that decision is in this one)",
         ),
         Row(
             f"1 dispatch p99: 201 → running, with admission (n={n})",

@@ -75,21 +75,26 @@ def public_job(job: Job, caller: Caller, visibility: Visibility, wait_reason: st
 
 def _store(
     session: Session, state: MasterState, specs: list[JobSpec], caller: Caller, request: Request
-) -> list[Job]:
-    """Store validated jobs, then tell admission, which publishes each when it may start."""
+) -> list[JobPublic]:
+    """Store validated jobs and let admission decide on them; the answer says, for each, whether it
+    was sent to its queue or why it waits."""
     check_queued_cap(session, state.settings, caller.name, specs)
     stored = submit_jobs(session, specs, caller.name, client_address(request))
-    state.admitter.notice(attempt.id for _, attempt in stored if attempt.id is not None)
+    state.admitter.submitted(attempt.id for _, attempt in stored if attempt.id is not None)
     for spec in specs:
         JOBS_SUBMITTED.labels(spec.queue).inc()
-    return [job for job, _ in stored]
+    jobs = [job for job, _ in stored]
+    waits = wait_reasons(session, state.admitter.view, jobs)
+    visibility = state.settings.job_visibility
+    return [public_job(job, caller, visibility, waits.get(job.id or 0)) for job in jobs]
 
 
 @router.post("", status_code=201, response_model=JobPublic, dependencies=[Admission])
 def submit_job(
     spec: JobSpec, session: SessionDep, state: StateDep, caller: WriterDep, request: Request
-) -> Job:
-    """Validate a job spec and store the job; it starts once admission (fair share) lets it."""
+) -> JobPublic:
+    """Validate a job spec and store the job; it starts once admission (fair share) lets it, and
+    the answer's `wait_reason` says whether it was sent to its queue already or why it waits."""
     check_priority(caller, spec, state.settings.member_max_priority)
     check_fits(spec, state.capacities.largest(session))
     check_code(state.store, [spec])
@@ -100,7 +105,7 @@ def submit_job(
 @router.post("/batch", status_code=201, response_model=list[JobPublic], dependencies=[Admission])
 def submit_batch(
     batch: JobBatch, session: SessionDep, state: StateDep, caller: WriterDep, request: Request
-) -> list[Job]:
+) -> list[JobPublic]:
     """Submit many jobs at once (a sweep); all are validated before any is stored."""
     largest = state.capacities.largest(session)
     for i, spec in enumerate(batch.jobs):

@@ -82,6 +82,8 @@ class Admitter:
         self._changed = threading.Event()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
+        #: Held for the whole of a decision: by the admitter's thread, or by a submission's request.
+        self._deciding = threading.Lock()
         self._noticed: list[int] = []
         self._forgotten: list[int] = []
         self._resync_at = 0.0  # monotonic: the first decision reads everything
@@ -97,11 +99,24 @@ class Admitter:
         """Something changed that may let a job start."""
         self._changed.set()
 
-    def notice(self, attempt_ids: Iterable[int]) -> None:
-        """Attempts just stored (a submission): read them at the next decision, whatever their ids."""
+    def submitted(self, attempt_ids: Iterable[int]) -> None:
+        """Attempts a request just stored: decide in the caller's thread when no decision is
+        running, so the request answers with its jobs already published when they may start (the
+        thread would only add its wake-up to the job's start); else the running decision's next
+        round takes them. A failed decision here is the thread's to retry, never the request's."""
         with self._lock:
             self._noticed.extend(attempt_ids)
-        self.wake()
+        if not self._deciding.acquire(blocking=False):
+            self.wake()
+            return
+        try:
+            self._decide()
+        except Exception:
+            log.exception("admission in a request failed; the admission thread decides again")
+            LOOP_ERRORS.labels("admission").inc()
+            self.wake()
+        finally:
+            self._deciding.release()
 
     def forget(self, job_id: int) -> None:
         """A waiting job ended without running (cancelled)."""
@@ -165,7 +180,11 @@ class Admitter:
     # Deciding -------------------------------------------------------------------------------------
 
     def decide(self) -> Outcome:
-        """One decision over every queue, acted on."""
+        """One decision over every queue, acted on (after any decision a request is making)."""
+        with self._deciding:
+            return self._decide()
+
+    def _decide(self) -> Outcome:
         begun = time.perf_counter()
         now = time.time()
         with self._lock:

@@ -110,7 +110,7 @@ def test_submit_waits_for_a_worker_then_publishes_with_priority(client, settings
         what="admission to look at the job",
     )
     assert broker.llen("gpu") == 0
-    beat_as_a_worker(broker, ["gpu"])
+    beat_as_a_worker(broker, ["gpu"], concurrency=2)
     # Spec priority 9 is most urgent and lands in the list the Redis transport serves first.
     assert celery_priority(9) == 0
     wait_for(lambda: broker.llen("gpu") == 1, timeout=10, what="admission to publish the job")
@@ -124,6 +124,14 @@ def test_submit_waits_for_a_worker_then_publishes_with_priority(client, settings
         timeout=10,
         what="the publish to be recorded",
     )
+    # With the admitter idle, a submission is decided in its own request: its message is on the
+    # queue before the 201 leaves, and the 201 says so.
+    second = client.post("/jobs", json={**COMMAND, "queue": "gpu", "priority": 9}).json()
+    assert second["wait_reason"].startswith("starting: sent to the gpu queue")
+    assert broker.llen("gpu") == 2
+    third = client.post("/jobs", json={**COMMAND, "queue": "gpu", "priority": 9}).json()
+    assert third["wait_reason"] == "waiting: no free worker slot on gpu (2 in use)"
+    assert broker.llen("gpu") == 2
 
 
 def test_cancel_queued_job_marks_it_and_sets_the_flag(client, settings):

@@ -30,6 +30,7 @@ from master.api import (
     limits,
     logs,
     nodes,
+    reruns,
     tokens,
     users,
 )
@@ -136,7 +137,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Every route of these needs a token or a session (a test walks the OpenAPI schema to hold us
     # to it); the login routes and /api/health are the only ones open.
     signed_in = [Depends(get_caller)]
-    for module in (jobs, logs, artifacts, datasets, code, nodes, tokens, users, limits, fairshare, audit):
+    routers = (jobs, reruns, logs, artifacts, datasets, code, nodes, tokens, users, limits, fairshare, audit)
+    for module in routers:
         app.include_router(module.router, prefix="/api", dependencies=signed_in)
     app.include_router(auth.router, prefix="/api")
     app.include_router(health.router, prefix="/api")

@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from master import audit
 from master.job_warnings import add_warning
 from master.metrics import HANDBACKS
-from master.models import Dataset, Job, JobAttempt, utcnow
+from master.models import Dataset, Job, JobAttempt, JobTag, utcnow
 from master.transitions import move_attempt, move_job
 from shared.errors import Conflict, InvalidRequest
 from shared.schemas import AttemptOutcome, JobSpec
@@ -52,17 +52,34 @@ def check_code(store: ArtifactStore, specs: list[JobSpec], *, batch: bool = Fals
             )
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where a job came from, when not straight from a person: a re-run, or a sweep's trial."""
+
+    rerun_of: int | None = None
+    sweep_id: int | None = None
+    trial: int | None = None
+
+
+NO_ORIGIN = Origin()
+
+
 def submit_jobs(
     session: Session,
     specs: list[JobSpec],
     owner: str | None,
     address: str | None = None,
+    origins: list[Origin] | None = None,
+    *,
+    commit: bool = True,
 ) -> list[tuple[Job, JobAttempt]]:
     """Store the jobs with their first attempts, waiting for admission (master/fairshare/), which
-    publishes each when it may start; the caller tells the admitter."""
+    publishes each when it may start; the caller tells the admitter. With `commit=False` the
+    caller commits (a sweep stores its trial's row in the same transaction)."""
     for spec in specs:
         if spec.datasets:
             check_datasets(session, spec)
+    origins = origins or [NO_ORIGIN] * len(specs)
     jobs = [
         Job(
             name=s.name,
@@ -72,11 +89,17 @@ def submit_jobs(
             preemptible=s.may_be_preempted,
             spec=s.model_dump(mode="json"),
             owner=owner,
+            project=s.project,
+            tags=list(s.tags),
+            rerun_of=origin.rerun_of,
+            sweep_id=origin.sweep_id,
+            trial=origin.trial,
         )
-        for s in specs
+        for s, origin in zip(specs, origins, strict=True)
     ]
     session.add_all(jobs)
     session.flush()
+    session.add_all(JobTag(tag=tag, job_id=job.id) for job in jobs for tag in job.tags)  # type: ignore[arg-type]
     ids = [j.id for j in jobs]
     # One entry per request: a 1,000-job sweep is one thing a person did.
     target = f"job {ids[0]}" if len(ids) == 1 else f"jobs {ids[0]}..{ids[-1]} ({len(ids)})"
@@ -85,7 +108,10 @@ def submit_jobs(
     session.add_all(attempts)
     # The jobs are answered as stored: keeping their loaded values spares a re-read per job.
     session.expire_on_commit = False
-    session.commit()
+    if commit:
+        session.commit()
+    else:
+        session.flush()
     return list(zip(jobs, attempts, strict=True))
 
 
@@ -95,21 +121,36 @@ def cancel_job(
     if job.status.terminal:
         raise Conflict(f"job {job.id} has already ended ({job.status.value})")
     audit.record(session, actor, "job.cancel", f"job {job.id}", {"status": job.status.value}, address)
+    stop_job(session, broker, job, JobStatus.CANCELLED)
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def prune_job(session: Session, broker: redis.Redis, job: Job, reason: str) -> None:
+    """Stop a sweep's trial early (in the caller's transaction): a queued one is pruned now, a running
+    one once its attempt ends (the worker stops it as it stops a cancelled one)."""
+    if job.status.terminal:
+        return
+    job.pruning = True
+    job.error = reason
+    stop_job(session, broker, job, JobStatus.PRUNED)
+
+
+def stop_job(session: Session, broker: redis.Redis, job: Job, ending: JobStatus) -> None:
+    """Raise the job's cancel flag; a job still queued ends at once as `ending`."""
     # The flag is what workers check, both before starting and while running.
     broker.set(cancel_key(job.id), "1", ex=CANCEL_FLAG_TTL)  # type: ignore[arg-type]
     job.cancel_requested = True
     if job.status == JobStatus.QUEUED:
-        # Nothing runs yet: the job is cancelled now, and a worker that receives it drops it.
+        # Nothing runs yet: the job ends now, and a worker that receives it drops it.
         now = utcnow()
-        move_job(job, JobStatus.CANCELLED, at=now)
+        move_job(job, ending, at=now)
         attempt = current_attempt(session, job)
         if attempt is not None and attempt.status == JobStatus.QUEUED:
             move_attempt(attempt, JobStatus.CANCELLED, at=now)
             session.add(attempt)
     session.add(job)
-    session.commit()
-    session.refresh(job)
-    return job
 
 
 def current_attempt(session: Session, job: Job) -> JobAttempt | None:
@@ -198,6 +239,10 @@ def end_attempt(
         job.attempts = nxt.number
         job.handbacks += 1 if free_handback else 0
         job.error = f"attempt {attempt.number}: {error}; retrying"
+        return
+    if job.pruning and outcome != AttemptOutcome.SUCCEEDED:
+        # Its sweep stopped it: `pruned`, whatever the stopped process said; the reason stays.
+        move_job(job, JobStatus.PRUNED)
         return
     if retry:
         error = f"{error} (no retries left after {failures} failed attempts)"

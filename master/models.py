@@ -1,5 +1,5 @@
 """Tables and their public shapes: jobs, job attempts, metrics, artifacts, datasets, code bundles,
-nodes, users, API tokens and the audit trail."""
+nodes, users, API tokens, the audit trail, sweeps, webhooks and the MLflow mirror."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 from shared.roles import Role
+from shared.schemas import DEFAULT_PROJECT
 from shared.status import JobStatus
 
 
@@ -70,6 +71,14 @@ class JobBase(SQLModel):
     preemptible: bool = False
     #: Times the master preempted it (each time it went back to `queued` without using a retry).
     preemptions: int = 0
+    #: The spec's project and tags, in columns of their own to filter by (tags: see `JobTag`).
+    project: str = Field(default=DEFAULT_PROJECT, max_length=128, index=True)
+    tags: list[str] = Field(default_factory=list, sa_type=JSON)
+    #: The job this one re-runs with changes (POST /api/jobs/{id}/rerun).
+    rerun_of: int | None = Field(default=None, index=True, sa_type=BigInteger)
+    #: The sweep whose trial this job is, and the trial's number in it.
+    sweep_id: int | None = Field(default=None, index=True)
+    trial: int | None = None
 
 
 class Job(JobBase, table=True):
@@ -101,6 +110,20 @@ class Job(JobBase, table=True):
     #: The attempt the master asked to stop for a job of higher priority, until it ends.
     preempting: int | None = None
     last_preempted_at: datetime | None = None
+    #: Its sweep stopped it early: the attempt's end makes it `pruned`, with no retry.
+    pruning: bool = False
+    #: Its end was handed to the notifier (webhooks, email): an outbox flag, so a job's end is
+    #: announced once, after its state is stored, whatever the receivers do.
+    notified: bool = Field(default=False, index=True)
+
+
+class JobTag(SQLModel, table=True):
+    """One tag of one job: the job list filters by tag through this index, not through JSON."""
+
+    __tablename__ = "job_tags"
+
+    tag: str = Field(primary_key=True, max_length=64)
+    job_id: int = Field(primary_key=True, foreign_key="jobs.id", sa_type=BigInteger)
 
 
 class JobPublic(JobBase):
@@ -172,6 +195,8 @@ class AttemptPublic(AttemptBase):
 
 class JobDetail(JobPublic):
     attempt_list: list[AttemptPublic]
+    #: Jobs that re-ran this one with changes, oldest first.
+    reruns: list[int] = []
 
 
 # Metrics and artifacts ----------------------------------------------------------------------------
@@ -379,3 +404,160 @@ class AuditPage(SQLModel):
     items: list[AuditEventPublic]
     #: Pass as `before` for the next (older) page; null on the last page.
     next_before: int | None
+
+
+# Sweeps --------------------------------------------------------------------------------------------
+
+
+class SweepBase(SQLModel):
+    name: str = Field(max_length=128)
+    owner: str | None = Field(default=None, max_length=64, index=True)
+    project: str = Field(default=DEFAULT_PROJECT, max_length=128, index=True)
+    #: `running`, then `succeeded` (budget spent, a best trial found), `failed` (no trial gave the
+    #: objective) or `cancelled`.
+    status: str = Field(default="running", max_length=16, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    best_job_id: int | None = Field(default=None, sa_type=BigInteger)
+    best_trial: int | None = None
+    best_value: float | None = None
+    error: str | None = Field(default=None, sa_type=Text)
+
+
+class Sweep(SweepBase, table=True):
+    __tablename__ = "sweeps"
+
+    id: int | None = Field(default=None, primary_key=True)
+    #: The SweepSpec as submitted (shared/sweeps.py).
+    spec: dict[str, Any] = Field(sa_type=JSON)
+    #: Its end was handed to the notifier (see `Job.notified`).
+    notified: bool = Field(default=False, index=True)
+
+
+class SweepTrialBase(SQLModel):
+    number: int = Field(primary_key=True)
+    job_id: int | None = Field(default=None, index=True, sa_type=BigInteger)
+    #: `running` (its job waits or runs), `complete`, `pruned` or `failed`: Optuna's trial states.
+    state: str = Field(default="running", max_length=16)
+    params: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    #: The objective reported so far, by epoch (or step when the job reports no epoch).
+    intermediate: dict[str, float] = Field(default_factory=dict, sa_type=JSON)
+    value: float | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+
+class SweepTrial(SweepTrialBase, table=True):
+    """One trial of a sweep: every round, the sweep's Optuna study is rebuilt from these rows, so a
+    master restart loses nothing and no Optuna tables live in the farm's database."""
+
+    __tablename__ = "sweep_trials"
+
+    sweep_id: int = Field(primary_key=True, foreign_key="sweeps.id")
+    #: What Optuna's sampler keeps on a trial (the grid sampler's grid id), as it gave them.
+    system_attrs: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    #: Highest job_metrics id read into `intermediate`.
+    last_metric_id: int = 0
+
+
+class SweepTrialPublic(SweepTrialBase):
+    job_status: str | None = None
+
+
+class SweepPublic(SweepBase):
+    id: int
+    spec: dict[str, Any]
+    #: Trials by state (`running`, `complete`, `pruned`, `failed`).
+    counts: dict[str, int] = {}
+
+
+class SweepDetail(SweepPublic):
+    trials: list[SweepTrialPublic]
+
+
+class SweepsPublic(SQLModel):
+    items: list[SweepPublic]
+    next_before: int | None
+
+
+# Notifications -------------------------------------------------------------------------------------
+
+
+class WebhookBase(SQLModel):
+    owner: str | None = Field(default=None, max_length=64, index=True)
+    #: Only this project's jobs and sweeps; null: all of the owner's.
+    project: str | None = Field(default=None, max_length=128)
+    #: `https://...` (or `http://` to a host the master may reach), or `mailto:a@b` for email.
+    url: str = Field(max_length=2048)
+    #: `json` (signed with HMAC-SHA256), `slack` (an incoming-webhook payload) or `email`.
+    format: str = Field(default="json", max_length=16)
+    #: What to announce: job.succeeded, job.failed, job.cancelled, job.pruned, sweep.ended.
+    events: list[str] = Field(default_factory=list, sa_type=JSON)
+    disabled: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Webhook(WebhookBase, table=True):
+    __tablename__ = "webhooks"
+
+    id: int | None = Field(default=None, primary_key=True)
+    #: The HMAC key, encrypted with the master's key (master/notify/): shown once, when made.
+    secret: str = Field(default="", sa_type=Text)
+
+
+class WebhookPublic(WebhookBase):
+    id: int
+
+
+class WebhookDeliveryBase(SQLModel):
+    webhook_id: int = Field(foreign_key="webhooks.id", index=True)
+    #: e.g. `job.succeeded`, `sweep.ended`.
+    event: str = Field(max_length=32)
+    #: What it is about: `job 12`, `sweep 3`.
+    subject: str = Field(max_length=64)
+    #: `pending` (to send, at `next_at`), `delivered` or `failed` (out of attempts).
+    status: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    next_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow)
+    delivered_at: datetime | None = None
+    #: The receiver's last HTTP status (or SMTP reply code), and the last error.
+    last_code: int | None = None
+    last_error: str | None = Field(default=None, sa_type=Text)
+
+
+class WebhookDelivery(WebhookDeliveryBase, table=True):
+    __tablename__ = "webhook_deliveries"
+    # The sender reads the pending ones that are due, oldest first.
+    __table_args__ = (Index("ix_webhook_deliveries_status_next_at", "status", "next_at"),)
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    )
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class WebhookDeliveryPublic(WebhookDeliveryBase):
+    id: int
+    payload: dict[str, Any]
+
+
+# MLflow mirror -------------------------------------------------------------------------------------
+
+
+class MlflowRun(SQLModel, table=True):
+    """Where a job's mirror in MLflow stands (master/mlflow_mirror/): created as the job starts,
+    metrics sent as they come, closed when it ends."""
+
+    __tablename__ = "mlflow_runs"
+
+    job_id: int = Field(primary_key=True, foreign_key="jobs.id", sa_type=BigInteger)
+    run_id: str | None = Field(default=None, max_length=64)
+    #: Highest job_metrics id sent.
+    last_metric_id: int = 0
+    #: The run is ended in MLflow (status, final tags, artifact links): nothing more to send.
+    finished: bool = Field(default=False, index=True)
+    attempts: int = 0
+    next_at: datetime = Field(default_factory=utcnow)
+    last_error: str | None = Field(default=None, sa_type=Text)

@@ -21,6 +21,10 @@ IMAGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$"
 ENVIRONMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 #: A job whose spec does not say `preemptible` is preemptible below this priority.
 PREEMPTIBLE_BELOW = 5
+#: A tag: a word a person can type and a URL can carry (`baseline`, `lr:0.01`, `sweep:3`).
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}$"
+#: The project of a job that names none (and of every job from before there were projects).
+DEFAULT_PROJECT = "default"
 #: An argv string cannot hold a NUL byte (exec refuses it), so one is refused at submission.
 NO_NUL_PATTERN = r"^[^\x00]*$"
 
@@ -32,6 +36,14 @@ class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Display name")
+    project: str = Field(
+        default=DEFAULT_PROJECT,
+        pattern=NAME_PATTERN,
+        description="Project the job belongs to: the job list, compare and notifications filter by it",
+    )
+    tags: list[Annotated[str, Field(pattern=TAG_PATTERN)]] = Field(
+        default_factory=list, max_length=32, description="Labels to find the job by (`baseline`, `lr:0.01`)"
+    )
     recipe: Literal["tabular-classifier"] | None = Field(default=None, description="Built-in recipe")
     command: list[Annotated[str, Field(pattern=NO_NUL_PATTERN)]] | None = Field(
         default=None, min_length=1, description="Command to run instead of a recipe, as argv"
@@ -91,6 +103,12 @@ class JobSpec(BaseModel):
             "and the GPU-selection names the farm sets are refused"
         ),
     )
+
+    @field_validator("tags")
+    @classmethod
+    def _distinct_tags(cls, tags: list[str]) -> list[str]:
+        # In the order given, once each: a tag is a set member, but the order is the user's.
+        return list(dict.fromkeys(tags))
 
     @field_validator("env")
     @classmethod

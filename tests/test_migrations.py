@@ -130,12 +130,16 @@ def test_later_unversioned_databases_are_recognised_and_reach_head(database_url,
     """Databases `create_all` made after 8bdff0f, before migrations: stamped where they are."""
     engine = engine_for(database_url)
     # Today's tables of that era, less what came with migrations (users, tokens, owners: 0004;
-    # the attempt's worker: 0005; fair share: 0006).
+    # the attempt's worker: 0005; fair share: 0006; experiments: 0007).
     SQLModel.metadata.create_all(engine, tables=[SQLModel.metadata.tables[t] for t in adopt.TABLES])
     with Session(engine) as session:
         session.add(Job(queue="gpu", spec={"command": ["true"]}, handbacks=2, warnings=["log cut"]))
         session.commit()
     with engine.begin() as conn:
+        for index in ("notified", "project", "rerun_of", "sweep_id"):  # 0007
+            conn.execute(text(f"DROP INDEX ix_jobs_{index}"))
+        for column in ("project", "tags", "rerun_of", "sweep_id", "trial", "pruning", "notified"):
+            conn.execute(text(f"ALTER TABLE jobs DROP COLUMN {column}"))
         conn.execute(text("DROP INDEX ix_jobs_owner_status_queue"))  # 0006
         conn.execute(text("DROP INDEX ix_job_attempts_status_admitted_at"))
         for column in ("devices", "preemptible", "preemptions", "preempting", "last_preempted_at"):
@@ -497,4 +501,36 @@ def test_jobs_from_before_fair_share_keep_their_place_after_the_upgrade(database
     ]
     assert attempts[1].admitted_at is not None and attempts[3].admitted_at is not None
     assert attempts[2].admitted_at is None and attempts[4].admitted_at is None
+    engine.dispose()
+
+
+def test_jobs_from_before_experiments_are_in_the_default_project_and_their_ends_not_announced(database_url):
+    """0007: every job gets the `default` project and no tags; jobs that had ended count as notified
+    (nobody asked to hear of them), those still queued or running will be announced when they end."""
+    engine = engine_for(database_url)
+    with engine.begin() as conn:
+        command.upgrade(migrations.config(conn), "0006")
+        at = "2026-12-01 10:00:00"
+        for job_id, status in [
+            (1, "succeeded"),
+            (2, "failed"),
+            (3, "cancelled"),
+            (4, "running"),
+            (5, "queued"),
+        ]:
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, status, queue, priority, spec, attempts, cancel_requested, "
+                    "created_at, progress, metrics, handbacks, warnings, devices, preemptible, preemptions) "
+                    f"VALUES ({job_id}, '{status}', 'gpu', 5, '{{}}', 1, false, '{at}', '{{}}', '{{}}', 0, '[]', "
+                    "1, false, 0)"
+                )
+            )
+    init_db(engine)
+    with Session(engine) as session:
+        jobs = sorted(session.exec(select(Job)), key=lambda j: j.id or 0)
+    assert [(j.project, j.tags, j.rerun_of, j.sweep_id, j.pruning) for j in jobs] == [
+        ("default", [], None, None, False)
+    ] * 5
+    assert [j.notified for j in jobs] == [True, True, True, False, False]
     engine.dispose()

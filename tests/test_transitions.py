@@ -18,14 +18,15 @@ from master.transitions import move_attempt, move_job
 from shared.schemas import AttemptOutcome
 from shared.status import ALLOWED, ATTEMPT_ALLOWED, JobStatus, can_move, can_move_attempt
 
-Q, R, S, F, C = (
+Q, R, S, F, C, P = (
     JobStatus.QUEUED,
     JobStatus.RUNNING,
     JobStatus.SUCCEEDED,
     JobStatus.FAILED,
     JobStatus.CANCELLED,
+    JobStatus.PRUNED,
 )
-JOB_MOVES = {(Q, R), (Q, C), (Q, F), (R, S), (R, F), (R, C), (R, Q)}
+JOB_MOVES = {(Q, R), (Q, C), (Q, F), (Q, P), (R, S), (R, F), (R, C), (R, Q), (R, P)}
 ATTEMPT_MOVES = {(Q, R), (Q, C), (Q, F), (R, S), (R, F), (R, C)}
 PAIRS = [(a, b) for a in JobStatus for b in JobStatus]
 

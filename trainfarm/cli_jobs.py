@@ -20,7 +20,7 @@ from trainfarm import bundle, render
 from trainfarm.client import ApiClient
 
 #: `logs -f` exit status by how the job ended; anything else (unknown) is 1 too.
-FOLLOW_EXIT = {"succeeded": 0, "failed": 1, "cancelled": 2}
+FOLLOW_EXIT = {"succeeded": 0, "failed": 1, "cancelled": 2, "pruned": 3}
 LOG_PAGE = 5000
 
 JobId = Annotated[int, typer.Argument(metavar="JOB", help="Job id.", show_default=False)]
@@ -362,7 +362,7 @@ def logs(
 ) -> None:
     """Print a job's log to stdout, every attempt in order.
 
-    With -f, follow it live until the job ends; the exit status then says how it ended: 0 succeeded, 1 failed, 2 cancelled.
+    With -f, follow it live until the job ends; the exit status then says how it ended: 0 succeeded, 1 failed, 2 cancelled, 3 pruned (stopped early by its sweep).
 
     Examples:
       trainfarm logs 42 | grep loss

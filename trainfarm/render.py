@@ -26,6 +26,7 @@ STATUS_STYLES = {
     "succeeded": "green",
     "failed": "red",
     "cancelled": "magenta",
+    "pruned": "blue",
 }
 
 

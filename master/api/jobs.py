@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -25,7 +26,7 @@ from master.auth.callers import Caller
 from master.auth.permissions import Visibility, check_may_change, sees_details
 from master.fairshare.submission import check_priority, check_queued_cap
 from master.fairshare.view import wait_reasons
-from master.lifecycle import cancel_job, check_code, submit_jobs
+from master.lifecycle import Origin, cancel_job, check_code, submit_jobs
 from master.metrics import JOBS_SUBMITTED
 from master.models import (
     AttemptPublic,
@@ -35,11 +36,13 @@ from master.models import (
     JobMetric,
     JobPublic,
     JobsPublic,
+    JobTag,
     MetricPublic,
 )
 from master.placement import check_fits
 from master.state import MasterState
-from shared.schemas import JobSpec
+from shared.errors import InvalidRequest
+from shared.schemas import NAME_PATTERN, TAG_PATTERN, JobSpec
 from shared.status import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=documented(400, 401, 403, 404, 409, 422, 503))
@@ -73,13 +76,18 @@ def public_job(job: Job, caller: Caller, visibility: Visibility, wait_reason: st
     )
 
 
-def _store(
-    session: Session, state: MasterState, specs: list[JobSpec], caller: Caller, request: Request
+def store_jobs(
+    session: Session,
+    state: MasterState,
+    specs: list[JobSpec],
+    caller: Caller,
+    request: Request,
+    origins: list[Origin] | None = None,
 ) -> list[JobPublic]:
     """Store validated jobs and let admission decide on them; the answer says, for each, whether it
     was sent to its queue or why it waits."""
     check_queued_cap(session, state.settings, caller.name, specs)
-    stored = submit_jobs(session, specs, caller.name, client_address(request))
+    stored = submit_jobs(session, specs, caller.name, client_address(request), origins)
     state.admitter.submitted(attempt.id for _, attempt in stored if attempt.id is not None)
     for spec in specs:
         JOBS_SUBMITTED.labels(spec.queue).inc()
@@ -98,7 +106,7 @@ def submit_job(
     check_priority(caller, spec, state.settings.member_max_priority)
     check_fits(spec, state.capacities.largest(session))
     check_code(state.store, [spec])
-    [job] = _store(session, state, [spec], caller, request)
+    [job] = store_jobs(session, state, [spec], caller, request)
     return job
 
 
@@ -112,7 +120,7 @@ def submit_batch(
         check_priority(caller, spec, state.settings.member_max_priority, field=f"jobs[{i}].priority")
         check_fits(spec, largest, field=f"jobs[{i}].devices")
     check_code(state.store, batch.jobs, batch=True)
-    return _store(session, state, batch.jobs, caller, request)
+    return store_jobs(session, state, batch.jobs, caller, request)
 
 
 @router.get("", response_model=JobsPublic)
@@ -129,8 +137,19 @@ def list_jobs(
     owner: Annotated[
         str | None, Query(pattern=OWNER_FILTER, description="A user's name, or `me` for your own jobs")
     ] = None,
+    project: Annotated[
+        str | None, Query(pattern=NAME_PATTERN, description="Only this project's jobs")
+    ] = None,
+    tag: Annotated[
+        list[str] | None,
+        Query(
+            max_length=8, description="Only jobs carrying this tag; repeat it for jobs carrying all of them"
+        ),
+    ] = None,
+    sweep: Annotated[int | None, Query(ge=1, le=MAX_INT64, description="Only this sweep's trials")] = None,
 ) -> JobsPublic:
-    """Jobs, newest first, filtered by status, queue and owner, one page at a time."""
+    """Jobs, newest first, filtered by status, queue, owner, project, tags and sweep, one page at a
+    time."""
     query = select(Job).order_by(col(Job.id).desc()).limit(limit + 1)
     if status is not None:
         query = query.where(Job.status == status)
@@ -140,6 +159,16 @@ def list_jobs(
         query = query.where(col(Job.id) < before)
     if owner is not None:
         query = query.where(Job.owner == (caller.name if owner == "me" else owner))
+    if project is not None:
+        query = query.where(Job.project == project)
+    if sweep is not None:
+        query = query.where(Job.sweep_id == sweep)
+    for i, wanted in enumerate(tag or []):
+        if not re.fullmatch(TAG_PATTERN, wanted):
+            raise InvalidRequest(
+                f"tag {wanted[:64]!r} is not a tag (letters, digits, . _ : + -)", field=f"tag[{i}]"
+            )
+        query = query.where(col(Job.id).in_(select(JobTag.job_id).where(JobTag.tag == wanted)))
     rows = list(session.exec(query))
     page = rows[:limit]
     more = len(rows) > limit
@@ -162,7 +191,8 @@ def get_job(job: JobDep, session: SessionDep, caller: CallerDep, state: StateDep
         attempt_list = [
             a.model_copy(update={"error": None, "info": {}, "log_key": None}) for a in attempt_list
         ]
-    return JobDetail.model_validate({**public.model_dump(), "attempt_list": attempt_list})
+    reruns = list(session.exec(select(Job.id).where(Job.rerun_of == job.id).order_by(col(Job.id))))
+    return JobDetail.model_validate({**public.model_dump(), "attempt_list": attempt_list, "reruns": reruns})
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)

@@ -5,7 +5,7 @@ import { renderChart, seriesFromHistory } from "./chart.js";
 import { LogView } from "./logs.js";
 import { mayCancel } from "./session.js";
 
-const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const TERMINAL = new Set(["succeeded", "failed", "cancelled", "pruned"]);
 const METRICS_PAGE = 10000;
 
 export class JobDetail {

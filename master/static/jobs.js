@@ -5,7 +5,7 @@ import { mayCancel } from "./session.js";
 
 const PAGE = 50;
 const MAX_REFRESH = 500;
-export const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
+export const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "pruned"];
 
 export class JobsTable {
   constructor({ tbody, statusFilter, queueFilter, mineFilter, olderBtn, info, onSelect, onCancel }) {

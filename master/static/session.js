@@ -3,7 +3,7 @@
 
 import { api } from "./api.js";
 
-const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const TERMINAL = new Set(["succeeded", "failed", "cancelled", "pruned"]);
 
 // {name, role, auth_enabled, job_visibility}, as GET /api/auth/me answers; null when signed out.
 export const me = { current: null };

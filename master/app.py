@@ -22,6 +22,7 @@ from master.api import (
     audit,
     auth,
     code,
+    compare,
     datasets,
     errors,
     fairshare,
@@ -31,8 +32,10 @@ from master.api import (
     logs,
     nodes,
     reruns,
+    sweeps,
     tokens,
     users,
+    webhooks,
 )
 from master.api.deps import get_caller
 from master.background import start_loops
@@ -137,7 +140,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Every route of these needs a token or a session (a test walks the OpenAPI schema to hold us
     # to it); the login routes and /api/health are the only ones open.
     signed_in = [Depends(get_caller)]
-    routers = (jobs, reruns, logs, artifacts, datasets, code, nodes, tokens, users, limits, fairshare, audit)
+    routers = (
+        *(jobs, reruns, compare, sweeps, webhooks, logs, artifacts, datasets, code, nodes),
+        *(tokens, users, limits, fairshare, audit),
+    )
     for module in routers:
         app.include_router(module.router, prefix="/api", dependencies=signed_in)
     app.include_router(auth.router, prefix="/api")

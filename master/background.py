@@ -1,4 +1,5 @@
-"""The master's background loops: apply events, publish missed attempts, sync node heartbeats."""
+"""The master's background loops: apply events, publish missed attempts, sync node heartbeats, drive
+sweeps, send notifications, mirror jobs to MLflow."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from sqlmodel import Session
 
 from master.events import EventConsumer
 from master.metrics import LOOP_ERRORS
+from master.mlflow_mirror.mirror import MlflowMirror
 from master.nodes import sync_nodes
+from master.notify.notifier import Notifier
 from master.reaper import LeaseReaper
 from master.state import MasterState
+from master.sweeps.driver import SweepDriver
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +120,13 @@ def start_loops(
         Loop("published-marks", dispatcher.marks.flush, interval=0.1),
         # As often as workers beat (at most every 2 s): a new node's slots are seen at its first beat.
         Loop("node-sync", sync, interval=min(2.0, settings.heartbeat_interval)),
+        Loop("sweeps", SweepDriver(state).round, interval=settings.sweep_interval),
+        # Deliveries wait on receivers (up to webhook_timeout each): a thread of their own, so a
+        # slow receiver never holds up events, sweeps or admission.
+        Loop("notifier", Notifier(engine, settings).round, interval=0.5),
     ]
+    if settings.mlflow_tracking_uri:
+        loops.append(Loop("mlflow-mirror", MlflowMirror(engine, settings).round, interval=1.0))
     for loop in loops:
         loop.start()
     return loops

@@ -130,6 +130,33 @@ class Settings(BaseSettings):
     #: behind the changes it is told of (submissions, ends, nodes, caps).
     admission_resync_interval: float = Field(default=30.0, gt=0)
 
+    # Experiments (master/sweeps/, master/notify/, master/mlflow_mirror/)
+    #: Seconds between the sweep driver's rounds (prune, suggest, start trials).
+    sweep_interval: float = Field(default=1.0, gt=0, le=60)
+    #: Tries a webhook delivery gets, with doubling waits from `webhook_retry_base` seconds (capped
+    #: at an hour), before it is marked failed in its delivery log.
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50)
+    webhook_retry_base: float = Field(default=5.0, gt=0, le=3600)
+    #: Seconds a receiver gets to answer one delivery.
+    webhook_timeout: float = Field(default=10.0, gt=0, le=120)
+    #: Whether webhooks may point at loopback, private and link-local addresses. Off, a member
+    #: cannot make the master send requests into the lab's own network (its Redis, its metadata
+    #: service); a standalone farm on one machine turns it on.
+    webhook_allow_private: bool = False
+    #: Email notifications: the SMTP server (unset: email webhooks are refused), its port, the
+    #: sender, and credentials; `smtp_starttls` upgrades the connection before logging in.
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_from: str = "trainfarm@localhost"
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = True
+    #: An MLflow tracking server (`http://mlflow:5000`): every job is mirrored to a run in it, in the
+    #: background. Unset: no mirror.
+    mlflow_tracking_uri: str | None = Field(default=None, repr=False)
+    #: The MLflow experiment jobs go to is named after their project, with this prefix.
+    mlflow_experiment_prefix: str = "trainfarm/"
+
     # Object storage
     s3_endpoint: str = "127.0.0.1:9000"
     s3_access_key: str = "trainfarm"
@@ -274,9 +301,9 @@ class Settings(BaseSettings):
                 f"({s3_host}); TRAINFARM_ALLOW_INSECURE='[\"s3\"]' opts out"
             )
 
-    @field_serializer("database_url", "redis_url", when_used="json")
-    def _redact(self, url: str) -> str:
-        return redact_url(url)
+    @field_serializer("database_url", "redis_url", "mlflow_tracking_uri", when_used="json")
+    def _redact(self, url: str | None) -> str | None:
+        return None if url is None else redact_url(url)
 
     @property
     def signing_key_path(self) -> Path:
@@ -317,7 +344,7 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 values[name] = value.get_secret_value()
-            elif name in ("database_url", "redis_url"):
+            elif name in ("database_url", "redis_url", "mlflow_tracking_uri"):
                 values[name] = value
         # pydantic-settings reads list fields as JSON.
         return {

@@ -1,6 +1,6 @@
 """The `trainfarm` command: the app, its global options and error handling; commands live in
 `cli_jobs`, `cli_data`, `cli_fairshare`, `cli_auth` (login, tokens), `cli_users` (users, limits,
-audit) and `cli_admin`, the
+audit), `cli_experiments` (compare, rerun), `cli_sweeps`, `cli_webhooks` and `cli_admin`, the
 farm-running ones in `standalone`."""
 
 from __future__ import annotations
@@ -15,7 +15,18 @@ from typer.core import TyperGroup
 
 from shared.errors import TrainfarmError
 from shared.settings import Settings, get_settings
-from trainfarm import cli_admin, cli_auth, cli_data, cli_db, cli_fairshare, cli_jobs, cli_users
+from trainfarm import (
+    cli_admin,
+    cli_auth,
+    cli_data,
+    cli_db,
+    cli_experiments,
+    cli_fairshare,
+    cli_jobs,
+    cli_sweeps,
+    cli_users,
+    cli_webhooks,
+)
 from trainfarm.client import ApiClient, ApiError
 from trainfarm.token_store import find_token
 
@@ -103,6 +114,9 @@ app.add_typer(cli_auth.tokens, name="tokens")
 app.add_typer(cli_users.users, name="users")
 app.command()(cli_users.audit)
 app.add_typer(cli_admin.admin, name="admin")
+cli_experiments.register(app)
+app.add_typer(cli_sweeps.sweep, name="sweep")
+app.add_typer(cli_webhooks.webhooks, name="webhooks")
 
 
 def main() -> None:

@@ -165,6 +165,11 @@ class ApiClient:
             # Something answers at that address, but not a trainfarm master.
             raise ApiError(response.status_code, f"{response.url} did not answer with JSON") from None
 
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One request to the API (`path` under /api), its JSON answer; errors as ApiError. The
+        commands of one feature (sweeps, webhooks) keep their calls beside them with this."""
+        return self._call(method, path, **kwargs)
+
     # Jobs -----------------------------------------------------------------------------------------
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Mirroring every job to an MLflow tracking server, in the background."""

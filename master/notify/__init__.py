@@ -1,0 +1,1 @@
+"""Telling people when jobs and sweeps end: signed webhooks, Slack payloads and email."""

@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps: trials suggested by Optuna, pruned early, run as ordinary jobs."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -64,6 +64,19 @@ def _ensure_bucket(state: MasterState) -> None:
     state.store.ensure_bucket()
 
 
+#: Seconds each asynchronous part gets to stop at shutdown.
+STOP_TIMEOUT = 5.0
+
+
+async def _bounded(step: Awaitable[object], what: str) -> None:
+    """Await one shutdown step for at most STOP_TIMEOUT: a Redis connection left stuck by a
+    cancelled read must not keep the master from exiting (seen once in a test farm's teardown)."""
+    try:
+        await asyncio.wait_for(step, STOP_TIMEOUT)
+    except TimeoutError:
+        log.warning("%s did not stop within %.0fs; shutting down without waiting for it", what, STOP_TIMEOUT)
+
+
 def _host_patterns(hosts: list[str]) -> list[str]:
     # An IPv6 host may be written with or without its brackets; accept both spellings.
     return sorted({h.lower() for h in hosts} | {h.lower().strip("[]") for h in hosts})
@@ -100,10 +113,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             grace=settings.lease_grace or 0.0,
             meter=state.meter,
         )
-        # The admitter thread publishes a job moments after its 201, through many short waits on
-        # SQLite and Redis, each of which must win the GIL back from the request threads: with
-        # Python's default 5 ms switch interval that cost a submission 25 ms at p50 on an idle
-        # farm, 16 ms with 0.5 ms (bench/dispatch.py).
+        # The admitter thread (which decides whenever a request could not: a decision was under
+        # way, a slot came free) works through many short waits on SQLite and Redis, each of which
+        # must win the GIL back from the request threads: with Python's default 5 ms switch
+        # interval that cost a dispatch 25 ms at p50 on an idle farm, 16 ms with 0.5 ms
+        # (bench/dispatch.py, measured before submissions were decided in their own requests).
         sys.setswitchinterval(ADMISSION_SWITCH_INTERVAL)
         state.admitter.start()
         loops = start_loops(consumer, reaper, state, engine)
@@ -120,13 +134,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.admitter.stop()
             for task in auth_tasks:
                 task.cancel()
-            await asyncio.gather(*auth_tasks, return_exceptions=True)
+            await _bounded(asyncio.gather(*auth_tasks, return_exceptions=True), "the access watchers")
             try:
                 state.dispatcher.marks.flush()  # what the loop had not written yet
             except Exception:  # the sweep publishes those again; leases keep it to one run
                 log.exception("could not record the last published attempts")
-            await state.hub.stop()  # open live-log streams close; their clients reconnect
-            await state.aredis.aclose()
+            # Open live-log streams close; their clients reconnect.
+            await _bounded(state.hub.stop(), "the live-log hub")
+            await _bounded(state.aredis.aclose(), "the Redis client")
             state.broker.close()
             engine.dispose()
 

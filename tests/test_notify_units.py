@@ -1,0 +1,280 @@
+"""Fast tests of the notifier's decisions: payloads, signatures, the retry schedule, the SSRF
+guard and secret encryption; no service runs."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from master.models import Job, Sweep, Webhook, WebhookDelivery
+from master.notify import outbox, signature
+from master.notify.backoff import MAX_DELAY, retry_delay
+from master.notify.payloads import EVENTS, job_body, slack_body, summary, sweep_body
+from master.notify.secrets import PREFIX, SecretBox, SecretUnreadable, new_secret
+from master.notify.sender import body_bytes, http_outcome
+from master.notify.targets import TargetRefused, check_url, is_internal, system_resolver
+from shared.settings import Settings
+from shared.signing import new_private_key
+from shared.status import JobStatus
+
+API = "https://farm.example.com"
+
+
+def guard_settings(tmp_path: Path, **extra: object) -> Settings:
+    return Settings(data_dir=tmp_path, **extra)  # type: ignore[arg-type]
+
+
+def ended_job(**extra: object) -> Job:
+    values: dict[str, object] = {
+        "id": 12,
+        "name": "digits",
+        "queue": "cpu",
+        "owner": "alice",
+        "project": "vision",
+        "tags": ["baseline"],
+        "status": JobStatus.FAILED,
+        "spec": {},
+        "error": "ValueError: lr must be positive\nTraceback (most recent call last): ...",
+        "started_at": datetime(2026, 12, 3, 10, 0, tzinfo=UTC),
+        "finished_at": datetime(2026, 12, 3, 10, 5, tzinfo=UTC),
+        "metrics": {"val_acc": 0.9512, "epoch": 3},
+    }
+    return Job(**{**values, **extra})  # type: ignore[arg-type]
+
+
+# Payloads ---------------------------------------------------------------------------------------
+
+
+def test_job_body_carries_what_a_receiver_needs() -> None:
+    body = job_body(ended_job(), "job.failed", API)
+    assert body["event"] == "job.failed"
+    job = body["job"]
+    assert (job["id"], job["name"], job["owner"], job["project"], job["tags"]) == (
+        12,
+        "digits",
+        "alice",
+        "vision",
+        ["baseline"],
+    )
+    assert job["status"] == "failed"
+    assert job["error"] == "ValueError: lr must be positive"  # the first line only
+    assert job["started_at"] == "2026-12-03T10:00:00+00:00"
+    assert job["finished_at"] == "2026-12-03T10:05:00+00:00"
+    assert job["metrics"] == {"val_acc": 0.9512, "epoch": 3}
+    assert job["url"] == f"{API}/#job-12"
+    json.dumps(body)  # storable as the delivery's payload
+
+
+def test_sweep_body_and_summary() -> None:
+    sweep = Sweep(
+        id=3, name="lr-search", owner="alice", project="vision", status="succeeded", spec={}, best_trial=4,
+        best_job_id=40, best_value=0.125,
+    )  # fmt: skip
+    body = sweep_body(sweep, {"complete": 5, "pruned": 2}, API)
+    assert body["event"] == "sweep.ended"
+    assert body["sweep"]["best_trial"] == 4 and body["sweep"]["best_value"] == 0.125
+    assert body["sweep"]["counts"] == {"complete": 5, "pruned": 2}
+    assert summary(body) == "sweep 3 (lr-search) succeeded, best trial 4 = 0.125"
+
+
+def test_slack_body_links_the_job_and_escapes_markup() -> None:
+    body = job_body(ended_job(name=None, error="x < y & z"), "job.failed", API)
+    text = slack_body(body)["text"]
+    assert text.startswith(f"<{API}/#job-12|job 12 failed: x &lt; y &amp; z>")
+    assert "project: vision" in text and "val_acc=0.9512" in text
+    assert body_bytes("slack", body) == json.dumps({"text": text}, separators=(",", ":")).encode()
+
+
+# Signatures -------------------------------------------------------------------------------------
+
+
+def test_signature_verifies_and_rejects_tampering() -> None:
+    secret, body = new_secret(), b'{"event":"job.succeeded"}'
+    headers = signature.headers(secret, 1_800_000_000, body, "job.succeeded", 7)
+    sig = headers[signature.SIGNATURE_HEADER]
+    assert sig.startswith("sha256=") and len(sig) == 7 + 64
+    assert headers[signature.DELIVERY_HEADER] == "7" and headers[signature.EVENT_HEADER] == "job.succeeded"
+    now = 1_800_000_010
+    assert signature.verify(secret, "1800000000", body, sig, now)
+    assert not signature.verify(secret, "1800000000", body + b" ", sig, now)
+    assert not signature.verify(new_secret(), "1800000000", body, sig, now)
+    assert not signature.verify(secret, "1800000001", body, sig, now)  # the timestamp is signed too
+    assert not signature.verify(secret, "1800000000", body, sig, now + 3600)  # too old: a replay
+
+
+def test_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
+    import hashlib
+    import hmac
+
+    expected = hmac.new(b"whsec_k", b"100.{}", hashlib.sha256).hexdigest()
+    assert signature.sign("whsec_k", 100, b"{}") == f"sha256={expected}"
+
+
+# Retry schedule ---------------------------------------------------------------------------------
+
+
+def test_backoff_doubles_from_the_base_and_caps_at_an_hour() -> None:
+    assert [retry_delay(n, 5.0, rand=lambda: 0.0) for n in (1, 2, 3, 4)] == [5.0, 10.0, 20.0, 40.0]
+    assert retry_delay(20, 5.0, rand=lambda: 0.0) == MAX_DELAY
+    # Jitter only shortens, by at most a quarter: never past the cap, never below 3/4 of it.
+    assert retry_delay(3, 5.0, rand=lambda: 1.0) == 15.0
+    assert 0.75 * MAX_DELAY <= retry_delay(30, 5.0) <= MAX_DELAY
+
+
+def test_only_2xx_is_delivered_and_redirects_are_not_followed() -> None:
+    import httpx
+
+    assert http_outcome(httpx.Response(204)).delivered
+    failed = http_outcome(httpx.Response(500))
+    assert not failed.delivered and failed.code == 500 and failed.error == "HTTP 500 from the receiver"
+    moved = http_outcome(httpx.Response(302))
+    assert not moved.delivered and "redirects are not followed" in (moved.error or "")
+
+
+# SSRF guard -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:6379/",
+        "http://10.0.0.5/hook",
+        "http://192.168.1.1/",
+        "http://172.16.0.1/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://0.0.0.0/",
+        "http://224.0.0.1/",
+        "http://240.0.0.1/",
+        "http://[::1]/",
+        "http://[fe80::1]/",
+        "http://[fc00::1]/",
+        "http://[::ffff:127.0.0.1]/",  # IPv4-mapped: loopback in disguise
+        "http://[::]/",
+        "http://[ff02::1]/",
+        "http://localhost:8000/",  # a name that resolves to 127.0.0.1
+    ],
+)
+def test_internal_targets_are_refused(tmp_path: Path, url: str) -> None:
+    with pytest.raises(TargetRefused, match="inside the farm's network"):
+        check_url(url, guard_settings(tmp_path))
+
+
+def test_a_name_resolving_inside_is_refused(tmp_path: Path) -> None:
+    def rebinding(host: str, port: int) -> list[str]:
+        return ["93.184.216.34", "127.0.0.1"]  # one public address is not enough: all are checked
+
+    with pytest.raises(TargetRefused):
+        check_url("https://hooks.example.com/x", guard_settings(tmp_path), rebinding)
+
+
+def test_public_targets_are_pinned_to_the_vetted_address(tmp_path: Path) -> None:
+    target = check_url(
+        "https://hooks.example.com/x", guard_settings(tmp_path), lambda host, port: ["93.184.216.34"]
+    )
+    assert target is not None and target.pinned == "93.184.216.34" and target.host == "hooks.example.com"
+    literal = check_url("http://[2606:4700::1111]/", guard_settings(tmp_path))
+    assert literal is not None and literal.pinned == "2606:4700::1111"
+
+
+def test_allow_private_lets_loopback_through_unpinned(tmp_path: Path) -> None:
+    target = check_url("http://127.0.0.1:9/", guard_settings(tmp_path, webhook_allow_private=True))
+    assert target is not None and target.pinned is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ftp://example.com/", "file:///etc/passwd", "gopher://x/", "http:///nohost", "https://u:p@example.com/"],
+)
+def test_other_schemes_and_shapes_are_refused(tmp_path: Path, url: str) -> None:
+    with pytest.raises(TargetRefused):
+        check_url(url, guard_settings(tmp_path, webhook_allow_private=True))
+
+
+def test_mailto_needs_smtp_and_one_plain_address(tmp_path: Path) -> None:
+    with pytest.raises(TargetRefused, match="SMTP"):
+        check_url("mailto:alice@example.com", guard_settings(tmp_path))
+    mail = guard_settings(tmp_path, smtp_host="smtp.example.com")
+    assert check_url("mailto:alice@example.com", mail) is None
+    for bad in (
+        "mailto:",
+        "mailto:alice",
+        "mailto:a@b.c,b@c.d",
+        "mailto:a@b.c?cc=x@y.z",
+        "mailto:a@b.c\r\nBcc: x",
+    ):
+        with pytest.raises(TargetRefused):
+            check_url(bad, mail)
+
+
+def test_unresolvable_host_is_refused() -> None:
+    with pytest.raises(TargetRefused, match="does not resolve"):
+        system_resolver("no-such-host.invalid", 443)
+
+
+def test_is_internal_knows_public_addresses() -> None:
+    import ipaddress
+
+    assert not is_internal(ipaddress.ip_address("93.184.216.34"))
+    assert not is_internal(ipaddress.ip_address("2606:4700::1111"))
+    assert is_internal(ipaddress.ip_address("100.64.0.1"))  # carrier-grade NAT: not reachable from outside
+
+
+# Secrets ----------------------------------------------------------------------------------------
+
+
+def test_secret_round_trip_and_another_key_cannot_read_it() -> None:
+    secret = new_secret()
+    assert secret.startswith(PREFIX) and len(secret) > len(PREFIX) + 40
+    key = new_private_key()
+    sealed = SecretBox(key).seal(secret)
+    assert secret not in sealed
+    assert SecretBox(key).open(sealed) == secret  # derived again from the same key: same box
+    with pytest.raises(SecretUnreadable):
+        SecretBox(new_private_key()).open(sealed)
+    assert "whsec" not in repr(SecretBox(key))
+
+
+# Outbox -----------------------------------------------------------------------------------------
+
+
+def test_outbox_queues_matching_webhooks_once(engine: Engine) -> None:
+    with Session(engine) as session:
+        hooks = [
+            Webhook(owner="alice", url="https://a.example/", events=list(EVENTS)),
+            Webhook(owner="alice", project="vision", url="https://b.example/", events=["job.failed"]),
+            Webhook(owner="alice", project="nlp", url="https://c.example/", events=list(EVENTS)),
+            Webhook(owner="alice", url="https://d.example/", events=["job.succeeded"]),
+            Webhook(owner="bob", url="https://e.example/", events=list(EVENTS)),
+        ]
+        session.add_all(hooks)
+        session.add(ended_job(id=None))
+        session.add(Job(queue="cpu", owner="alice", spec={}, status=JobStatus.RUNNING))
+        session.commit()
+        assert outbox.collect(session, API) == 2
+        assert outbox.collect(session, API) == 0  # announced once
+        rows = session.exec(select(WebhookDelivery).order_by(WebhookDelivery.webhook_id)).all()
+        assert [r.webhook_id for r in rows] == [hooks[0].id, hooks[1].id]
+        assert {r.event for r in rows} == {"job.failed"} and rows[0].payload["job"]["project"] == "vision"
+        running = session.exec(select(Job).where(Job.status == JobStatus.RUNNING)).one()
+        assert not running.notified  # announced when it ends, not before
+
+
+def test_outbox_skips_a_job_another_master_claimed(engine: Engine) -> None:
+    with Session(engine) as session:
+        session.add(Webhook(owner="alice", url="https://a.example/", events=list(EVENTS)))
+        session.add(ended_job(id=None))
+        session.commit()
+        with Session(engine) as other:
+            assert outbox._claim(other, Job, 1)
+            other.commit()
+        assert outbox.collect(session, API) == 0
+        assert session.exec(select(WebhookDelivery)).all() == []
+
+
+def test_system_resolver_resolves_localhost() -> None:
+    assert {"127.0.0.1", "::1"} & set(system_resolver("localhost", 80))

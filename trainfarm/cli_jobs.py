@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import click
 import typer
+from rich.table import Table
 from typer._click import Context  # typer ships its own click: this is what commands receive
 from typer.core import TyperCommand
 
@@ -191,6 +192,14 @@ def submit(
         int | None, typer.Option(metavar="N", help="Retries after a failed attempt.  \\[default: 2]")
     ] = None,
     name: Annotated[str | None, typer.Option(metavar="NAME", help="Display name.")] = None,
+    project_name: Annotated[
+        str | None,
+        typer.Option("--project", metavar="NAME", help="Project the job belongs to.  \\[default: default]"),
+    ] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", "-t", metavar="TAG", help="Label to find the job by (repeatable)."),
+    ] = None,
     image: Annotated[
         str | None, typer.Option(metavar="IMAGE", help="Run in this Docker image (no network in it).")
     ] = None,
@@ -237,6 +246,7 @@ def submit(
       trainfarm submit -f --queue cpu --hp hidden=[64,32] -- python train.py
       trainfarm submit --recipe tabular-classifier -d digits.csv --hp target=label
       trainfarm submit --spec job.json --priority 9
+      trainfarm submit --project mnist --tag baseline --tag lr-sweep -- python train.py
     """
     api: ApiClient = ctx.obj
     project, command = split_words(ctx, words or [])
@@ -264,6 +274,8 @@ def submit(
         "timeout": timeout,
         "max_retries": retries,
         "name": name,
+        "project": project_name,
+        "tags": tag or None,
         "image": image,
         "environment": env,
         "memory_mb": memory,
@@ -291,6 +303,15 @@ def jobs(
         str | None, typer.Option("--owner", metavar="NAME", help="Only jobs this user submitted.")
     ] = None,
     mine: Annotated[bool, typer.Option("--mine", help="Only jobs you submitted.")] = False,
+    project: Annotated[
+        str | None, typer.Option("--project", metavar="NAME", help="Only this project's jobs.")
+    ] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tag", "-t", metavar="TAG", help="Only jobs carrying this tag (repeatable: all of them)."
+        ),
+    ] = None,
 ) -> None:
     """List jobs, newest first.
 
@@ -302,6 +323,7 @@ def jobs(
       trainfarm jobs --all --status failed
       trainfarm jobs --mine
       trainfarm jobs --owner alice
+      trainfarm jobs --project mnist --tag baseline
     """
     if owner is not None and mine:
         raise TrainfarmError("give --owner or --mine, not both", field="--owner")
@@ -309,9 +331,9 @@ def jobs(
     state = status.value if status else None
     who = "me" if mine else owner
     if every:
-        items, more = list(api.iter_jobs(state, queue, owner=who)), False
+        items, more = list(api.iter_jobs(state, queue, owner=who, project=project, tags=tag)), False
     else:
-        page = api.list_jobs(state, queue, limit, owner=who)
+        page = api.list_jobs(state, queue, limit, owner=who, project=project, tags=tag)
         items, more = page["items"], page["next_before"] is not None
     if not items:
         click.echo("no jobs", err=True)
@@ -335,6 +357,9 @@ def show(ctx: typer.Context, job_id: JobId) -> None:
     artifacts = [] if job.get("details_hidden") else api.list_artifacts(job_id)
     out = render.console()
     out.print(render.job_summary(job))
+    origin = origin_table(job)
+    if origin.row_count:
+        out.print(origin)
     if job["attempt_list"]:
         out.print()
         out.print(render.attempts_table(job["attempt_list"]))
@@ -348,6 +373,27 @@ def show(ctx: typer.Context, job_id: JobId) -> None:
         out.print()
         out.print("log tail:", style="bold")
         out.print(job["log_tail"], markup=False)
+
+
+def origin_table(job: dict[str, Any]) -> Table:
+    """`show`'s lines on where the job belongs and comes from: project, tags, re-runs, sweep."""
+    table = Table(box=None, show_header=False, pad_edge=False)
+    # As wide as the summary's keys above, so the two read as one block.
+    table.add_column(style="bold", no_wrap=True, min_width=len("hyperparameters"))
+    table.add_column()
+    rows = [("project", job.get("project") or "-"), ("tags", ", ".join(job.get("tags") or []) or "-")]
+    lineage = []
+    if job.get("rerun_of") is not None:
+        lineage.append(f"re-run of job {job['rerun_of']}")
+    if job.get("reruns"):
+        lineage.append("re-runs: " + ", ".join(str(i) for i in job["reruns"]))
+    rows += [("origin" if i == 0 else "", line) for i, line in enumerate(lineage)]
+    if job.get("sweep_id") is not None:
+        trial = f", trial {job['trial']}" if job.get("trial") is not None else ""
+        rows.append(("sweep", f"sweep {job['sweep_id']}{trial}"))
+    for key, value in rows:
+        render.add_row(table, key, value)
+    return table
 
 
 def logs(

@@ -185,9 +185,20 @@ class ApiClient:
         limit: int = 50,
         before: int | None = None,
         owner: str | None = None,
+        project: str | None = None,
+        tags: list[str] | None = None,
     ) -> dict[str, Any]:
-        """One page of jobs; `owner` is a user's name, or `me` for the caller's own."""
-        params = {"status": status, "queue": queue, "limit": limit, "before": before, "owner": owner}
+        """One page of jobs; `owner` is a user's name, or `me` for the caller's own; a job must carry
+        every one of `tags`."""
+        params: dict[str, Any] = {
+            "status": status,
+            "queue": queue,
+            "limit": limit,
+            "before": before,
+            "owner": owner,
+            "project": project,
+            "tag": tags or None,
+        }
         return self._call("GET", "/jobs", params={k: v for k, v in params.items() if v is not None})
 
     def iter_jobs(
@@ -196,11 +207,13 @@ class ApiClient:
         queue: str | None = None,
         page_size: int = 100,
         owner: str | None = None,
+        project: str | None = None,
+        tags: list[str] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Every matching job, newest first, following `next_before` from page to page."""
         before = None
         while True:
-            page = self.list_jobs(status, queue, page_size, before, owner)
+            page = self.list_jobs(status, queue, page_size, before, owner, project, tags)
             yield from page["items"]
             before = page["next_before"]
             if before is None:
@@ -214,6 +227,19 @@ class ApiClient:
 
     def metrics(self, job_id: int, limit: int = 1000, offset: int = 0) -> list[dict[str, Any]]:
         return self._call("GET", f"/jobs/{job_id}/metrics", params={"limit": limit, "offset": offset})
+
+    def rerun(self, job_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+        """Submit the job again with `changes` to its spec; the new job records where it came from."""
+        return self._call("POST", f"/jobs/{job_id}/rerun", json={"changes": changes})
+
+    def compare(
+        self, job_ids: list[int], x: str = "step", points: int = 500, metrics: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Several jobs side by side: series per metric, spec fields, final metrics (GET /api/compare)."""
+        params: dict[str, Any] = {"jobs": ",".join(str(i) for i in job_ids), "x": x, "points": points}
+        if metrics:
+            params["metric"] = metrics
+        return self._call("GET", "/compare", params=params)
 
     # Logs -----------------------------------------------------------------------------------------
 

@@ -5,21 +5,20 @@ admins' users page, and no Content-Security-Policy violation anywhere on the way
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
 
 from shared.settings import Settings
-from tests.conftest import ON_CI, wait_status
+from tests.browser_support import OpenPage, PageWatch, browser_pages, screenshot
+from tests.browser_support import log_in as _log_in
+from tests.browser_support import token_for as _token_for
+from tests.conftest import wait_status
 from trainfarm.services.farm import MasterProcess, WorkerProcess
 
-CHROMIUM = "/usr/bin/chromium"
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-SCREENSHOT = "/tmp/dashboard.png"
 #: Markup in a log line must show as these characters, never become an element.
 MARKUP = "<img src=x id=injected>"
 #: A command job that prints a numbered line every 0.3 s for a minute (long enough to watch and
@@ -36,27 +35,6 @@ for i in range(1, 201):
 """
 SLOW_PRINTER = json.dumps(["python", "-c", PRINTER_SOURCE])
 BOBS_JOB_NAME = "bobs-job"
-#: What the page records of every CSP violation; injected before any script of the page runs.
-RECORD_VIOLATIONS = """
-window.__csp = [];
-document.addEventListener("securitypolicyviolation", (e) => {
-  window.__csp.push(`${e.violatedDirective} blocked ${e.blockedURI} (${e.sourceFile}:${e.lineNumber})`);
-});
-"""
-
-
-def _browser_or_skip() -> None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError as err:  # pragma: no cover - requirements.txt pins it
-        problem = f"playwright is not installed ({err})"
-    else:
-        if shutil.which(CHROMIUM):
-            return
-        problem = f"{CHROMIUM} not found (scripts/bootstrap installs Debian's chromium as root)"
-    if ON_CI:
-        pytest.fail(problem)
-    pytest.skip(f"LOUD SKIP: {problem}; the browser test did not run")
 
 
 @pytest.fixture
@@ -65,60 +43,11 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"job_visibility": "own"})
 
 
-@dataclass
-class PageWatch:
-    """What went wrong in a page that was not a failed request: CSP reports and uncaught errors."""
-
-    console_csp: list[str] = field(default_factory=list)
-    page_errors: list[str] = field(default_factory=list)
-
-    def check(self, page: Any) -> None:
-        events = page.evaluate("window.__csp")
-        assert events == [], f"CSP violations (securitypolicyviolation): {events}"
-        assert self.console_csp == [], f"CSP violations (console): {self.console_csp}"
-        assert self.page_errors == [], f"uncaught errors in the page: {self.page_errors}"
-
-
 @pytest.fixture
-def open_page() -> Iterator[Callable[[str], tuple[Any, PageWatch]]]:
+def open_page() -> Iterator[OpenPage]:
     """A fresh browser context (its own cookies) per call, with a page at `url` being watched."""
-    _browser_or_skip()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-
-        def open_at(url: str) -> tuple[Any, PageWatch]:
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            context.set_default_timeout(30_000)
-            page = context.new_page()
-            watch = PageWatch()
-            page.add_init_script(RECORD_VIOLATIONS)
-            page.on(
-                "console",
-                lambda m: watch.console_csp.append(m.text) if "Content Security Policy" in m.text else None,
-            )
-            page.on("pageerror", lambda e: watch.page_errors.append(str(e)))
-            page.goto(url)
-            return page, watch
-
-        try:
-            yield open_at
-        finally:
-            browser.close()
-
-
-def _log_in(page: Any, name: str, password: str) -> None:
-    form = page.locator("#login-form")
-    form.locator("input[name=username]").fill(name)
-    form.locator("input[name=password]").fill(password)
-    form.locator("button[type=submit]").click()
-
-
-def _token_for(master: MasterProcess, name: str, password: str) -> str:
-    answer = httpx.post(f"{master.url}/api/auth/login", data={"username": name, "password": password})
-    assert answer.status_code == 200, answer.text
-    return str(answer.json()["access_token"])
+    with browser_pages() as open_at:
+        yield open_at
 
 
 @sqlite_only
@@ -199,8 +128,11 @@ def _member_session(
     alices_row = page.locator(f"#jobs-body tr[data-id='{alices_id}']")
     expect(alices_row.locator("td.owner")).to_have_text("alice")
     expect(alices_row.locator(".badge")).to_have_text("running")
-    # Drawn with styles set through the CSSOM (no style attribute, which the CSP would block).
-    expect(page.locator("#detail .chart-legend i")).to_have_count(3)
+    # Drawn by uPlot on canvas, three series (train_loss, val_loss, val_acc) in its legend.
+    chart = page.locator("#detail .chart-wrap[data-chart=uplot]")
+    expect(chart).to_have_attribute("data-series", "3")
+    expect(chart.locator(".uplot canvas")).to_have_count(1)
+    expect(chart.locator(".u-legend .u-series")).to_have_count(4)  # the x (epoch) row and the three
     fill = alices_row.locator(".progress-fill")
     expect(fill).to_have_count(1)
     assert float(fill.evaluate("(node) => parseFloat(node.style.width)")) > 0
@@ -211,7 +143,7 @@ def _member_session(
     expect(alices_row).to_have_count(1)
     page.locator("#filter-mine").uncheck()
     expect(bobs_row).to_have_count(1)
-    page.screenshot(path=SCREENSHOT, full_page=True)
+    screenshot(page, "dashboard-member")
 
     # Cancelled from its row (a cookie-authenticated POST the browser gives our Origin).
     alices_row.locator("button.cancel").click()

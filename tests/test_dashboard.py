@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 STATIC = Path(__file__).resolve().parent.parent / "master" / "static"
 JS_FILES = sorted(STATIC.glob("*.js"))
+UPLOT = STATIC / "vendor" / "uplot"
 #: The only absolute URL the scripts may hold: the SVG namespace, which is a name, not a fetch.
 ALLOWED_URLS = {"http://www.w3.org/2000/svg"}
 
@@ -136,6 +138,30 @@ def test_dashboard_page_and_assets_are_served(client: TestClient) -> None:
     assert css.status_code == 200
     assert css.headers["content-type"].startswith("text/css")
 
+    # uPlot, a classic script that sets window.uPlot, runs before the modules that draw with it.
+    library = '<script src="/static/vendor/uplot/uPlot.iife.min.js"></script>'
+    assert library in page.text and page.text.index(library) < page.text.index("/static/app.js")
+    assert 'href="/static/vendor/uplot/uPlot.min.css"' in page.text
+    uplot = client.get("/static/vendor/uplot/uPlot.iife.min.js")
+    assert uplot.status_code == 200 and uplot.content == (UPLOT / "uPlot.iife.min.js").read_bytes()
+    assert client.get("/static/vendor/uplot/uPlot.min.css").headers["content-type"].startswith("text/css")
+
+
+def test_the_charting_library_is_vendored_with_its_version_licence_and_checksums() -> None:
+    """uPlot 1.6.x from npm, unchanged: its README names the version, the source and each file's
+    sha256, and the licence travels with it."""
+    readme = (UPLOT / "README.md").read_text()
+    found = re.search(r"uPlot (1\.6\.\d+)", readme)
+    assert found, "vendor/uplot/README.md names no uPlot 1.6.x version"
+    version = found.group(1)
+    assert f"https://registry.npmjs.org/uplot/-/uplot-{version}.tgz" in readme
+    assert f"(v{version})".encode() in (UPLOT / "uPlot.iife.min.js").read_bytes()[:200]
+    for name in ("uPlot.iife.min.js", "uPlot.min.css"):
+        assert hashlib.sha256((UPLOT / name).read_bytes()).hexdigest() in readme, (
+            f"{name} differs from its sha256"
+        )
+    assert "MIT License" in (UPLOT / "LICENSE").read_text()
+
 
 @sqlite_only
 def test_every_module_import_is_served(client: TestClient) -> None:
@@ -230,6 +256,11 @@ def test_every_api_path_in_the_scripts_is_a_route(client: TestClient) -> None:
         "/api/auth/session",
         "/api/users",
         "/api/users/{x}",
+        "/api/compare",
+        "/api/jobs/{x}/rerun",
+        "/api/sweeps",
+        "/api/sweeps/{x}",
+        "/api/sweeps/{x}/cancel",
     } <= used
 
 

@@ -1,12 +1,17 @@
 // trainfarm dashboard: the login page, then the panels, wired together and kept fresh.
 
 import { api, badge, el, fill, whenSignedOut } from "./api.js";
+import { CompareView } from "./compare.js";
 import { JobDetail } from "./detail.js";
 import { refreshFairshare } from "./fairshare.js";
 import { refreshDatasets, refreshNodes, setupSubmit, setupUpload } from "./forms.js";
 import { JobsTable, STATUSES, statusCounts } from "./jobs.js";
 import { setupLogin } from "./login.js";
+import { RerunForm } from "./rerun.js";
+import { compareHash, jobIdsParam, parseRoute, VIEWS } from "./router.js";
 import { isAdmin, logOut, me, mayWrite, whoAmI } from "./session.js";
+import { SweepPage } from "./sweep.js";
+import { SweepsList } from "./sweeps.js";
 import { UsersPage } from "./users.js";
 
 const $ = (id) => document.getElementById(id);
@@ -18,10 +23,16 @@ const jobs = new JobsTable({
   statusFilter: $("filter-status"),
   queueFilter: $("filter-queue"),
   mineFilter: $("filter-mine"),
+  projectFilter: $("filter-project"),
+  tagFilter: $("filter-tag"),
+  compareBtn: $("compare-selected"),
   olderBtn: $("jobs-older"),
   info: $("jobs-info"),
   onSelect: (id) => selectJob(id),
   onCancel: (id) => cancelJob(id),
+  onCompare: (ids) => {
+    location.hash = compareHash(ids);
+  },
 });
 
 const detail = new JobDetail($("detail"), {
@@ -37,6 +48,16 @@ const users = new UsersPage({
   info: $("users-info"),
   message: $("users-message"),
   form: $("user-form"),
+});
+
+const compare = new CompareView($("compare"));
+const rerun = new RerunForm($("rerun"));
+const sweepPage = new SweepPage($("sweep"));
+const sweeps = new SweepsList({
+  tbody: $("sweeps-body"),
+  statusFilter: $("sweeps-status"),
+  projectFilter: $("sweeps-project"),
+  info: $("sweeps-info"),
 });
 
 function setHash(id) {
@@ -112,6 +133,7 @@ async function refreshSlow() {
     refreshNodes($("nodes-body"), $("nodes-info")).catch(quiet("Nodes")),
     refreshFairshare($("fairshare-queues"), $("fairshare-body"), $("fairshare-info")).catch(quiet("Fair share")),
     refreshDatasets($("datasets-body"), $("submit-form").elements.datasets).catch(quiet("Datasets")),
+    $("sweeps-view").hidden ? null : sweeps.refresh().catch(quiet("Sweeps")),
   ]);
 }
 
@@ -128,16 +150,23 @@ function every(ms, fn) {
   tick();
 }
 
-// Views: the dashboard, or (admins) the users page at #users; #job-12 opens that job.
+// The view the hash names (router.js): one shows at a time; leaving one stops what it loads.
 function showView() {
-  const wantUsers = location.hash === "#users" && isAdmin();
-  $("dashboard-view").hidden = wantUsers;
-  $("users-view").hidden = !wantUsers;
-  $("nav-jobs").classList.toggle("current", !wantUsers);
-  $("nav-users").classList.toggle("current", wantUsers);
-  if (wantUsers) users.refresh();
-  const match = /^#job-(\d+)$/.exec(location.hash);
-  if (match) selectJob(Number(match[1]));
+  const route = parseRoute(location.hash);
+  const view = route.view === "users" && !isAdmin() ? "dashboard" : route.view;
+  for (const name of VIEWS) $(`${name}-view`).hidden = name !== view;
+  $("nav-jobs").classList.toggle("current", view === "dashboard" || view === "compare" || view === "rerun");
+  $("nav-sweeps").classList.toggle("current", view === "sweeps" || view === "sweep");
+  $("nav-users").classList.toggle("current", view === "users");
+  if (view !== "compare") compare.close();
+  if (view !== "rerun") rerun.close();
+  if (view !== "sweep") sweepPage.close();
+  if (view === "users") users.refresh();
+  else if (view === "compare") compare.open(jobIdsParam(route.params.get("jobs")), route.params.get("x"));
+  else if (view === "rerun") rerun.open(route.id);
+  else if (view === "sweeps") sweeps.refresh().catch(quiet("Sweeps"));
+  else if (view === "sweep") sweepPage.open(route.id);
+  else if (route.jobId !== undefined) selectJob(route.jobId);
 }
 
 function startSession(who) {
@@ -157,6 +186,7 @@ function startSession(who) {
   every(JOBS_EVERY_MS, async () => {
     await refreshJobs();
     await detail.refresh();
+    if (!$("sweep-view").hidden) await sweepPage.refresh();
   });
   every(SLOW_EVERY_MS, refreshSlow);
 }
@@ -164,6 +194,9 @@ function startSession(who) {
 function showLogin(message) {
   generation += 1; // stops the session's timers
   detail.close(false); // and its live log
+  compare.close();
+  rerun.close();
+  sweepPage.close();
   jobs.forget();
   $("app").hidden = true;
   $("nav").hidden = true;
@@ -213,6 +246,7 @@ $("refresh-now").addEventListener("click", () => {
   refreshSlow();
   detail.refresh();
   if (!$("users-view").hidden) users.refresh();
+  if (!$("sweep-view").hidden) sweepPage.refresh();
 });
 
 document.addEventListener("visibilitychange", () => {

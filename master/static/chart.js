@@ -1,19 +1,97 @@
-// A small inline SVG line chart of metrics per epoch; losses on the left axis, accuracy on the right.
+// Charts drawn by uPlot (vendored in /static/vendor/uplot/, a classic script that sets
+// window.uPlot): canvas, so twenty overlaid series of 500 points stay smooth, and styles set
+// through the CSSOM only, which the Content-Security-Policy allows.
 
 import { el, fmtNum } from "./api.js";
 
-const SVG = "http://www.w3.org/2000/svg";
-const SERIES = [
-  { key: "train_loss", color: "#d97706", axis: "left" },
-  { key: "val_loss", color: "#2563eb", axis: "left" },
-  { key: "val_acc", color: "#16a34a", axis: "right" },
+const DEFAULT_WIDTH = 560;
+const DEFAULT_HEIGHT = 220;
+// Twenty colours a reader can tell apart, one per overlaid job (the compare view's limit).
+export const PALETTE = [
+  "#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d",
+  "#ea580c", "#4f46e5", "#0d9488", "#be123c", "#a16207", "#9333ea", "#0284c7", "#15803d",
+  "#c2410c", "#6d28d9", "#475569", "#b45309",
+];
+export const colorAt = (i) => PALETTE[i % PALETTE.length];
+
+// The job detail's chart: losses on the left axis, accuracy on the right.
+const DETAIL_SERIES = [
+  { key: "train_loss", color: "#d97706", scale: "loss" },
+  { key: "val_loss", color: "#2563eb", scale: "loss" },
+  { key: "val_acc", color: "#16a34a", scale: "acc" },
 ];
 
-function svg(tag, attrs = {}, text) {
-  const node = document.createElementNS(SVG, tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
-  if (text !== undefined) node.textContent = text;
-  return node;
+// [{x: [...], y: [...]}, ...] -> uPlot's table [xs, ys1, ys2, ...] on the union of the xs, with
+// null where a series has no point (drawn across with spanGaps).
+export function alignSeries(list) {
+  const xs = [...new Set(list.flatMap((s) => s.x))].sort((a, b) => a - b);
+  const columns = list.map((s) => {
+    const at = new Map();
+    s.x.forEach((x, i) => at.set(x, s.y[i]));
+    return xs.map((x) => (at.has(x) && typeof at.get(x) === "number" ? at.get(x) : null));
+  });
+  return [xs, ...columns];
+}
+
+const valueText = (u, v) => (v === null || v === undefined ? "–" : fmtNum(v));
+
+// A uPlot series from {label, color, scale, width, dash, points, paths}.
+export function lineSeries(s) {
+  return {
+    label: s.label,
+    stroke: s.color,
+    width: s.width ?? 1.5,
+    scale: s.scale ?? "y",
+    spanGaps: true,
+    dash: s.dash,
+    points: s.points ?? {},
+    paths: s.paths,
+    value: valueText,
+  };
+}
+
+// Draw (or redraw in place) a chart in `box`: the same series with new data only move their
+// lines, so a live job's chart keeps its cursor. `box.dataset.series` counts the data series,
+// which the browser tests read.
+export function drawChart(box, { key, xLabel, series, scales = {}, axes, legend = true, height }, data) {
+  const plot = box.uplotChart;
+  if (plot && box.dataset.key === key) {
+    plot.setData(data);
+    return plot;
+  }
+  destroyChart(box);
+  const width = Math.max(260, Math.min(box.clientWidth || DEFAULT_WIDTH, 1400));
+  const opts = {
+    width,
+    height: height ?? DEFAULT_HEIGHT,
+    scales: { x: { time: false }, ...scales },
+    series: [{ label: xLabel, value: valueText }, ...series],
+    axes: axes ?? [{ label: xLabel }, { scale: "y" }],
+    legend: { show: legend },
+    cursor: { focus: { prox: 16 } },
+    focus: { alpha: 0.35 },
+  };
+  const chart = new window.uPlot(opts, data, box);
+  box.uplotChart = chart;
+  box.dataset.key = key;
+  box.dataset.chart = "uplot";
+  box.dataset.series = String(series.length);
+  // Follow the box's width (a wider window, a panel opening beside it).
+  box.uplotResize = new ResizeObserver(() => {
+    const w = Math.max(260, Math.min(box.clientWidth, 1400));
+    if (w && Math.abs(w - chart.width) > 4) chart.setSize({ width: w, height: chart.height });
+  });
+  box.uplotResize.observe(box);
+  return chart;
+}
+
+export function destroyChart(box) {
+  if (box.uplotResize) box.uplotResize.disconnect();
+  if (box.uplotChart) box.uplotChart.destroy();
+  box.uplotResize = null;
+  box.uplotChart = null;
+  delete box.dataset.key;
+  delete box.dataset.series;
 }
 
 // Metric history rows -> {train_loss: [[epoch, v], ...], ...}. `metrics` reports win; the last
@@ -26,18 +104,18 @@ export function seriesFromHistory(rows) {
     const values = row.values || {};
     if (row.kind === "metrics") {
       const slot = perEpoch.get(row.epoch) || {};
-      for (const s of SERIES) if (typeof values[s.key] === "number") slot[s.key] = values[s.key];
+      for (const s of DETAIL_SERIES) if (typeof values[s.key] === "number") slot[s.key] = values[s.key];
       perEpoch.set(row.epoch, slot);
     } else if (row.kind === "progress" && typeof values.train_loss === "number") {
       fallback.set(row.epoch, values.train_loss);
     }
   }
   const out = {};
-  for (const s of SERIES) out[s.key] = [];
+  for (const s of DETAIL_SERIES) out[s.key] = [];
   const epochs = [...new Set([...perEpoch.keys(), ...fallback.keys()])].sort((a, b) => a - b);
   for (const epoch of epochs) {
     const slot = perEpoch.get(epoch) || {};
-    for (const s of SERIES) {
+    for (const s of DETAIL_SERIES) {
       let v = slot[s.key];
       if (v === undefined && s.key === "train_loss") v = fallback.get(epoch);
       if (v !== undefined) out[s.key].push([epoch, v]);
@@ -46,67 +124,30 @@ export function seriesFromHistory(rows) {
   return out;
 }
 
-function extent(values, fallback) {
-  if (!values.length) return fallback;
-  let lo = Math.min(...values);
-  let hi = Math.max(...values);
-  if (lo === hi) {
-    lo -= Math.abs(lo) * 0.1 || 0.5;
-    hi += Math.abs(hi) * 0.1 || 0.5;
+// The job detail's metrics per epoch, drawn into `box` (kept between refreshes).
+export function drawJobChart(box, series) {
+  const present = DETAIL_SERIES.filter((s) => series[s.key] && series[s.key].length);
+  if (!present.length) {
+    destroyChart(box);
+    box.replaceChildren(el("p", { class: "muted" }, "No per-epoch metrics yet."));
+    return;
   }
-  return [lo, hi];
-}
-
-export function renderChart(series, { width = 460, height = 180 } = {}) {
-  const present = SERIES.filter((s) => series[s.key] && series[s.key].length);
-  if (!present.length) return el("p", { class: "muted" }, "No per-epoch metrics yet.");
-  const pad = { l: 48, r: 44, t: 10, b: 24 };
-  const all = present.flatMap((s) => series[s.key]);
-  const [x0, x1] = extent(all.map((p) => p[0]), [0, 1]);
-  const left = extent(present.filter((s) => s.axis === "left").flatMap((s) => series[s.key].map((p) => p[1])), [0, 1]);
-  const right = extent(present.filter((s) => s.axis === "right").flatMap((s) => series[s.key].map((p) => p[1])), [0, 1]);
-  const W = width - pad.l - pad.r;
-  const H = height - pad.t - pad.b;
-  const sx = (x) => pad.l + ((x - x0) / (x1 - x0)) * W;
-  const sy = ([lo, hi], y) => pad.t + H - ((y - lo) / (hi - lo)) * H;
-
-  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img" });
-  root.append(svg("title", {}, "Metrics per epoch"));
-  root.append(svg("rect", { x: pad.l, y: pad.t, width: W, height: H, class: "chart-frame" }));
-  for (let i = 0; i <= 4; i += 1) {
-    const y = pad.t + (H * i) / 4;
-    root.append(svg("line", { x1: pad.l, x2: pad.l + W, y1: y, y2: y, class: "chart-grid" }));
-    const frac = 1 - i / 4;
-    if (present.some((s) => s.axis === "left")) {
-      const v = left[0] + (left[1] - left[0]) * frac;
-      root.append(svg("text", { x: pad.l - 4, y: y + 3, "text-anchor": "end", class: "chart-tick" }, String(+v.toPrecision(3))));
-    }
-    if (present.some((s) => s.axis === "right")) {
-      const v = right[0] + (right[1] - right[0]) * frac;
-      root.append(svg("text", { x: pad.l + W + 4, y: y + 3, class: "chart-tick" }, String(+v.toPrecision(3))));
-    }
-  }
-  const xTicks = Math.min(6, Math.max(1, Math.round(x1 - x0)));
-  for (let i = 0; i <= xTicks; i += 1) {
-    const x = x0 + ((x1 - x0) * i) / xTicks;
-    root.append(svg("text", { x: sx(x), y: height - 8, "text-anchor": "middle", class: "chart-tick" }, String(Math.round(x))));
-  }
-  for (const s of present) {
-    const range = s.axis === "left" ? left : right;
-    const pts = series[s.key].map(([x, y]) => `${sx(x).toFixed(1)},${sy(range, y).toFixed(1)}`);
-    root.append(svg("polyline", { points: pts.join(" "), fill: "none", stroke: s.color, "stroke-width": 2 }));
-    if (pts.length === 1) {
-      const [cx, cy] = pts[0].split(",");
-      root.append(svg("circle", { cx, cy, r: 3, fill: s.color }));
-    }
-  }
-  const legend = el(
-    "div",
-    { class: "chart-legend" },
-    present.map((s) => {
-      const last = series[s.key][series[s.key].length - 1][1];
-      return el("span", {}, el("i", { style: { background: s.color } }), `${s.key} ${fmtNum(last)}${s.axis === "right" ? " (right axis)" : ""}`);
-    }),
+  if (!box.uplotChart) box.replaceChildren();
+  const hasLoss = present.some((s) => s.scale === "loss");
+  const hasAcc = present.some((s) => s.scale === "acc");
+  const axes = [{ label: "epoch" }];
+  if (hasLoss) axes.push({ scale: "loss", label: "loss" });
+  if (hasAcc) axes.push({ scale: "acc", label: "accuracy", side: 1, grid: { show: !hasLoss } });
+  const data = alignSeries(present.map((s) => ({ x: series[s.key].map((p) => p[0]), y: series[s.key].map((p) => p[1]) })));
+  drawChart(
+    box,
+    {
+      key: `job:${present.map((s) => s.key).join(",")}`,
+      xLabel: "epoch",
+      series: present.map((s) => lineSeries({ label: s.key, color: s.color, scale: s.scale, points: { size: 5 } })),
+      scales: { loss: { auto: true }, acc: { auto: true } },
+      axes,
+    },
+    data,
   );
-  return el("div", { class: "chart-box" }, root, legend);
 }

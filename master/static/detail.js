@@ -1,9 +1,9 @@
 // The job detail panel: spec, attempts, metrics and their chart, artifacts, cancel, live log.
 
 import { api, badge, el, fill, fmtBytes, fmtDuration, fmtNum, fmtTime, progressBar, query } from "./api.js";
-import { renderChart, seriesFromHistory } from "./chart.js";
+import { destroyChart, drawJobChart, seriesFromHistory } from "./chart.js";
 import { LogView } from "./logs.js";
-import { mayCancel } from "./session.js";
+import { mayCancel, mayWrite } from "./session.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled", "pruned"]);
 const METRICS_PAGE = 10000;
@@ -26,8 +26,10 @@ export class JobDetail {
     this.artifactsDone = false;
     this.title = el("h2", {}, `Job #${jobId}`);
     this.summary = el("div", { class: "summary" });
+    this.origin = el("div", { class: "summary origin" });
     this.message = el("p", { class: "error", hidden: true, role: "alert" });
     this.cancelBtn = el("button", { type: "button", class: "danger", hidden: true, onclick: () => this.cancel() }, "Cancel job");
+    this.rerunLink = el("a", { class: "button-link", hidden: true, href: `#rerun-${jobId}`, title: "Submit this job again with changes" }, "Re-run…");
     this.closeBtn = el("button", { type: "button", class: "small", title: "Close", onclick: () => this.close(true) }, "✕");
     this.errorBox = el("pre", { class: "job-error", hidden: true });
     this.waitBox = el("p", { class: "wait-reason-detail", hidden: true, title: "Why the job has not started, as admission last saw it" });
@@ -37,8 +39,9 @@ export class JobDetail {
     this.panes = el("div", { class: "panes" });
     fill(
       this.root,
-      el("div", { class: "detail-head" }, this.title, el("div", { class: "actions" }, this.cancelBtn, this.closeBtn)),
+      el("div", { class: "detail-head" }, this.title, el("div", { class: "actions" }, this.rerunLink, this.cancelBtn, this.closeBtn)),
       this.summary,
+      this.origin,
       this.message,
       this.waitBox,
       this.errorBox,
@@ -78,6 +81,8 @@ export class JobDetail {
   }
 
   close(notify) {
+    if (this.chart) destroyChart(this.chart);
+    this.chart = null;
     if (this.logView) this.logView.close();
     this.logView = null;
     this.jobId = null;
@@ -124,6 +129,8 @@ export class JobDetail {
       job.started_at ? el("span", {}, `ran ${fmtDuration(job.started_at, job.finished_at)}`) : null,
       job.details_hidden ? null : progressBar(job.progress),
     );
+    this.renderOrigin(job);
+    this.rerunLink.hidden = job.details_hidden || !mayWrite();
     this.cancelBtn.hidden = !mayCancel(job);
     this.cancelBtn.disabled = job.cancel_requested;
     const waiting = job.status === "queued" && job.wait_reason;
@@ -140,6 +147,22 @@ export class JobDetail {
     fill(
       this.metrics,
       keys.length ? keys.map((k) => el("div", {}, el("span", { class: "k" }, k), el("span", { class: "v" }, fmtNum(job.metrics[k])))) : el("span", { class: "muted" }, TERMINAL.has(job.status) ? "none" : "none yet"),
+    );
+  }
+
+  // Project and tags, and where the job came from and went: re-runs both ways, its sweep.
+  renderOrigin(job) {
+    const jobLink = (id) => el("a", { href: `#job-${id}`, class: "job-link", "data-job": id }, `#${id}`);
+    const reruns = job.reruns || [];
+    fill(
+      this.origin,
+      el("span", { class: "project" }, `project ${job.project}`),
+      (job.tags || []).length ? el("span", { class: "tags" }, (job.tags || []).map((t) => el("span", { class: "tag" }, t))) : null,
+      job.rerun_of ? el("span", { class: "rerun-of" }, "re-run of ", jobLink(job.rerun_of)) : null,
+      reruns.length ? el("span", { class: "reruns" }, "re-runs: ", reruns.flatMap((id, i) => (i ? [", ", jobLink(id)] : [jobLink(id)]))) : null,
+      job.sweep_id
+        ? el("span", { class: "sweep-link" }, el("a", { href: `#sweep-${job.sweep_id}` }, `sweep #${job.sweep_id}`), job.trial === null ? null : ` trial ${job.trial}`)
+        : null,
     );
   }
 
@@ -176,7 +199,7 @@ export class JobDetail {
     }
     this.historyDone = TERMINAL.has(job.status);
     if (before && this.history.length === before) return;
-    fill(this.chart, renderChart(seriesFromHistory(this.history)));
+    drawJobChart(this.chart, seriesFromHistory(this.history));
   }
 
   async refreshArtifacts(jobId, job) {

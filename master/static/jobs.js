@@ -1,15 +1,23 @@
-// The jobs table: filters, newest first, "older" pagination, refreshed in place.
+// The jobs table: filters, newest first, "older" pagination, refreshed in place; boxes to pick
+// jobs for the compare view.
 
 import { api, badge, el, fill, fmtDuration, fmtTime, progressBar, query, valMetrics } from "./api.js";
 import { mayCancel } from "./session.js";
 
 const PAGE = 50;
 const MAX_REFRESH = 500;
+//: The compare view overlays 2 to 20 jobs (GET /api/compare's limit).
+export const COMPARE_MIN = 2;
+export const COMPARE_MAX = 20;
 export const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "pruned"];
 
 export class JobsTable {
-  constructor({ tbody, statusFilter, queueFilter, mineFilter, olderBtn, info, onSelect, onCancel }) {
+  constructor({ tbody, statusFilter, queueFilter, mineFilter, projectFilter, tagFilter, compareBtn, olderBtn, info, onSelect, onCancel, onCompare }) {
     this.tbody = tbody;
+    this.projectFilter = projectFilter;
+    this.tagFilter = tagFilter;
+    this.compareBtn = compareBtn;
+    this.picked = new Set();
     this.statusFilter = statusFilter;
     this.queueFilter = queueFilter;
     this.mineFilter = mineFilter;
@@ -24,6 +32,10 @@ export class JobsTable {
     statusFilter.addEventListener("change", () => this.reset());
     queueFilter.addEventListener("change", () => this.reset());
     mineFilter.addEventListener("change", () => this.reset());
+    // Typed filters apply on Enter or when the field is left, not at every key.
+    projectFilter.addEventListener("change", () => this.reset());
+    tagFilter.addEventListener("change", () => this.reset());
+    compareBtn.addEventListener("click", () => onCompare([...this.picked].sort((a, b) => a - b)));
     olderBtn.addEventListener("click", () => this.older());
   }
 
@@ -32,6 +44,8 @@ export class JobsTable {
       status: this.statusFilter.value,
       queue: this.queueFilter.value,
       owner: this.mineFilter.checked ? "me" : undefined,
+      project: this.projectFilter.value.trim(),
+      tag: this.tagFilter.value.trim(),
     };
   }
 
@@ -95,6 +109,10 @@ export class JobsTable {
     this.selected = null;
     this.generation += 1;
     this.mineFilter.checked = false;
+    this.projectFilter.value = "";
+    this.tagFilter.value = "";
+    this.picked.clear();
+    this.syncCompare();
     fill(this.tbody);
   }
 
@@ -103,15 +121,36 @@ export class JobsTable {
     for (const row of this.tbody.rows) row.classList.toggle("selected", Number(row.dataset.id) === id);
   }
 
+  pickBox(job) {
+    const box = el("input", { type: "checkbox", class: "pick", title: `Compare job #${job.id}`, checked: this.picked.has(job.id) });
+    box.addEventListener("click", (ev) => ev.stopPropagation()); // the row's own click opens the job
+    box.addEventListener("keydown", (ev) => ev.stopPropagation());
+    box.addEventListener("change", () => {
+      if (box.checked) this.picked.add(job.id);
+      else this.picked.delete(job.id);
+      this.syncCompare();
+    });
+    return box;
+  }
+
+  syncCompare() {
+    const n = this.picked.size;
+    this.compareBtn.textContent = n ? `Compare selected (${n})` : "Compare selected";
+    this.compareBtn.disabled = n < COMPARE_MIN || n > COMPARE_MAX;
+    this.compareBtn.title = n > COMPARE_MAX ? `at most ${COMPARE_MAX} jobs at once` : `pick ${COMPARE_MIN} to ${COMPARE_MAX} jobs`;
+  }
+
   render() {
     const rows = this.items.map((job) => {
       const name = job.name || (job.spec.recipe ? job.spec.recipe : (job.spec.command || []).join(" "));
       const row = el(
         "tr",
         { "data-id": job.id, class: job.id === this.selected ? "selected" : "", tabindex: "0" },
+        el("td", { class: "pick-cell" }, this.pickBox(job)),
         el("td", { class: "num" }, `#${job.id}`),
         el("td", { class: "name", title: name }, name),
         el("td", { class: "owner" }, job.owner || el("span", { class: "muted" }, "–")),
+        el("td", { class: "project" }, job.project, (job.tags || []).map((t) => el("span", { class: "tag" }, t))),
         el("td", {}, badge(job.status), job.cancel_requested && job.status === "running" ? el("span", { class: "muted" }, " cancelling") : null,
           waitReason(job)),
         el("td", {}, job.queue),
@@ -133,10 +172,11 @@ export class JobsTable {
       });
       return row;
     });
-    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 12, class: "empty" }, "No jobs match.")));
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 14, class: "empty" }, "No jobs match.")));
     fill(this.tbody, rows);
     this.olderBtn.hidden = this.nextBefore === null;
     this.info.textContent = `${this.items.length} shown`;
+    this.syncCompare();
   }
 }
 

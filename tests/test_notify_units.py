@@ -4,7 +4,9 @@ guard and secret encryption; no service runs."""
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,8 @@ from master.notify import outbox, signature
 from master.notify.backoff import MAX_DELAY, retry_delay
 from master.notify.payloads import EVENTS, job_body, slack_body, summary, sweep_body
 from master.notify.secrets import PREFIX, SecretBox, SecretUnreadable, new_secret
-from master.notify.sender import body_bytes, http_outcome
-from master.notify.targets import TargetRefused, check_url, is_internal, system_resolver
+from master.notify.sender import Sender, body_bytes, http_outcome, post
+from master.notify.targets import Target, TargetRefused, check_url, is_internal, system_resolver
 from shared.settings import Settings
 from shared.signing import new_private_key
 from shared.status import JobStatus
@@ -278,3 +280,46 @@ def test_outbox_skips_a_job_another_master_claimed(engine: Engine) -> None:
 
 def test_system_resolver_resolves_localhost() -> None:
     assert {"127.0.0.1", "::1"} & set(system_resolver("localhost", 80))
+
+
+# Sending ----------------------------------------------------------------------------------------
+
+
+def test_send_time_guard_refuses_a_webhook_that_now_points_inside(engine: Engine, tmp_path: Path) -> None:
+    box = SecretBox(new_private_key())
+    hook = Webhook(
+        id=1, owner="alice", url="https://hooks.example.com/x", events=list(EVENTS), secret=box.seal("k")
+    )
+    delivery = WebhookDelivery(
+        id=5, webhook_id=1, event="test", subject="webhook 1", payload={"event": "test"}
+    )
+    sender = Sender(engine, guard_settings(tmp_path), lambda: box, resolve=lambda host, port: ["10.1.2.3"])
+    outcome = sender.attempt(delivery, hook)
+    assert not outcome.delivered and outcome.code is None
+    assert outcome.error is not None and "inside the farm's network" in outcome.error
+    assert "hooks.example.com" not in outcome.error  # errors never carry the URL
+
+
+def test_a_pinned_post_connects_to_the_vetted_address_with_the_name_as_host() -> None:
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(self.headers["Host"])
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    port = server.server_address[1]
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    try:
+        # The name does not resolve at all: only the pinned address can have been used.
+        target = Target(f"http://receiver.invalid:{port}/hook", "receiver.invalid", "127.0.0.1")
+        assert post(target, b"{}", {}, timeout=5).status_code == 204
+        assert seen == [f"receiver.invalid:{port}"]
+    finally:
+        server.server_close()

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser_support import OpenPage, browser_pages, log_in, screenshot
+from tests.browser_support import OpenPage, browser_pages, log_in, screenshot, token_for
 from tests.conftest import wait_for, wait_status
 from trainfarm.services.farm import MasterProcess, WorkerProcess
 
@@ -87,14 +87,26 @@ def test_filters_compare_and_rerun_in_a_real_browser(
     fast = _submit(api, "fast", 0.3, "vision", ["baseline"])
     mid = _submit(api, "mid", 0.1, "vision", ["baseline", "study"])
     slow = _submit(api, "slow", 0.03, "nlp", ["study"])
-    for job_id in (fast, mid, slow):
+    made = api.post("/users", json={"name": "erin", "role": "member", "password": "erin-pw-123"})
+    assert made.status_code == 201, made.text
+    with master.client(token=token_for(master, "erin", "erin-pw-123")) as erin:
+        erins = _submit(erin, "erins", 0.2, "nlp", ["study"])
+    for job_id in (fast, mid, slow, erins):
         assert wait_status(api, job_id, {"succeeded", "failed"})["status"] == "succeeded"
 
     page, watch = _admin_page(master, open_page)
     rows = page.locator("#jobs-body tr[data-id]")
-    expect(rows).to_have_count(3)
+    expect(rows).to_have_count(4)
 
-    # Project and tag filters narrow the list (GET /api/jobs?project=..&tag=..).
+    # Owner, project and tag filters narrow the list (GET /api/jobs?owner=..&project=..&tag=..).
+    page.locator("#filter-owner").fill("erin")
+    page.locator("#filter-owner").press("Tab")
+    expect(rows).to_have_count(1)
+    expect(page.locator(f"#jobs-body tr[data-id='{erins}'] td.owner")).to_have_text("erin")
+    page.locator("#filter-owner").fill("")
+    page.locator("#filter-owner").press("Tab")
+    expect(rows).to_have_count(4)
+
     page.locator("#filter-project").fill("vision")
     page.locator("#filter-project").press("Tab")
     expect(rows).to_have_count(2)
@@ -105,10 +117,10 @@ def test_filters_compare_and_rerun_in_a_real_browser(
     expect(page.locator(f"#jobs-body tr[data-id='{mid}'] td.project")).to_have_text("visionbaselinestudy")
     page.locator("#filter-project").fill("")
     page.locator("#filter-project").press("Tab")
-    expect(rows).to_have_count(2)
+    expect(rows).to_have_count(3)  # tag study: mid, slow and erin's
     page.locator("#filter-tag").fill("")
     page.locator("#filter-tag").press("Tab")
-    expect(rows).to_have_count(3)
+    expect(rows).to_have_count(4)
 
     # Compare wants two to twenty boxes ticked.
     compare_button = page.locator("#compare-selected")

@@ -23,6 +23,7 @@ const jobs = new JobsTable({
   statusFilter: $("filter-status"),
   queueFilter: $("filter-queue"),
   mineFilter: $("filter-mine"),
+  ownerFilter: $("filter-owner"),
   projectFilter: $("filter-project"),
   tagFilter: $("filter-tag"),
   compareBtn: $("compare-selected"),

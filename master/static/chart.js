@@ -13,6 +13,8 @@ export const PALETTE = [
   "#c2410c", "#6d28d9", "#475569", "#b45309",
 ];
 export const colorAt = (i) => PALETTE[i % PALETTE.length];
+// Tick spacings for axes of whole numbers (steps, epochs, trial numbers): no "epoch 1.5".
+export const WHOLE_NUMBERS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1e3, 2e3, 2.5e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6, 1e7, 1e8];
 
 // The job detail's chart: losses on the left axis, accuracy on the right.
 const DETAIL_SERIES = [
@@ -135,7 +137,7 @@ export function drawJobChart(box, series) {
   if (!box.uplotChart) box.replaceChildren();
   const hasLoss = present.some((s) => s.scale === "loss");
   const hasAcc = present.some((s) => s.scale === "acc");
-  const axes = [{ label: "epoch" }];
+  const axes = [{ label: "epoch", incrs: WHOLE_NUMBERS }];
   if (hasLoss) axes.push({ scale: "loss", label: "loss" });
   if (hasAcc) axes.push({ scale: "acc", label: "accuracy", side: 1, grid: { show: !hasLoss } });
   const data = alignSeries(present.map((s) => ({ x: series[s.key].map((p) => p[0]), y: series[s.key].map((p) => p[1]) })));
@@ -144,7 +146,7 @@ export function drawJobChart(box, series) {
     {
       key: `job:${present.map((s) => s.key).join(",")}`,
       xLabel: "epoch",
-      series: present.map((s) => lineSeries({ label: s.key, color: s.color, scale: s.scale, points: { size: 5 } })),
+      series: present.map((s) => lineSeries({ label: s.key, color: s.color, scale: s.scale, points: { size: 5, fill: s.color } })),
       scales: { loss: { auto: true }, acc: { auto: true } },
       axes,
     },

@@ -3,7 +3,7 @@
 // marked (GET /api/compare).
 
 import { api, badge, el, fill, fmtNum, query } from "./api.js";
-import { colorAt, destroyChart, drawChart, lineSeries, alignSeries } from "./chart.js";
+import { alignSeries, colorAt, destroyChart, drawChart, lineSeries, WHOLE_NUMBERS } from "./chart.js";
 import { compareHash } from "./router.js";
 
 //: Points per series the master thins each metric to; uPlot draws 20 x 500 without a stutter.
@@ -94,7 +94,7 @@ export class CompareView {
           key: `compare:${c.metric}:${data.x}:${lines.map((l) => l.job_id).join(",")}`,
           xLabel: data.x,
           series: lines.map((l) => lineSeries({ label: `#${l.job_id}`, color: color.get(l.job_id) })),
-          axes: [{ label: data.x }, { scale: "y", label: c.metric }],
+          axes: [{ label: data.x, incrs: WHOLE_NUMBERS }, { scale: "y", label: c.metric }],
         },
         tableData,
       );

@@ -26,7 +26,7 @@ export class JobDetail {
     this.artifactsDone = false;
     this.title = el("h2", {}, `Job #${jobId}`);
     this.summary = el("div", { class: "summary" });
-    this.origin = el("div", { class: "summary origin" });
+    this.origin = el("div", { class: "origin" });
     this.message = el("p", { class: "error", hidden: true, role: "alert" });
     this.cancelBtn = el("button", { type: "button", class: "danger", hidden: true, onclick: () => this.cancel() }, "Cancel job");
     this.rerunLink = el("a", { class: "button-link", hidden: true, href: `#rerun-${jobId}`, title: "Submit this job again with changes" }, "Re-run…");

@@ -12,8 +12,9 @@ export const COMPARE_MAX = 20;
 export const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "pruned"];
 
 export class JobsTable {
-  constructor({ tbody, statusFilter, queueFilter, mineFilter, projectFilter, tagFilter, compareBtn, olderBtn, info, onSelect, onCancel, onCompare }) {
+  constructor({ tbody, statusFilter, queueFilter, mineFilter, ownerFilter, projectFilter, tagFilter, compareBtn, olderBtn, info, onSelect, onCancel, onCompare }) {
     this.tbody = tbody;
+    this.ownerFilter = ownerFilter;
     this.projectFilter = projectFilter;
     this.tagFilter = tagFilter;
     this.compareBtn = compareBtn;
@@ -33,6 +34,7 @@ export class JobsTable {
     queueFilter.addEventListener("change", () => this.reset());
     mineFilter.addEventListener("change", () => this.reset());
     // Typed filters apply on Enter or when the field is left, not at every key.
+    ownerFilter.addEventListener("change", () => this.reset());
     projectFilter.addEventListener("change", () => this.reset());
     tagFilter.addEventListener("change", () => this.reset());
     compareBtn.addEventListener("click", () => onCompare([...this.picked].sort((a, b) => a - b)));
@@ -43,7 +45,8 @@ export class JobsTable {
     return {
       status: this.statusFilter.value,
       queue: this.queueFilter.value,
-      owner: this.mineFilter.checked ? "me" : undefined,
+      // "mine" wins over a typed owner.
+      owner: this.mineFilter.checked ? "me" : this.ownerFilter.value.trim(),
       project: this.projectFilter.value.trim(),
       tag: this.tagFilter.value.trim(),
     };
@@ -109,6 +112,7 @@ export class JobsTable {
     this.selected = null;
     this.generation += 1;
     this.mineFilter.checked = false;
+    this.ownerFilter.value = "";
     this.projectFilter.value = "";
     this.tagFilter.value = "";
     this.picked.clear();

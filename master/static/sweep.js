@@ -5,7 +5,7 @@ import { api, badge, el, fill, fmtNum, fmtTime } from "./api.js";
 import { destroyChart } from "./chart.js";
 import { isAdmin, me, mayWrite } from "./session.js";
 import { countsText, objectiveText } from "./sweeps.js";
-import { drawObjective, drawParallel } from "./sweepcharts.js";
+import { COLOUR_KEY, drawObjective, drawParallel } from "./sweepcharts.js";
 
 const valueText = (v) => (v === null || v === undefined ? "–" : typeof v === "number" ? fmtNum(v) : String(v));
 
@@ -41,7 +41,8 @@ export class SweepPage {
       el("h3", {}, "Best trial"), this.best,
       el("div", { class: "detail-grid" },
         el("section", {}, el("h3", {}, "Objective over trials"), this.objectiveBox),
-        el("section", {}, el("h3", {}, "Hyperparameters against the objective"), this.parallelBox)),
+        el("section", {}, el("h3", {}, "Hyperparameters against the objective"), this.parallelBox,
+          el("p", { class: "muted chart-key" }, COLOUR_KEY))),
       el("h3", {}, "Trials"), this.trials,
     );
     return this.refresh();

@@ -3,11 +3,12 @@
 // to 0..1, coloured by how good the trial was).
 
 import { fmtNum } from "./api.js";
-import { drawChart, lineSeries } from "./chart.js";
+import { drawChart, lineSeries, WHOLE_NUMBERS } from "./chart.js";
 
 const WORST = [148, 163, 184]; // slate: the worst trial
 const BEST = [220, 38, 38]; // red: the best trial
 const NO_VALUE = "#cbd5e1";
+export const COLOUR_KEY = "each line a trial · grey: worst objective → red: best · pale: no value yet · thick: the best trial";
 
 const maximize = (objective) => objective.direction === "maximize";
 const scored = (trials) => trials.filter((t) => typeof t.value === "number").sort((a, b) => a.number - b.number);
@@ -38,10 +39,10 @@ export function drawObjective(box, trials, objective) {
       key: "sweep-objective",
       xLabel: "trial",
       series: [
-        lineSeries({ label: objective.metric, color: "#2563eb", points: { show: true, size: 8 }, paths: () => null }),
+        lineSeries({ label: objective.metric, color: "#2563eb", points: { show: true, size: 8, fill: "#2563eb" }, paths: () => null }),
         lineSeries({ label: "best so far", color: "#16a34a", width: 2, paths: window.uPlot.paths.stepped({ align: 1 }), points: { show: false } }),
       ],
-      axes: [{ label: "trial" }, { scale: "y", label: objective.metric }],
+      axes: [{ label: "trial", incrs: WHOLE_NUMBERS }, { scale: "y", label: objective.metric }],
     },
     data,
   );

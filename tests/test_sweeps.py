@@ -290,3 +290,20 @@ def test_create_checks_the_base_job_as_a_submission(api, master, tmp_path):
     assert result.exit_code == 0 and "(from-json) started" in result.output
     listed = run_cli(master, "sweep", "list")
     assert listed.exit_code == 0 and "from-json" in listed.output and "second" in listed.output
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_cli_create_follow_waits_for_the_end_and_shows_the_trials(master, start_worker, tmp_path):
+    start_worker()
+    spec_file = tmp_path / "sweep.yaml"
+    spec_file.write_text(
+        yaml.safe_dump(score_sweep("followed", budget=2, parallelism=1, epochs=2, pause=0.1))
+    )
+    result = run_cli(master, "sweep", "create", str(spec_file), "--follow")
+    assert result.exit_code == 0, result.output
+    assert "(followed) started" in result.output
+    assert "succeeded" in result.output and "2 trials: 2 complete" in result.output
+    rows = [line.split() for line in result.output.splitlines() if "complete" in line and "x=" in line]
+    assert len(rows) == 2 and rows[0][0] == "*"  # the best first, marked
+    values = [float(row[-2]) for row in rows]
+    assert values == sorted(values, reverse=True)

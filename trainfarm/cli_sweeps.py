@@ -154,15 +154,16 @@ def print_sweep(detail: dict[str, Any]) -> None:
     out = render.console()
     objective = detail["spec"].get("objective", {})
     metric, direction = objective.get("metric", "value"), objective.get("direction", "maximize")
-    out.print(f"sweep {detail['id']} {detail['name']}: ", render.status_text(detail["status"]), end="")
-    out.print(f"  ({direction} {metric}; owner {detail['owner'] or '-'}; project {detail['project']})")
+    about = f" ({direction} {metric}; owner {detail['owner'] or '-'}; project {detail['project']})"
+    out.print(
+        Text.assemble(f"sweep {detail['id']} {detail['name']}: ", render.status_text(detail["status"]), about)
+    )
     if detail["best_trial"] is not None:
-        out.print(
-            f"best: trial {detail['best_trial']} (job {detail['best_job_id']}) {metric}={detail['best_value']}"
-        )
+        best = f"best: trial {detail['best_trial']} (job {detail['best_job_id']}) {metric}={detail['best_value']}"
+        out.print(best, markup=False)
     if detail["error"]:
         out.print(f"note: {detail['error']}", markup=False)
-    out.print(counts_text(detail["counts"]))
+    out.print(counts_text(detail["counts"]), markup=False)
     if detail["trials"]:
         out.print()
         out.print(trials_table(detail["trials"], detail["best_trial"], direction == "maximize"))

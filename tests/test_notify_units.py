@@ -126,6 +126,7 @@ def test_backoff_doubles_from_the_base_and_caps_at_an_hour() -> None:
     # Jitter only shortens, by at most a quarter: never past the cap, never below 3/4 of it.
     assert retry_delay(3, 5.0, rand=lambda: 1.0) == 15.0
     assert 0.75 * MAX_DELAY <= retry_delay(30, 5.0) <= MAX_DELAY
+    assert retry_delay(10_000, 5.0, rand=lambda: 0.0) == MAX_DELAY  # no overflow
 
 
 def test_only_2xx_is_delivered_and_redirects_are_not_followed() -> None:

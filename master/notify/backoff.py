@@ -15,5 +15,6 @@ JITTER = 0.25
 
 def retry_delay(attempts: int, base: float, rand: Callable[[], float] = random.random) -> float:
     """Seconds before the next try, after `attempts` tries that failed (1 after the first)."""
-    nominal = min(base * 2 ** max(attempts - 1, 0), MAX_DELAY)
+    # The exponent is capped too, so a huge count cannot overflow the float.
+    nominal = min(base * 2.0 ** min(max(attempts - 1, 0), 64), MAX_DELAY)
     return nominal * (1 - JITTER * rand())

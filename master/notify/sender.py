@@ -1,10 +1,13 @@
 """Sending the deliveries that are due, and recording each try in the delivery log.
 
 A try is a POST (or an email) outside any database transaction: a receiver that hangs for
-`webhook_timeout` holds no lock and delays nothing but this loop. 2xx is delivered; anything else
-(an error answer, a redirect, which is never followed, a refused connection, a timeout) is tried
-again after a growing wait, until `webhook_max_attempts`. The result is recorded after the try, so
-a master that dies in between sends that delivery again: receivers drop repeats by its id.
+`webhook_timeout` holds no lock and delays nothing but this loop, and the tries of one round run
+side by side (SENDERS at once), so one dead receiver does not hold up everyone else's news.
+
+2xx is delivered; anything else (an error answer, a redirect, which is never followed, a refused
+connection, a timeout) is tried again after a growing wait, until `webhook_max_attempts`. The
+result is recorded after the try, so a master that dies in between sends that delivery again:
+receivers drop repeats by its id.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import random
 import smtplib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Deliveries tried per round, oldest due first.
 BATCH = 20
+#: Tries made at once (threads); each waits on the network, not on the CPU.
+SENDERS = 8
 #: Longest `last_error` kept.
 ERROR_MAX = 300
 
@@ -92,6 +98,7 @@ class Sender:
         self._box = box
         self._resolve = resolve
         self._rand = rand
+        self._pool = ThreadPoolExecutor(max_workers=SENDERS, thread_name_prefix="webhook-send")
 
     def send_due(self) -> int:
         """Try every delivery that is due (up to BATCH); how many were tried."""
@@ -104,9 +111,8 @@ class Sender:
             ).all()
             ids = {d.webhook_id for d in due}
             hooks = {h.id: h for h in session.exec(select(Webhook).where(col(Webhook.id).in_(ids)))}
-        for delivery in due:
-            outcome = self.attempt(delivery, hooks.get(delivery.webhook_id))
-            self._record(delivery, outcome)
+        # list(): waits for the whole round, and re-raises a try's unexpected error in the loop.
+        list(self._pool.map(lambda d: self._record(d, self.attempt(d, hooks.get(d.webhook_id))), due))
         return len(due)
 
     def attempt(self, delivery: WebhookDelivery, hook: Webhook | None) -> Outcome:

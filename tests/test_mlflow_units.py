@@ -188,3 +188,17 @@ def test_a_round_takes_started_or_ended_jobs_least_recently_served_first(engine,
         rows[done].finished = True
         session.commit()
         assert [job.id for _, job in mirror.due(session)] == [served_first, cancelled, served_last]
+
+
+def test_runs_waiting_on_a_failure_are_due_at_once_when_mlflow_answers_again(engine, tmp_path):
+    mirror = _mirror(engine, tmp_path)
+    later = utcnow() + timedelta(minutes=10)
+    [failed, following] = _add_jobs(engine, 2, started_at=utcnow(), status=JobStatus.RUNNING)
+    with Session(engine) as session:
+        mirror.claim(session)
+        rows = {row.job_id: row for row in session.exec(select(MlflowRun))}
+        rows[failed].attempts, rows[failed].next_at = 4, later
+        rows[following].next_at = later  # served a moment ago, not failing: keeps its time
+        session.commit()
+        mirror.retry_now(session)
+        assert [job.id for _, job in mirror.due(session)] == [failed]

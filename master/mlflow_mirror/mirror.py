@@ -8,7 +8,9 @@ runs. A claimed job is worked on once it has started (or ended, cancelled while 
 Per round, at most JOBS_PER_ROUND due runs, least recently served first, so that every running
 job's metrics keep flowing however many there are. A run that MLflow could not take (down, 5xx,
 timed out) waits `retry_delay(attempts)`, and the round ends there: the server that failed one job
-would most likely fail the next. Nothing else in the master waits for any of this.
+would most likely fail the next. While MLflow does not answer at all, a round only pings it; once it
+answers, every run waiting on a failure is due at once, so an outage's backlog is caught up in the
+next rounds rather than over each job's longest wait. Nothing else in the master waits for any of this.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import Engine, func, or_
+from sqlalchemy import Engine, func, or_, update
 from sqlmodel import Session, col, select
 
 from master.mlflow_mirror.rest import MlflowClient, MlflowUnavailable
@@ -49,10 +51,19 @@ class MlflowMirror:
         self._engine = engine
         self._client = MlflowClient(settings.mlflow_tracking_uri)
         self._writer = RunWriter(self._client, settings.api_url, settings.mlflow_experiment_prefix)
+        #: The last try got no answer: ping before anything else.
+        self._unreachable = False
 
     def round(self) -> None:
         """One pass (the background loop calls it every second while a tracking URI is set)."""
         with Session(self._engine) as session:
+            if self._unreachable:
+                try:
+                    self._client.ping()
+                except MlflowUnavailable:
+                    return
+                self._unreachable = False
+                self.retry_now(session)
             self.claim(session)
             for run, job in self.due(session):
                 if not self._serve(session, job, run):
@@ -79,6 +90,12 @@ class MlflowMirror:
         session.commit()
         return len(ids)
 
+    def retry_now(self, session: Session) -> None:
+        """Make every run that waits on a failure due (MLflow answers again)."""
+        waiting = col(MlflowRun.finished).is_(False) & (col(MlflowRun.attempts) > 0)
+        session.execute(update(MlflowRun).where(waiting).values(next_at=utcnow()))
+        session.commit()
+
     def due(self, session: Session) -> list[tuple[MlflowRun, Job]]:
         started = or_(col(Job.started_at).is_not(None), col(Job.finished_at).is_not(None))
         query = (
@@ -100,6 +117,7 @@ class MlflowMirror:
             delay = retry_delay(run.attempts)
             run.next_at = utcnow() + timedelta(seconds=delay)
             run.last_error = exc.message
+            self._unreachable = exc.unreachable
             session.add(run)
             session.commit()
             log.warning("MLflow mirror of job %s failed (try %d), again in %.0fs: %s",

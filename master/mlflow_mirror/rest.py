@@ -7,6 +7,7 @@ never appear in a URL, an error or a log line.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -28,6 +29,11 @@ RETRIED_CLIENT_ERRORS = frozenset({401, 403, 408, 409, 425, 429})
 
 class MlflowUnavailable(RetryableError):
     """MLflow is down, timed out, or answered 5xx (or a 4xx in RETRIED_CLIENT_ERRORS): try again later."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        #: No answer at all (refused, reset, timed out), rather than an error answer.
+        self.unreachable = unreachable
 
 
 class MlflowRefused(FinalError):
@@ -72,7 +78,8 @@ class MlflowClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:  # the base URL carries no password: safe to quote
-            raise MlflowUnavailable(f"MLflow at {self.server}: {type(exc).__name__}: {exc}") from None
+            text = f"MLflow at {self.server}: {type(exc).__name__}: {exc}"
+            raise MlflowUnavailable(text, unreachable=True) from None
         if response.is_success:
             try:
                 body: dict[str, Any] = response.json() if response.content else {}
@@ -89,6 +96,11 @@ class MlflowClient:
         if response.status_code >= 500 or response.status_code in RETRIED_CLIENT_ERRORS:
             raise MlflowUnavailable(text)
         raise MlflowRefused(text, code)
+
+    def ping(self) -> None:
+        """Raise MlflowUnavailable unless the server answers (an error answer counts)."""
+        with contextlib.suppress(MlflowRefused):  # it answered: that is all a ping asks
+            self._call("GET", "experiments/search", params={"max_results": 1})
 
     def experiment_id(self, name: str) -> str:
         """The id of the experiment `name`, created if missing."""

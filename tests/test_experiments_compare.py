@@ -11,6 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session
 
 from master.experiments.compare import (
     build_series,
@@ -20,6 +22,8 @@ from master.experiments.compare import (
     lttb,
     spec_table,
 )
+from master.experiments.compare_reader import SeriesCache, chart_series
+from master.models import Job, JobMetric
 from shared.settings import Settings
 from tests.conftest import run_cli, wait_status
 from trainfarm.services.farm import MasterProcess, WorkerProcess
@@ -110,6 +114,30 @@ def test_final_table_marks_the_best_by_the_metric_kind():
     assert table["mae"].best == 14 and table["mae"].values == [None, 4.0, None]
 
 
+def test_kept_series_are_used_until_the_job_reports_more(engine: Engine):
+    with Session(engine) as session:
+        session.add_all([Job(id=i, queue="cpu", spec={}) for i in (1, 2)])
+        session.add_all(
+            JobMetric(job_id=j, attempt=1, kind="metrics", step=s, values={"loss": 1 / (s + 1)})
+            for j in (1, 2)
+            for s in range(50)
+        )
+        session.commit()
+        cache = SeriesCache()
+        first = chart_series(session, cache, [1, 2], "step", 10, None)
+        assert len(first[1]["loss"].x) == 10 and first[1]["loss"].stored == 50
+        assert chart_series(session, cache, [1, 2], "step", 10, None)[1]["loss"] is first[1]["loss"]
+        session.add(JobMetric(job_id=1, attempt=2, kind="metrics", step=50, values={"loss": 0.001}))
+        session.commit()
+        again = chart_series(session, cache, [1, 2], "step", 10, None)
+        assert (
+            again[1]["loss"].stored == 51 and again[1]["loss"].x[-1] == 50 and again[1]["loss"].y[-1] == 0.001
+        )
+        assert again[2]["loss"] is first[2]["loss"]  # job 2 did not change: not read again
+        exact = chart_series(session, cache, [1, 2], "epoch", 10, None)
+        assert exact == {1: {}, 2: {}}  # no report has an epoch
+
+
 # Against a real master ----------------------------------------------------------------------------
 
 
@@ -197,7 +225,16 @@ def test_compare_field_errors(api: httpx.Client, master: MasterProcess):
         answer = api.post("/jobs", json={"command": ["true"], "queue": "cpu"})
         ids.append(answer.json()["id"])
     a, b, c = ids
-    for jobs in (f"{a}", f"{a},{a}", "x,y", f"{a},-1", ",".join(str(i) for i in range(1, 22)), ""):
+    for jobs in (
+        f"{a}",
+        f"{a},{a}",
+        "x,y",
+        f"{a},-1",
+        f"{a},²",
+        f"{a},{2**63}",
+        ",".join(str(i) for i in range(1, 22)),
+        "",
+    ):
         answer = api.get("/compare", params={"jobs": jobs})
         assert answer.status_code == 422, (jobs, answer.text)
         assert answer.json()["field"] == "jobs"

@@ -24,6 +24,7 @@ from shared.status import JobStatus
 router = APIRouter(tags=["compare"], responses=documented(400, 401, 403, 404, 409, 422, 503))
 
 MIN_JOBS, MAX_JOBS = 2, 20
+JOB_ID = re.compile(r"[0-9]{1,19}")
 #: What a metric name in the filter can look like: what a job may report (shared/events.py).
 METRIC_FILTER = re.compile(rf"^[^\x00]{{1,{MAX_METRIC_NAME}}}$")
 
@@ -82,7 +83,8 @@ def parse_job_ids(raw: str) -> list[int]:
     words = [w.strip() for w in raw.split(",") if w.strip()]
     ids = []
     for word in words:
-        if not word.isdigit() or not 1 <= int(word) <= MAX_INT64:
+        # ASCII digits only: str.isdigit() takes "²", which int() refuses.
+        if not JOB_ID.fullmatch(word) or not 1 <= int(word) <= MAX_INT64:
             raise InvalidRequest(f"'{word[:32]}' is not a job id", field="jobs")
         ids.append(int(word))
     if len(set(ids)) != len(ids):

@@ -21,16 +21,19 @@ from master.experiments.compare import Series, XAxis, build_series, lttb
 #: Downsampled series kept, one entry a job and comparison shape; at most 5,000 points each per metric.
 CACHE_ENTRIES = 256
 
-#: A job's metric rows: how many, and the highest id (rows are only ever added or deleted with the job).
-Stamp = tuple[int, int]
+#: The highest id of a job's metric rows: rows are only ever added (and deleted with their job), so
+#: a job whose highest id is the same has the same rows.
+Stamp = int
 #: (job ids, x values, metric values), one entry per report.
 Columns = tuple[Sequence[int], Sequence[Any], list[dict[str, Any]]]
 CacheKey = tuple[int, XAxis, int, tuple[str, ...] | None]
 
 # Plain SQL, not the ORM: no row objects or per-value type processing for 200,000 rows, and the JSON
 # comes back as text in both databases, to be parsed in one call.
+# One index lookup per job (the job_id index ends in the row id), not a count over all its rows.
 STAMPS = text(
-    "SELECT job_id, COUNT(*), MAX(id) FROM job_metrics WHERE job_id IN :ids GROUP BY job_id"
+    "SELECT jobs.id, (SELECT MAX(m.id) FROM job_metrics m WHERE m.job_id = jobs.id) "
+    "FROM jobs WHERE jobs.id IN :ids"
 ).bindparams(bindparam("ids", expanding=True))
 ROWS = (
     'SELECT job_id, {axis}, CAST("values" AS TEXT) FROM job_metrics '
@@ -40,7 +43,7 @@ ROWS = (
 
 def metric_stamps(session: Session, job_ids: Sequence[int]) -> dict[int, Stamp]:
     rows = session.connection().execute(STAMPS, {"ids": list(job_ids)})
-    return {int(job_id): (int(count), int(top)) for job_id, count, top in rows}
+    return {int(job_id): int(top or 0) for job_id, top in rows}
 
 
 def read_rows(session: Session, job_ids: Sequence[int], x_axis: XAxis) -> Columns:
@@ -109,7 +112,7 @@ def chart_series(
     out: dict[int, dict[str, Series]] = {}
     missing = []
     for job_id in job_ids:
-        stamp = stamps.get(job_id, (0, 0))
+        stamp = stamps.get(job_id, 0)
         found = cache.get((job_id, x_axis, points, wanted), stamp)
         if found is None:
             missing.append(job_id)
@@ -120,6 +123,6 @@ def chart_series(
         for job_id in missing:
             series = {name: downsampled(s, points) for name, s in fresh.get(job_id, {}).items()}
             # Stamped as read before the rows: a report that lands in between only makes it stale.
-            cache.put((job_id, x_axis, points, wanted), stamps.get(job_id, (0, 0)), series)
+            cache.put((job_id, x_axis, points, wanted), stamps.get(job_id, 0), series)
             out[job_id] = series
     return out

@@ -278,3 +278,47 @@ def test_a_sweeps_page_in_a_real_browser(
     page.locator("#detail .sweep-link a").click()
     expect(page.locator("#sweep table.sweep-trials tbody tr[data-trial]")).to_have_count(4)
     watch.check(page)
+
+
+@sqlite_only
+def test_compare_overlays_twenty_jobs_and_no_more(
+    master: MasterProcess,
+    api: httpx.Client,
+    start_worker: Callable[..., WorkerProcess],
+    open_page: OpenPage,
+) -> None:
+    """The compare button takes 2 to 20 jobs; twenty draw twenty series in every chart."""
+    from playwright.sync_api import expect
+
+    start_worker("node-1", queues="cpu", concurrency=2)
+    ran = [_submit(api, f"lr-{i}", 0.01 * (i + 1), "vision", []) for i in range(20)]
+    extra = api.post("/jobs", json={"name": "extra", "command": ["python", "-c", "1"], "queue": "gpu"})
+    assert extra.status_code == 201, extra.text
+    for job_id in ran:
+        assert wait_status(api, job_id, {"succeeded", "failed"})["status"] == "succeeded"
+
+    page, watch = _admin_page(master, open_page)
+    expect(page.locator("#jobs-body tr[data-id]")).to_have_count(21)
+    for box in page.locator("#jobs-body input.pick").all():
+        box.check()
+    button = page.locator("#compare-selected")
+    expect(button).to_have_text("Compare selected (21)")
+    expect(button).to_be_disabled()
+    page.locator(f"#jobs-body tr[data-id='{extra.json()['id']}'] input.pick").uncheck()
+    expect(button).to_be_enabled()
+    button.click()
+
+    expect(page.locator("#compare .compare-jobs li")).to_have_count(20)
+    for metric in METRICS:
+        box = f"#compare .compare-chart-box[data-metric='{metric}']"
+        expect(page.locator(box)).to_have_attribute("data-series", "20")
+        drawn = _chart(page, box)
+        assert drawn["labels"][1:] == [f"#{job_id}" for job_id in ran]
+        assert all(len(column) == 4 for column in drawn["data"])
+    expect(page.locator("#compare tr[data-field='hyperparameters.lr'] td")).to_have_count(21)
+    # Twenty columns of spec: the box keeps the fields that differ (the name and lr).
+    page.locator("#compare-differs-only").check()
+    expect(page.locator("#compare table.compare-spec tbody tr:visible")).to_have_count(2)
+    expect(page.locator("#compare tr[data-field='hyperparameters.batch']")).to_be_hidden()
+    screenshot(page, "compare-twenty")
+    watch.check(page)

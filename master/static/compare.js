@@ -11,7 +11,7 @@ const POINTS = 500;
 const X_CHOICES = ["step", "epoch"];
 
 //: Longer spec values (a command's inline source) are cut in the table; the cell's title has all.
-const CELL_CHARS = 120;
+const CELL_CHARS = 60;
 
 const fullText = (v) => (v === null || v === undefined ? "–" : typeof v === "number" ? fmtNum(v) : typeof v === "object" ? JSON.stringify(v) : String(v));
 const cellText = (v) => {
@@ -80,7 +80,7 @@ export class CompareView {
           el("span", { class: "muted" }, ` ${j.owner || "–"} · ${j.project}`)))),
       el("h3", {}, "Metrics"),
       charts.length ? el("div", { class: "compare-charts" }, charts.map((c) => c.card)) : el("p", { class: "muted" }, "None of these jobs reported metrics."),
-      el("h3", {}, "Spec"),
+      el("div", { class: "card-head" }, el("h3", {}, "Spec"), this.differsOnlyBox()),
       this.specTable(data, jobs),
       el("h3", {}, "Final metrics"),
       this.finalTable(data, jobs),
@@ -100,6 +100,16 @@ export class CompareView {
       );
       this.boxes.push(c.box);
     }
+  }
+
+  // With many jobs the spec table is long: this box keeps only the fields that differ.
+  differsOnlyBox() {
+    const box = el("input", { type: "checkbox", id: "compare-differs-only" });
+    box.addEventListener("change", () => {
+      const table = this.root.querySelector("table.compare-spec");
+      if (table) table.classList.toggle("differs-only", box.checked);
+    });
+    return el("label", { class: "check" }, box, " only fields that differ");
   }
 
   specTable(data, jobs) {

@@ -267,6 +267,25 @@ def test_outbox_queues_matching_webhooks_once(engine: Engine) -> None:
         assert not running.notified  # announced when it ends, not before
 
 
+@pytest.mark.parametrize(
+    ("status", "event"),
+    [
+        (JobStatus.SUCCEEDED, "job.succeeded"),
+        (JobStatus.FAILED, "job.failed"),
+        (JobStatus.CANCELLED, "job.cancelled"),
+        (JobStatus.PRUNED, "job.pruned"),
+    ],
+)
+def test_every_end_has_its_event(engine: Engine, status: JobStatus, event: str) -> None:
+    with Session(engine) as session:
+        session.add(Webhook(owner="alice", url="https://a.example/", events=list(EVENTS)))
+        session.add(ended_job(id=None, status=status))
+        session.commit()
+        assert outbox.collect(session, API) == 1
+        delivery = session.exec(select(WebhookDelivery)).one()
+        assert delivery.event == event and delivery.payload["job"]["status"] == status.value
+
+
 def test_outbox_skips_a_job_another_master_claimed(engine: Engine) -> None:
     with Session(engine) as session:
         session.add(Webhook(owner="alice", url="https://a.example/", events=list(EVENTS)))

@@ -37,6 +37,8 @@ class WebhookCreate(BaseModel):
     url: str = Field(
         min_length=1,
         max_length=2048,
+        # No spaces or control characters (PostgreSQL's text cannot even hold a NUL byte).
+        pattern=r"^[^\x00-\x20\x7f]+$",
         description="https://... to POST to, or mailto:alice@example.com (needs the farm's SMTP settings)",
     )
     format: Literal["json", "slack", "email"] | None = Field(

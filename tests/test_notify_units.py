@@ -4,6 +4,7 @@ guard and secret encryption; no service runs."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -23,6 +24,7 @@ from master.notify.targets import Target, TargetRefused, check_url, is_internal,
 from shared.settings import Settings
 from shared.signing import new_private_key
 from shared.status import JobStatus
+from tests.conftest import wait_for
 
 API = "https://farm.example.com"
 
@@ -81,6 +83,7 @@ def test_sweep_body_and_summary() -> None:
     assert body["event"] == "sweep.ended"
     assert body["sweep"]["best_trial"] == 4 and body["sweep"]["best_value"] == 0.125
     assert body["sweep"]["counts"] == {"complete": 5, "pruned": 2}
+    assert body["sweep"]["url"] == f"{API}/#sweep-3"
     assert summary(body) == "sweep 3 (lr-search) succeeded, best trial 4 = 0.125"
 
 
@@ -303,6 +306,45 @@ def test_system_resolver_resolves_localhost() -> None:
 
 
 # Sending ----------------------------------------------------------------------------------------
+
+
+def test_a_delivery_is_retried_then_failed_after_max_attempts(engine: Engine, tmp_path: Path) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    port = closed.getsockname()[1]
+    box = SecretBox(new_private_key())
+    settings = guard_settings(
+        tmp_path, webhook_allow_private=True, webhook_max_attempts=3, webhook_retry_base=0.01
+    )
+    with Session(engine) as session:
+        hook = Webhook(
+            owner="alice", url=f"http://127.0.0.1:{port}/", events=list(EVENTS), secret=box.seal("k")
+        )
+        session.add(hook)
+        session.flush()
+        session.add(
+            WebhookDelivery(webhook_id=hook.id, event="test", subject="webhook 1", payload={"event": "test"})
+        )  # type: ignore[arg-type]
+        session.commit()
+    sender = Sender(engine, settings, lambda: box)
+    try:
+        tries = []
+
+        def ended() -> bool:
+            sender.send_due()
+            with Session(engine) as session:
+                row = session.exec(select(WebhookDelivery)).one()
+            tries.append(row.attempts)
+            return row.status != "pending"
+
+        wait_for(ended, 10, interval=0.01, what="the delivery to run out of tries")
+    finally:
+        closed.close()
+    with Session(engine) as session:
+        row = session.exec(select(WebhookDelivery)).one()
+    assert (row.status, row.attempts, row.last_code) == ("failed", 3, None)
+    assert row.last_error == "could not connect to the receiver"
+    assert sorted(set(tries)) == [1, 2, 3]  # tried again only once due, up to the limit
 
 
 def test_send_time_guard_refuses_a_webhook_that_now_points_inside(engine: Engine, tmp_path: Path) -> None:

@@ -233,6 +233,11 @@ def test_job_end_is_delivered_signed_and_only_its_owner_sees_the_webhook(
     # Removing it takes its log along.
     assert api.delete(f"/webhooks/{made['id']}").status_code == 200
     assert api.get(f"/webhooks/{made['id']}/deliveries").status_code == 404
+    trail = api.get("/audit", params={"action": "webhook"}).json()["items"]
+    assert [(e["action"], e["target"]) for e in trail] == [
+        (action, f"webhook {made['id']}") for action in ("webhook.delete", "webhook.test", "webhook.create")
+    ]
+    assert all(receiver.url not in json.dumps(e) for e in trail)  # a URL can be a credential
 
 
 @SQLITE_ONLY

@@ -71,7 +71,7 @@ def sweep_body(sweep: Sweep, counts: dict[str, int], api_url: str) -> dict[str, 
             "best_value": sweep.best_value,
             "counts": counts,
             "finished_at": _time(sweep.finished_at),
-            "url": f"{api_url}/api/sweeps/{sweep.id}",
+            "url": f"{api_url}/#sweep-{sweep.id}",
         },
     }
 

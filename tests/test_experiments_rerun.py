@@ -152,6 +152,8 @@ def test_project_and_tags_filter_the_job_list(api: httpx.Client):
     for params, field in (({"tag": "bad tag"}, "tag[0]"), ({"tag": ["ok", "no/slash"]}, "tag[1]")):
         refused = api.get("/jobs", params=params)
         assert refused.status_code == 422 and refused.json()["field"] == field, refused.text
+    past = api.get("/jobs", params={"sweep": 2**31})  # sweep ids are 32-bit: a 422, not an overflow
+    assert past.status_code == 422 and past.json()["field"] == "sweep", past.text
     refused = api.get("/jobs", params={"project": "../etc"})
     assert refused.status_code == 422 and refused.json()["field"] == "project", refused.text
     bad_spec = api.post("/jobs", json={"command": ["true"], "queue": "cpu", "tags": ["has space"]})

@@ -108,7 +108,14 @@ def compare(
     session: SessionDep,
     caller: CallerDep,
     state: StateDep,
-    jobs: Annotated[str, Query(max_length=512, description="2 to 20 job ids, comma-separated: 12,14,15")],
+    jobs: Annotated[
+        str,
+        Query(
+            max_length=512,
+            pattern=r"^[0-9]{1,19}(,[0-9]{1,19})*$",
+            description="2 to 20 distinct job ids, comma-separated: 12,14,15",
+        ),
+    ],
     x: Annotated[XAxis, Query(description="What the charts' x axis is")] = "step",
     points: Annotated[int, Query(ge=10, le=5000, description="Most points per chart line")] = 500,
     metric: Annotated[

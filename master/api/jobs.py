@@ -47,6 +47,8 @@ from shared.status import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=documented(400, 401, 403, 404, 409, 422, 503))
 
+#: The largest 32-bit id (sweeps.id).
+MAX_INT32 = 2**31 - 1
 #: A hyperparameter sweep fits in one request up to this many jobs.
 MAX_BATCH = 1000
 #: What a queue name can look like in a filter (a NUL byte, say, would reach PostgreSQL as an error).
@@ -146,7 +148,8 @@ def list_jobs(
             max_length=8, description="Only jobs carrying this tag; repeat it for jobs carrying all of them"
         ),
     ] = None,
-    sweep: Annotated[int | None, Query(ge=1, le=MAX_INT64, description="Only this sweep's trials")] = None,
+    # Sweep ids are 32-bit (sweeps.id, jobs.sweep_id): a larger one is a 422, not PostgreSQL's overflow.
+    sweep: Annotated[int | None, Query(ge=1, le=MAX_INT32, description="Only this sweep's trials")] = None,
 ) -> JobsPublic:
     """Jobs, newest first, filtered by status, queue, owner, project, tags and sweep, one page at a
     time."""

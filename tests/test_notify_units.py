@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
@@ -384,4 +386,72 @@ def test_a_pinned_post_connects_to_the_vetted_address_with_the_name_as_host() ->
         assert post(target, b"{}", {}, timeout=5).status_code == 204
         assert seen == [f"receiver.invalid:{port}"]
     finally:
+        server.server_close()
+
+
+def self_signed(name: str, directory: Path) -> tuple[Path, Path, str]:
+    """A certificate for `name` only (no IP address in it), its key, and the certificate as PEM."""
+    from datetime import timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_text(pem)
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path, pem
+
+
+def test_a_pinned_https_post_checks_the_certificate_against_the_name(tmp_path: Path) -> None:
+    cert, key, pem = self_signed("receiver.test", tmp_path)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    trusting = ssl.create_default_context(cadata=pem)
+    try:
+        # Connected to 127.0.0.1, yet verified as receiver.test: the certificate names only that.
+        named = Target(f"https://receiver.test:{port}/hook", "receiver.test", "127.0.0.1")
+        assert post(named, b"{}", {}, timeout=5, verify=trusting).status_code == 200
+        # A certificate for another name is still refused.
+        other = Target(f"https://other.test:{port}/hook", "other.test", "127.0.0.1")
+        with pytest.raises(httpx.ConnectError, match="certificate"):
+            post(other, b"{}", {}, timeout=5, verify=trusting)
+    finally:
+        server.shutdown()
         server.server_close()

@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import smtplib
+import ssl
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -59,9 +60,17 @@ def body_bytes(fmt: str, body: dict[str, Any]) -> bytes:
     return json.dumps(content, separators=(",", ":"), sort_keys=True).encode()
 
 
-def post(target: Target, content: bytes, headers: dict[str, str], timeout: float) -> httpx.Response:
+def post(
+    target: Target,
+    content: bytes,
+    headers: dict[str, str],
+    timeout: float,
+    verify: ssl.SSLContext | bool = True,
+) -> httpx.Response:
     """POST to the target, connecting to its vetted address when it has one (the name is not
-    resolved again, so it cannot turn into an internal address between the check and the send)."""
+    resolved again, so it cannot turn into an internal address between the check and the send);
+    an https receiver's certificate is still checked against its name. `verify`: the system's CAs,
+    or a context of others (tests)."""
     url = httpx.URL(target.url)
     extensions: dict[str, Any] = {}
     if target.pinned is not None:
@@ -70,7 +79,7 @@ def post(target: Target, content: bytes, headers: dict[str, str], timeout: float
             extensions["sni_hostname"] = target.host  # the certificate is checked against the name
         url = url.copy_with(host=target.pinned)
     # trust_env off: a proxy from the environment would send it somewhere the guard never saw.
-    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, verify=verify) as client:
         return client.post(url, content=content, headers=headers, extensions=extensions)
 
 

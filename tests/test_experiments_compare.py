@@ -60,6 +60,10 @@ def test_lttb_keeps_first_and_last_and_at_most_the_points_asked():
         assert all(y[i] == v for i, v in zip(dx, dy, strict=True))
 
 
+def test_lttb_with_room_for_the_ends_only():
+    assert lttb([1, 2, 3, 4], [4.0, 3.0, 2.0, 1.0], 2) == ([1, 4], [4.0, 1.0])
+
+
 def test_lttb_returns_a_short_series_exactly():
     assert lttb([1, 2, 3], [0.5, 0.25, 0.125], 10) == ([1, 2, 3], [0.5, 0.25, 0.125])
     assert lttb([], [], 10) == ([], [])

@@ -77,14 +77,15 @@ def is_number(value: object) -> bool:
 
 
 def lttb(x: Sequence[float], y: Sequence[float], points: int) -> tuple[list[float], list[float]]:
-    """Largest-triangle-three-buckets: at most `points` of the points (at least 3 kept), always the
-    first and the last; each bucket between them gives the point that makes the largest triangle with
-    the point kept before it and the average of the next bucket, so peaks and dips survive. Fewer
-    points than `points` come back as they are."""
+    """Largest-triangle-three-buckets: at most `points` of the points, always the first and the last;
+    each bucket between them gives the point that makes the largest triangle with the point kept
+    before it and the average of the next bucket, so peaks and dips survive. Fewer points than
+    `points` come back as they are."""
     n = len(x)
     if n <= points or n <= 2:
         return list(x), list(y)
-    points = max(points, 3)
+    if points < 3:  # no bucket between the ends
+        return [x[0], x[-1]][:points], [y[0], y[-1]][:points]
     every = (n - 2) / (points - 2)
     out_x, out_y = [x[0]], [y[0]]
     ax, ay = x[0], y[0]

@@ -1,13 +1,17 @@
 """Every job mirrored to a real `mlflow server` (SQLite backend, from .venv-mlflow): a real master
-with a tracking URI, a real worker, jobs that report metrics; and MLflow away at first, which the
-jobs never wait for and the mirror catches up on."""
+with a tracking URI, a real worker, jobs that report metrics; and MLflow away at first (nothing
+listening at the URI until a forwarder to the server opens there), which the jobs never wait for
+and the mirror catches up on."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import socket
 import sys
 import textwrap
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -53,9 +57,9 @@ class MlflowServer(ManagedProcess):
     name = "mlflow"
     ready_timeout = 120.0
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path) -> None:
         super().__init__(data_dir)
-        self.port = port or free_port()
+        self.port = free_port()
 
     @property
     def url(self) -> str:
@@ -76,6 +80,42 @@ class MlflowServer(ManagedProcess):
             return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
+
+
+class Forwarder:
+    """Makes `target` reachable at 127.0.0.1:`port` from `start()` on, byte for byte: before it,
+    nothing listens there, as when MLflow is down. Spares a second server's half-minute boot."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        self.port, self._target = port, target
+        self._listener: socket.socket | None = None
+
+    def start(self) -> Forwarder:
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # closed by stop()
+                return
+            upstream = socket.create_connection(self._target)
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
 
 
 def require_mlflow() -> None:
@@ -211,9 +251,11 @@ def test_a_job_is_mirrored_with_params_metrics_tags_and_artifact_links(
 
 
 def test_mlflow_away_at_first_never_holds_a_job_and_the_mirror_catches_up(
-    settings: Settings, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+    settings: Settings,
+    mlflow_server: MlflowServer,
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
 ) -> None:
-    require_mlflow()
     port = free_port()
     secret = f"s3cret-{uuid.uuid4().hex[:8]}"
     uri = f"http://mirror:{secret}@127.0.0.1:{port}"  # nothing listens there yet
@@ -228,13 +270,16 @@ def test_mlflow_away_at_first_never_holds_a_job_and_the_mirror_catches_up(
         assert isinstance(row, MlflowRun)
         assert not row.finished and row.run_id is None
         assert row.last_error and "ConnectError" in row.last_error and secret not in row.last_error
-        with MlflowServer(tmp_path / "mlflow", port=port):
+        forwarder = Forwarder(port, ("127.0.0.1", mlflow_server.port)).start()
+        try:
             # The mirror pings while MLflow is away and catches up once it answers, without
             # waiting out the job's backoff.
             client = MlflowClient(uri)
             prefix = master.settings.mlflow_experiment_prefix
             check_mirrored(client, api, master, job_id, f"{prefix}outage")
             assert wait_for(lambda: (r := mirror_row(settings, job_id)) and r.finished, what="the row closed")
+        finally:
+            forwarder.stop()
     # The tries were logged, with the tracking URI's password masked.
     log = master.log_path.read_text(errors="replace")
     assert f"mirror:***@127.0.0.1:{port}: ConnectError" in log

@@ -17,6 +17,7 @@ from master.mlflow_mirror.rest import split_credentials
 from master.models import Artifact, Job, JobMetric, MlflowRun, utcnow
 from shared.settings import Settings
 from shared.status import JobStatus
+from trainfarm.services.process import free_port
 
 
 def test_params_are_flat_strings_with_the_spec_fields_and_hyperparameters_win_a_clash():
@@ -202,3 +203,23 @@ def test_runs_waiting_on_a_failure_are_due_at_once_when_mlflow_answers_again(eng
         session.commit()
         mirror.retry_now(session)
         assert [job.id for _, job in mirror.due(session)] == [failed]
+
+
+def test_a_failed_try_backs_off_and_while_mlflow_is_away_a_round_only_pings(engine, tmp_path):
+    settings = Settings(data_dir=tmp_path, mlflow_tracking_uri=f"http://u:pw@127.0.0.1:{free_port()}")  # type: ignore[arg-type]
+    mirror = MlflowMirror(engine, settings)
+    [job_id] = _add_jobs(engine, 1, started_at=utcnow(), status=JobStatus.RUNNING)
+    before = utcnow()
+    mirror.round()
+    with Session(engine) as session:
+        row = session.get(MlflowRun, job_id)
+        assert row is not None and row.attempts == 1 and row.run_id is None and not row.finished
+        assert row.last_error is not None and "ConnectError" in row.last_error and "pw" not in row.last_error
+        next_at = row.next_at if row.next_at.tzinfo else row.next_at.replace(tzinfo=UTC)
+        assert next_at >= before + timedelta(seconds=retry_delay(1))
+        row.next_at = before  # due again: a round still only pings, and counts no new failure
+        session.commit()
+    mirror.round()
+    with Session(engine) as session:
+        row = session.get(MlflowRun, job_id)
+        assert row is not None and row.attempts == 1

@@ -112,20 +112,28 @@ class MlflowMirror:
         try:
             more = self._writer.update(session, job, run)
         except MlflowUnavailable as exc:
-            session.rollback()  # what the failed step had changed; earlier steps are committed
-            run.attempts += 1
-            delay = retry_delay(run.attempts)
-            run.next_at = utcnow() + timedelta(seconds=delay)
-            run.last_error = exc.message
             self._unreachable = exc.unreachable
-            session.add(run)
-            session.commit()
-            log.warning("MLflow mirror of job %s failed (try %d), again in %.0fs: %s",
-                        job.id, run.attempts, delay, exc.message)  # fmt: skip
+            self._back_off(session, job, run, exc.message)
             return False
+        except Exception as exc:  # a surprise in one job's data must not stall every other job
+            log.exception("MLflow mirror of job %s failed", job.id)
+            self._back_off(session, job, run, f"{type(exc).__name__}: {exc}")
+            return True
         if not run.finished:
             run.attempts = 0
             run.next_at = utcnow() + timedelta(seconds=0 if more else FOLLOW_INTERVAL)
             session.add(run)
             session.commit()
         return True
+
+    def _back_off(self, session: Session, job: Job, run: MlflowRun, error: str) -> None:
+        session.rollback()  # what the failed step had changed; earlier steps are committed
+        run.attempts += 1
+        delay = retry_delay(run.attempts)
+        run.next_at = utcnow() + timedelta(seconds=delay)
+        run.last_error = error
+        session.add(run)
+        session.commit()
+        log.warning(
+            "MLflow mirror of job %s failed (try %d), again in %.0fs: %s", job.id, run.attempts, delay, error
+        )

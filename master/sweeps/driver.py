@@ -107,6 +107,8 @@ class SweepDriver:
                 verdict = study.judge(spec, rows, row.number)
                 row.system_attrs = verdict.system_attrs
                 if verdict.prune:
+                    # Locked and read again: an end the events applied meanwhile is kept, not pruned over.
+                    session.refresh(job, with_for_update=True)
                     prune_job(session, self._state.broker, job, prune_reason(spec, rows, row))
                     row.state = "pruned"
                     pruned.append(job.id or 0)

@@ -227,6 +227,11 @@ def test_job_end_is_delivered_signed_and_only_its_owner_sees_the_webhook(
             answer = bob.request(method, path)
             assert answer.status_code == 404, (method, path, answer.text)
             assert answer.json()["field"] == "webhook_id"
+        # Bob's own webhook is his to see; admins see everyone's.
+        bobs = bob.post("/webhooks", json={"url": receiver.url}).json()
+        assert [h["id"] for h in bob.get("/webhooks").json()] == [bobs["id"]]
+    assert [h["id"] for h in api.get("/webhooks").json()] == [bobs["id"], made["id"]]
+    assert api.get(f"/webhooks/{bobs['id']}").json()["owner"] == "bob"
     with member_client(api, "vera", role="viewer") as vera:
         assert vera.post("/webhooks", json={"url": receiver.url}).status_code == 403
 
@@ -234,7 +239,7 @@ def test_job_end_is_delivered_signed_and_only_its_owner_sees_the_webhook(
     assert api.delete(f"/webhooks/{made['id']}").status_code == 200
     assert api.get(f"/webhooks/{made['id']}/deliveries").status_code == 404
     trail = api.get("/audit", params={"action": "webhook"}).json()["items"]
-    assert [(e["action"], e["target"]) for e in trail] == [
+    assert [(e["action"], e["target"]) for e in trail if e["actor"] != "bob"] == [
         (action, f"webhook {made['id']}") for action in ("webhook.delete", "webhook.test", "webhook.create")
     ]
     assert all(receiver.url not in json.dumps(e) for e in trail)  # a URL can be a credential

@@ -30,6 +30,7 @@ FIGURES = (
     "scale",
     "sse_fanout",
     "log_flood",
+    "compare",
 )
 
 

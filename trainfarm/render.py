@@ -20,6 +20,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from shared.schemas import DEFAULT_PROJECT
+
 STATUS_STYLES = {
     "queued": "yellow",
     "running": "cyan",
@@ -137,6 +139,13 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     waiting = any(wait_text(job) for job in jobs)
     if waiting:
         table.add_column("WAITING", no_wrap=True, overflow="ellipsis", max_width=60, style="dim")
+    # Likewise only when some job is in a project of its own or carries tags.
+    projects = any(job.get("project", DEFAULT_PROJECT) != DEFAULT_PROJECT for job in jobs)
+    tagged = any(job.get("tags") for job in jobs)
+    if projects:
+        table.add_column("PROJECT", no_wrap=True, overflow="ellipsis", max_width=24)
+    if tagged:
+        table.add_column("TAGS", no_wrap=True, overflow="ellipsis", max_width=30)
     for job in jobs:
         add_row(
             table,
@@ -150,6 +159,8 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
             progress_text(job),
             format_time(job["created_at"]),
             *((wait_text(job),) if waiting else ()),
+            *((job.get("project") or "-",) if projects else ()),
+            *((", ".join(job.get("tags") or []) or "-",) if tagged else ()),
         )
     return table
 

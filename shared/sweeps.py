@@ -12,6 +12,10 @@ from shared.schemas import NAME_PATTERN, JobSpec
 
 #: Hyperparameter names as the spec's `hyperparameters` keys are written.
 PARAM_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
+#: Largest `int` bound: whole numbers a float (and so a JSON reader anywhere) holds exactly.
+MAX_INT = 2**53
+#: Most points a grid sweep may have: its grid is made in memory whenever a trial is suggested.
+MAX_GRID = 100_000
 Choice = str | int | float | bool
 
 
@@ -46,7 +50,18 @@ class Param(BaseModel):
             raise ValueError("a 'log_uniform' range must be above 0")
         if self.type == "int" and (not float(self.low).is_integer() or not float(self.high).is_integer()):
             raise ValueError("an 'int' range needs whole numbers")
+        if self.type == "int" and max(abs(self.low), abs(self.high)) > MAX_INT:
+            raise ValueError(f"an 'int' range must lie within ±{MAX_INT}")
         return self
+
+    @property
+    def grid_count(self) -> int | None:
+        """How many values `grid` holds, without making the list."""
+        if self.type == "choice":
+            return len(self.values or [])
+        if self.type == "int" and self.low is not None and self.high is not None:
+            return len(range(int(self.low), int(self.high) + 1, self.step or 1))
+        return None
 
     @property
     def grid(self) -> list[Choice] | None:
@@ -93,15 +108,19 @@ class SweepSpec(BaseModel):
     def _searchable(self) -> SweepSpec:
         if self.sampler == "grid":
             for name, param in self.space.items():
-                if param.grid is None:
+                if param.grid_count is None:
                     raise ValueError(f"space.{name}: a grid sweep takes 'choice' or 'int' parameters")
+            if (self.grid_size or 0) > MAX_GRID:
+                raise ValueError(
+                    f"the grid has {self.grid_size} points; a grid sweep may have at most {MAX_GRID}"
+                )
         return self
 
     @property
     def grid_size(self) -> int | None:
         if self.sampler != "grid":
             return None
-        return math.prod(len(p.grid or []) for p in self.space.values())
+        return math.prod(p.grid_count or 0 for p in self.space.values())
 
     @property
     def trials_to_run(self) -> int:

@@ -104,6 +104,15 @@ def test_a_grid_takes_only_countable_parameters_and_caps_the_budget() -> None:
     assert make_spec(budget=7).trials_to_run == 7
 
 
+def test_a_huge_grid_is_refused_without_being_made() -> None:
+    huge = {"seed": {"type": "int", "low": 0, "high": 2**40}}
+    with pytest.raises(ValidationError, match="a grid sweep may have at most 100000"):
+        make_spec(sampler="grid", space=huge)
+    assert make_spec(space=huge).trials_to_run == 12  # sampled, not walked: any size will do
+    with pytest.raises(ValidationError, match="must lie within"):
+        make_spec(space={"seed": {"type": "int", "low": 0, "high": 1e300}})
+
+
 def test_unknown_keys_and_a_bad_base_are_refused() -> None:
     with pytest.raises(ValidationError, match="paralelism"):
         make_spec(paralelism=3)

@@ -242,9 +242,18 @@ def test_a_job_is_mirrored_with_params_metrics_tags_and_artifact_links(
             refused = api.post("/jobs", json=reporting_spec(project="doomed")).json()["id"]
             spec = reporting_spec(name="mirrored", project="vision", tags=["baseline", "lr:0.01"])
             job_id = api.post("/jobs", json=spec).json()["id"]
+            # No GPU node: it waits, and is cancelled before it ever starts.
+            waiting = api.post("/jobs", json=reporting_spec(project="vision", queue="gpu")).json()["id"]
+            assert api.post(f"/jobs/{waiting}/cancel").is_success
             for each in (refused, job_id):
                 assert wait_status(api, each, {"succeeded", "failed"})["status"] == "succeeded"
             check_mirrored(client, api, master, job_id, f"{prefix}vision")
+            killed = wait_for(
+                lambda: finished_run(client, f"{prefix}vision", waiting), what="the cancelled run"
+            )
+            assert isinstance(killed, dict) and killed["info"]["status"] == "KILLED"
+            assert {t["key"]: t["value"] for t in killed["data"]["tags"]}["trainfarm.status"] == "cancelled"
+            assert killed["info"]["run_name"] == f"job-{waiting}" and "metrics" not in killed["data"]
         row = wait_for(lambda: (r := mirror_row(settings, refused)) and r.finished and r, what="the refusal")
         assert isinstance(row, MlflowRun)
         assert row.run_id is None and row.last_error and row.last_error.startswith("not mirrored: ")

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import click
 import typer
-import yaml  # type: ignore[import-untyped]  # no stubs pinned; see the lead request
+import yaml
 from pydantic import ValidationError
 from rich.table import Table
 from rich.text import Text

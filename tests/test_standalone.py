@@ -151,3 +151,27 @@ def test_standalone_runs_a_job_stops_cleanly_and_restarts_on_its_data(tmp_path):
         assert "hello farm" in [line["text"] for line in api.get(f"/jobs/{job['id']}/logs").json()["lines"]]
     finally:
         interrupt(farm)
+
+
+def test_demo_sweep_runs_a_sweep_file_to_its_best_trial(tmp_path):
+    """`trainfarm demo --sweep FILE` (what `scripts/demo --sweep examples/sweep.yaml` runs): a
+    standalone farm runs every trial of the file on the bundled dataset, two at a time, and names the
+    best; the exit status says the sweep succeeded."""
+    data_dir, output = tmp_path / "farm", tmp_path / "demo.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINFARM_")}
+    # Into a file, not a pipe: the farm's processes must not be able to hold the test up by it.
+    with output.open("w") as out:
+        demo = subprocess.run(
+            [sys.executable, "-m", "trainfarm.cli", "demo", "--data-dir", str(data_dir),
+             "--port", str(free_port()), "--sweep", str(ROOT / "tests" / "fixtures" / "small_sweep.yaml")],
+            cwd=ROOT, env={**env, "COLUMNS": "200"}, stdout=out, stderr=subprocess.STDOUT, timeout=170,
+        )  # fmt: skip
+    said = output.read_text()
+    assert demo.returncode == 0, said
+    assert "uploaded dataset digits.csv" in said, said
+    [summary] = [line for line in said.splitlines() if line.startswith("sweep 1 succeeded in ")]
+    assert ": 3 trials, 0 pruned; best: trial " in summary, summary
+    best = float(summary.rsplit(" ", 1)[1])
+    assert 0.5 < best <= 1.0, summary  # two epochs of the MLP already reach 0.8 and more on digits
+    assert "Traceback" not in said, said
+    assert not (data_dir / "farm.pid").exists()  # the farm stopped behind it

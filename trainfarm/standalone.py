@@ -17,7 +17,9 @@ from trainfarm.services.data_dir import DataDirBusy, DataDirLock
 from trainfarm.supervisor import StandaloneFarm
 
 console = Console(stderr=True)
-DEMO_DATASET = Path(__file__).resolve().parent.parent / "examples" / "datasets" / "digits.csv"
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_DATASET = ROOT / "examples" / "datasets" / "digits.csv"
+EXAMPLE_SWEEP = ROOT / "examples" / "sweep.yaml"
 
 DataDirOption = Annotated[
     Path | None, typer.Option("--data-dir", help="Where the farm keeps everything (default: ~/.trainfarm)")
@@ -135,23 +137,41 @@ def register(app: typer.Typer) -> None:
         port: PortOption = None,
         epochs: Annotated[int, typer.Option(help="Training epochs")] = 15,
         keep: Annotated[bool, typer.Option(help="Leave the farm running afterwards, until Ctrl-C")] = False,
+        sweep: Annotated[
+            Path | None,
+            typer.Option(
+                "--sweep",
+                metavar="FILE",
+                help=f"Run this sweep instead of one job (e.g. {EXAMPLE_SWEEP.relative_to(ROOT)})",
+            ),
+        ] = None,
     ) -> None:
         """Start a standalone farm and train a real model on it, end to end.
 
         Uploads the UCI handwritten digits dataset, trains the built-in tabular classifier on the
         local worker while its log streams here, then shows the final metrics and the artifacts
-        stored in S3.
+        stored in S3. With --sweep FILE, runs that hyperparameter sweep instead (the worker runs
+        as many trials at once as its parallelism), showing its trials as they start, end and are
+        pruned, then the best one.
         """
-        from trainfarm.demo import run_demo
+        from trainfarm.cli_sweeps import read_spec
+        from trainfarm.demo import run_demo, run_sweep_demo
 
         settings = get_settings()
+        slots = 1
+        if sweep is not None:  # read first: a bad file is one line, before anything starts
+            slots = max(1, min(4, int(read_spec(sweep).get("parallelism", 2))))
         hold = _hold(data_dir or settings.data_dir)
-        farm = StandaloneFarm(data_dir or settings.data_dir, settings, port, None, 1, with_flower=False)
+        farm = StandaloneFarm(data_dir or settings.data_dir, settings, port, None, slots, with_flower=False)
         _raise_on_sigterm()
         _start(farm)
         code = 1
         try:
-            code = run_demo(farm.settings.api_url, farm.master.token, DEMO_DATASET, epochs, console)
+            url, token = farm.settings.api_url, farm.master.token
+            if sweep is not None:
+                code = run_sweep_demo(url, token, DEMO_DATASET, sweep, console)
+            else:
+                code = run_demo(url, token, DEMO_DATASET, epochs, console)
             if keep:
                 _banner(farm)
                 farm.wait()

@@ -1,5 +1,5 @@
 """The master's background loops: apply events, publish missed attempts, sync node heartbeats, drive
-sweeps, send notifications, mirror jobs to MLflow."""
+sweeps, send notifications, mirror jobs to MLflow, summarize ended jobs' metric series."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from master.events import EventConsumer
+from master.experiments.summaries import SeriesSummarizer
 from master.metrics import LOOP_ERRORS
 from master.mlflow_mirror.mirror import MlflowMirror
 from master.nodes import sync_nodes
@@ -124,6 +125,8 @@ def start_loops(
         # Deliveries wait on receivers (up to webhook_timeout each): a thread of their own, so a
         # slow receiver never holds up events, sweeps or admission.
         Loop("notifier", Notifier(engine, settings).round, interval=0.5),
+        # Ended jobs' metric series, downsampled once so comparing runs need not read every report.
+        Loop("series", SeriesSummarizer(engine).round, interval=1.0),
     ]
     if settings.mlflow_tracking_uri:
         loops.append(Loop("mlflow-mirror", MlflowMirror(engine, settings).round, interval=1.0))

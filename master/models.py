@@ -1,5 +1,6 @@
 """Tables and their public shapes: jobs, job attempts, metrics, artifacts, datasets, code bundles,
-nodes, users, API tokens, the audit trail, sweeps, webhooks and the MLflow mirror."""
+nodes, users, API tokens, the audit trail, sweeps, webhooks, the MLflow mirror and metric series
+summaries."""
 
 from __future__ import annotations
 
@@ -115,6 +116,8 @@ class Job(JobBase, table=True):
     #: Its end was handed to the notifier (webhooks, email): an outbox flag, so a job's end is
     #: announced once, after its state is stored, whatever the receivers do.
     notified: bool = Field(default=False, index=True)
+    #: Its metric series were summarized for charts (`MetricSeries`): an outbox flag, as above.
+    summarized: bool = Field(default=False, index=True)
 
 
 class JobTag(SQLModel, table=True):
@@ -561,3 +564,24 @@ class MlflowRun(SQLModel, table=True):
     attempts: int = 0
     next_at: datetime = Field(default_factory=utcnow)
     last_error: str | None = Field(default=None, sa_type=Text)
+
+
+# Metric series summaries ---------------------------------------------------------------------------
+
+
+class MetricSeries(SQLModel, table=True):
+    """One ended job's series of one metric against one axis, downsampled once for charts
+    (master/experiments/summaries.py), so a comparison need not read and parse every report."""
+
+    __tablename__ = "metric_series"
+
+    job_id: int = Field(primary_key=True, foreign_key="jobs.id", sa_type=BigInteger)
+    #: `step` or `epoch`.
+    axis: str = Field(primary_key=True, max_length=8)
+    metric: str = Field(primary_key=True, max_length=128)
+    #: Highest job_metrics id of the job included: a job with a higher one has reported since.
+    upto_id: int = 0
+    #: Points the series had before downsampling.
+    stored: int = 0
+    x: list[float] = Field(default_factory=list, sa_type=JSON)
+    y: list[float] = Field(default_factory=list, sa_type=JSON)

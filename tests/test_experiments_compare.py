@@ -11,9 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlalchemy import Engine, delete, func, text
+from sqlmodel import Session, col, select
 
+from master.db import make_engine
 from master.experiments.compare import (
     build_series,
     final_table,
@@ -22,10 +23,11 @@ from master.experiments.compare import (
     lttb,
     spec_table,
 )
-from master.experiments.compare_reader import SeriesCache, chart_series
-from master.models import Job, JobMetric
+from master.experiments.compare_reader import SUMMARY_POINTS, SeriesCache, chart_series
+from master.experiments.summaries import SeriesSummarizer, summarize
+from master.models import Job, JobMetric, MetricSeries
 from shared.settings import Settings
-from tests.conftest import run_cli, wait_status
+from tests.conftest import run_cli, wait_for, wait_status
 from trainfarm.services.farm import MasterProcess, WorkerProcess
 
 #: A job that reports `REPORTS` metrics lines through the job contract: every line has a step, every
@@ -142,6 +144,112 @@ def test_kept_series_are_used_until_the_job_reports_more(engine: Engine):
         assert exact == {1: {}, 2: {}}  # no report has an epoch
 
 
+def add_run(session: Session, job_id: int, reports: int, status: str = "succeeded") -> None:
+    """A job with `reports` reports of two metrics, an epoch every 100 steps."""
+    session.add(Job(id=job_id, queue="cpu", spec={}, status=status))
+    session.add_all(
+        JobMetric(
+            job_id=job_id,
+            attempt=1,
+            kind="metrics",
+            step=s,
+            epoch=s // 100,
+            values={"loss": 1 / (s + 1) + (s % 7) / 100, "acc": s % 13},
+        )
+        for s in range(reports)
+    )
+    session.commit()
+
+
+def test_summaries_answer_the_charts_until_the_job_reports_more(engine: Engine):
+    big, small = 1, 2  # more points than a summary holds, and fewer
+    with Session(engine) as session:
+        add_run(session, big, 3 * SUMMARY_POINTS)
+        add_run(session, small, 50)
+        shapes = [("step", 1000, None), ("step", 50, None), ("epoch", 1000, {"acc"}), ("step", 10, None)]
+        raw = [chart_series(session, SeriesCache(), [big, small], *shape) for shape in shapes]
+        assert summarize(session, big) == summarize(session, small) == 4  # 2 metrics x 2 axes
+        assert session.get(Job, big).summarized  # type: ignore[union-attr]
+        [stored] = session.exec(
+            select(MetricSeries).where(MetricSeries.job_id == big, MetricSeries.metric == "loss")
+        ).all()[:1]
+        assert (len(stored.x), stored.stored) == (SUMMARY_POINTS, 3 * SUMMARY_POINTS)
+
+        # Every report but the newest gone: what answers now can only come from the summaries.
+        for job_id in (big, small):
+            newest = session.exec(select(func.max(JobMetric.id)).where(JobMetric.job_id == job_id)).one()
+            session.execute(
+                delete(JobMetric).where(col(JobMetric.job_id) == job_id, col(JobMetric.id) < newest)
+            )
+        session.commit()
+        summarized = [chart_series(session, SeriesCache(), [big, small], *shape) for shape in shapes]
+        # Exact where the summary is what the rows would give: all of a short series, or as many
+        # points as the summary holds.
+        assert summarized[0] == raw[0] and summarized[2] == raw[2]
+        assert summarized[1][small] == raw[1][small]
+        assert set(summarized[2][big]) == {"acc"}
+        assert summarized[1][small]["loss"].stored == 50
+        # Fewer points: downsampled from the summary, the ends and the count stored kept.
+        few, whole = summarized[3][big]["loss"], raw[0][big]["loss"]
+        assert len(few.x) == 10 and few.stored == 3 * SUMMARY_POINTS
+        assert (few.x[0], few.y[0], few.x[-1], few.y[-1]) == (
+            whole.x[0],
+            whole.y[0],
+            whole.x[-1],
+            whole.y[-1],
+        )
+
+        # More points than a summary holds: the rows are read (only the newest is left).
+        more = chart_series(session, SeriesCache(), [big, small], "step", 2000, None)
+        assert more[big]["loss"].stored == 1 and more[small]["loss"].stored == 1
+
+        # A report with a higher id makes the job's summaries stale: its rows answer again.
+        session.add(JobMetric(job_id=big, attempt=2, kind="metrics", step=5000, values={"loss": 0.5}))
+        session.commit()
+        stale = chart_series(session, SeriesCache(), [big, small], "step", 1000, None)
+        assert stale[big]["loss"].stored == 2 and stale[big]["loss"].x == [3 * SUMMARY_POINTS - 1, 5000]
+        assert stale[small] == summarized[0][small]  # still from its summaries
+
+
+def test_summarizer_takes_ended_jobs_oldest_first_and_sets_aside_one_that_fails(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+):
+    with Session(engine) as session:
+        add_run(session, 1, 20, status="running")
+        add_run(session, 2, 20)
+        add_run(session, 3, 20, status="failed")
+        add_run(session, 4, 20, status="cancelled")
+        # Job 4's reports cannot be parsed: its summary fails every time.
+        session.execute(text("UPDATE job_metrics SET \"values\" = '{broken' WHERE job_id = 4"))
+        session.commit()
+    summarizer = SeriesSummarizer(engine, batch=1)
+    assert summarizer.round() == 1  # the oldest ended job first
+    with Session(engine) as session:
+        assert [j.summarized for j in session.exec(select(Job).order_by(col(Job.id)))] == [
+            False,
+            True,
+            False,
+            False,
+        ]
+    assert summarizer.round() == 1
+    with caplog.at_level("ERROR", logger="master.experiments.summaries"):
+        assert summarizer.round() == 0
+        assert len(caplog.records) == 1 and "job 4" in caplog.records[0].getMessage()
+        assert summarizer.round() == 0  # set aside: not tried again at once
+        assert len(caplog.records) == 1
+    with Session(engine) as session:
+        summarized = {j.id: j.summarized for j in session.exec(select(Job))}
+        assert summarized == {1: False, 2: True, 3: True, 4: False}
+        assert (
+            session.exec(select(func.count()).select_from(MetricSeries).where(MetricSeries.job_id == 4)).one()
+            == 0
+        )
+        assert (
+            session.exec(select(func.count()).select_from(MetricSeries).where(MetricSeries.job_id == 3)).one()
+            == 4
+        )
+
+
 # Against a real master ----------------------------------------------------------------------------
 
 
@@ -160,6 +268,33 @@ def test_compare_returns_exactly_the_stored_values(
         ids.append(answer.json()["id"])
     for job_id in ids:
         assert wait_status(api, job_id, {"succeeded", "failed"})["status"] == "succeeded"
+    # The master's series loop summarizes each ended job.
+    engine = make_engine(master.settings.database_url)
+    try:
+
+        def summarized() -> bool:
+            with Session(engine) as session:
+                jobs = session.exec(select(Job).where(col(Job.id).in_(ids))).all()
+                return all(job.summarized for job in jobs)
+
+        wait_for(summarized, what="both jobs summarized")
+        with Session(engine) as session:
+            kept = session.exec(select(MetricSeries).where(col(MetricSeries.job_id).in_(ids))).all()
+    finally:
+        engine.dispose()
+    assert sorted((s.job_id, s.axis, s.metric, s.stored) for s in kept) == sorted(
+        (job_id, axis, name, stored)
+        for job_id in ids
+        for axis, name, stored in [
+            ("step", "val_loss", REPORTS),
+            ("step", "val_acc", REPORTS),
+            ("epoch", "val_loss", REPORTS // 5),
+            ("epoch", "val_acc", REPORTS // 5),
+            ("epoch", "test_acc", 1),
+        ]
+    )
+    # Answered from the summaries (all points fit), exactly what the rows give (5,000 points: read).
+    from_summaries = api.get("/compare", params={"jobs": f"{ids[1]},{ids[0]}", "points": 1000}).json()
 
     full = api.get("/compare", params={"jobs": f"{ids[1]},{ids[0]}", "points": 5000})
     assert full.status_code == 200, full.text
@@ -184,6 +319,7 @@ def test_compare_returns_exactly_the_stored_values(
             assert row["values"][[j["id"] for j in body["jobs"]].index(job_id)] == job["metrics"].get(
                 row["metric"]
             )
+    assert from_summaries == body
     final = {row["metric"]: row for row in body["final"]}
     assert final["val_loss"]["best"] == ids[0] and final["val_loss"]["lower_is_better"]
     assert final["test_acc"]["best"] == ids[1] and final["test_acc"]["values"] == [2.0, 1.0]

@@ -136,9 +136,18 @@ def test_later_unversioned_databases_are_recognised_and_reach_head(database_url,
         session.add(Job(queue="gpu", spec={"command": ["true"]}, handbacks=2, warnings=["log cut"]))
         session.commit()
     with engine.begin() as conn:
-        for index in ("notified", "project", "rerun_of", "sweep_id"):  # 0007
+        for index in ("notified", "project", "rerun_of", "sweep_id", "summarized"):  # 0007
             conn.execute(text(f"DROP INDEX ix_jobs_{index}"))
-        for column in ("project", "tags", "rerun_of", "sweep_id", "trial", "pruning", "notified"):
+        for column in (
+            "project",
+            "tags",
+            "rerun_of",
+            "sweep_id",
+            "trial",
+            "pruning",
+            "notified",
+            "summarized",
+        ):
             conn.execute(text(f"ALTER TABLE jobs DROP COLUMN {column}"))
         conn.execute(text("DROP INDEX ix_jobs_owner_status_queue"))  # 0006
         conn.execute(text("DROP INDEX ix_job_attempts_status_admitted_at"))
@@ -506,7 +515,8 @@ def test_jobs_from_before_fair_share_keep_their_place_after_the_upgrade(database
 
 def test_jobs_from_before_experiments_are_in_the_default_project_and_their_ends_not_announced(database_url):
     """0007: every job gets the `default` project and no tags; jobs that had ended count as notified
-    (nobody asked to hear of them), those still queued or running will be announced when they end."""
+    (nobody asked to hear of them), those still queued or running will be announced when they end;
+    no job counts as summarized, so the series loop summarizes the ended ones after the upgrade."""
     engine = engine_for(database_url)
     with engine.begin() as conn:
         command.upgrade(migrations.config(conn), "0006")
@@ -533,4 +543,5 @@ def test_jobs_from_before_experiments_are_in_the_default_project_and_their_ends_
         ("default", [], None, None, False)
     ] * 5
     assert [j.notified for j in jobs] == [True, True, True, False, False]
+    assert [j.summarized for j in jobs] == [False] * 5
     engine.dispose()

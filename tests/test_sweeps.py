@@ -193,6 +193,11 @@ def test_cancel_stops_every_trial_and_starts_no_more(api, master, start_worker):
         (2, "failed", "cancelled"),
     ]
     assert len(sweep_jobs(api, sweep_id)) == 2
+    listed = run_cli(master, "jobs", "--sweep", str(sweep_id))
+    assert listed.exit_code == 0, listed.output
+    # A row's first line starts with its id (a wrapped cell continues on lines that start blank).
+    rows = [line.split()[0] for line in listed.output.splitlines() if line[:1].isdigit()]
+    assert rows == [str(j["id"]) for j in sweep_jobs(api, sweep_id)], listed.output
     entries = api.get("/audit", params={"action": "sweep.cancel"}).json()
     items = entries["items"] if isinstance(entries, dict) else entries
     assert [e["target"] for e in items if e["action"] == "sweep.cancel"] == [f"sweep {sweep_id}"]

@@ -312,6 +312,9 @@ def jobs(
             "--tag", "-t", metavar="TAG", help="Only jobs carrying this tag (repeatable: all of them)."
         ),
     ] = None,
+    sweep: Annotated[
+        int | None, typer.Option("--sweep", metavar="ID", min=1, help="Only this sweep's trial jobs.")
+    ] = None,
 ) -> None:
     """List jobs, newest first.
 
@@ -324,6 +327,7 @@ def jobs(
       trainfarm jobs --mine
       trainfarm jobs --owner alice
       trainfarm jobs --project mnist --tag baseline
+      trainfarm jobs --sweep 3
     """
     if owner is not None and mine:
         raise TrainfarmError("give --owner or --mine, not both", field="--owner")
@@ -331,9 +335,10 @@ def jobs(
     state = status.value if status else None
     who = "me" if mine else owner
     if every:
-        items, more = list(api.iter_jobs(state, queue, owner=who, project=project, tags=tag)), False
+        found = api.iter_jobs(state, queue, owner=who, project=project, tags=tag, sweep=sweep)
+        items, more = list(found), False
     else:
-        page = api.list_jobs(state, queue, limit, owner=who, project=project, tags=tag)
+        page = api.list_jobs(state, queue, limit, owner=who, project=project, tags=tag, sweep=sweep)
         items, more = page["items"], page["next_before"] is not None
     if not items:
         click.echo("no jobs", err=True)

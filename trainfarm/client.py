@@ -187,9 +187,10 @@ class ApiClient:
         owner: str | None = None,
         project: str | None = None,
         tags: list[str] | None = None,
+        sweep: int | None = None,
     ) -> dict[str, Any]:
         """One page of jobs; `owner` is a user's name, or `me` for the caller's own; a job must carry
-        every one of `tags`."""
+        every one of `tags`; `sweep` keeps that sweep's trials."""
         params: dict[str, Any] = {
             "status": status,
             "queue": queue,
@@ -198,6 +199,7 @@ class ApiClient:
             "owner": owner,
             "project": project,
             "tag": tags or None,
+            "sweep": sweep,
         }
         return self._call("GET", "/jobs", params={k: v for k, v in params.items() if v is not None})
 
@@ -209,11 +211,12 @@ class ApiClient:
         owner: str | None = None,
         project: str | None = None,
         tags: list[str] | None = None,
+        sweep: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Every matching job, newest first, following `next_before` from page to page."""
         before = None
         while True:
-            page = self.list_jobs(status, queue, page_size, before, owner, project, tags)
+            page = self.list_jobs(status, queue, page_size, before, owner, project, tags, sweep)
             yield from page["items"]
             before = page["next_before"]
             if before is None:

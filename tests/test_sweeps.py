@@ -312,3 +312,19 @@ def test_cli_create_follow_waits_for_the_end_and_shows_the_trials(master, start_
     assert len(rows) == 2 and rows[0][0] == "*"  # the best first, marked
     values = [float(row[-2]) for row in rows]
     assert values == sorted(values, reverse=True)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_sweep_ids_past_32_bits_are_refused_naming_the_field(api):
+    """Sweep ids are 32-bit in PostgreSQL: a larger one is a 422 naming it, never the driver's
+    out-of-range error as a 500."""
+    for path, params, field in [
+        ("/sweeps/2147483648", {}, "sweep_id"),
+        ("/sweeps", {"before": 2**31}, "before"),
+        ("/jobs", {"sweep": 2**31}, "sweep"),
+    ]:
+        answer = api.get(path, params=params)
+        assert answer.status_code == 422, (path, answer.text)
+        assert answer.json()["field"] == field, answer.text
+    assert api.post("/sweeps/2147483648/cancel").status_code == 422
+    assert api.get("/sweeps/2147483647").status_code == 404

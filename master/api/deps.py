@@ -18,6 +18,8 @@ from shared.errors import NotFound
 #: Ids and offsets are 64-bit signed in both databases; a larger number is bad input (422), not a
 #: driver overflow (500).
 MAX_INT64 = 2**63 - 1
+#: Ids of the tables keyed by a plain integer (tokens, sweeps, webhooks) are 32-bit in PostgreSQL.
+MAX_INT32 = 2**31 - 1
 
 JobId = Annotated[int, Path(ge=1, le=MAX_INT64, description="The job's id")]
 #: A row count to skip, for paging.

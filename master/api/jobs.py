@@ -11,6 +11,7 @@ from sqlmodel import Session, col, select
 
 from master.admission import Admission
 from master.api.deps import (
+    MAX_INT32,
     MAX_INT64,
     CallerDep,
     JobDep,
@@ -48,7 +49,6 @@ from shared.status import JobStatus
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=documented(400, 401, 403, 404, 409, 422, 503))
 
 #: The largest 32-bit id (sweeps.id).
-MAX_INT32 = 2**31 - 1
 #: A hyperparameter sweep fits in one request up to this many jobs.
 MAX_BATCH = 1000
 #: What a queue name can look like in a filter (a NUL byte, say, would reach PostgreSQL as an error).

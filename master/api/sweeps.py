@@ -11,7 +11,7 @@ from sqlmodel import Session, col, func, select
 
 from master import audit
 from master.admission import Admission
-from master.api.deps import MAX_INT64, CallerDep, SessionDep, StateDep, WriterDep, client_address
+from master.api.deps import MAX_INT32, CallerDep, SessionDep, StateDep, WriterDep, client_address
 from master.api.errors import documented
 from master.api.jobs import OWNER_FILTER
 from master.auth.callers import Caller
@@ -37,7 +37,7 @@ from shared.sweeps import SweepSpec
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"], responses=documented(400, 401, 403, 404, 409, 422, 503))
 
-SweepId = Annotated[int, Path(ge=1, le=MAX_INT64, description="The sweep's id")]
+SweepId = Annotated[int, Path(ge=1, le=MAX_INT32, description="The sweep's id")]
 SWEEP_STATUSES = ("running", "succeeded", "failed", "cancelled")
 
 
@@ -112,7 +112,7 @@ def list_sweeps(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[
-        int | None, Query(ge=1, le=MAX_INT64, description="Return sweeps older than this id (next page)")
+        int | None, Query(ge=1, le=MAX_INT32, description="Return sweeps older than this id (next page)")
     ] = None,
 ) -> SweepsPublic:
     """Sweeps, newest first, filtered by status, project and owner, one page at a time."""

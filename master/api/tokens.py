@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
-from master.api.deps import CallerDep, SessionDep, StateDep, client_address
+from master.api.deps import MAX_INT32, CallerDep, SessionDep, StateDep, client_address
 from master.api.errors import documented
 from master.auth import accounts
 from master.auth.callers import Caller
@@ -21,7 +21,6 @@ from shared.roles import USER_NAME_PATTERN
 router = APIRouter(prefix="/tokens", tags=["tokens"], responses=documented(400, 401, 403, 404, 422, 429))
 
 #: Token ids are 32-bit in both databases (a larger one would be a driver overflow, a 500).
-MAX_INT32 = 2**31 - 1
 TokenId = Annotated[int, PathParam(ge=1, le=MAX_INT32, description="The token's id")]
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
 from master import audit
-from master.api.deps import MAX_INT64, CallerDep, SessionDep, StateDep, WriterDep, client_address
+from master.api.deps import MAX_INT32, MAX_INT64, CallerDep, SessionDep, StateDep, WriterDep, client_address
 from master.api.errors import documented
 from master.auth.callers import Caller
 from master.models import Webhook, WebhookDelivery, WebhookDeliveryPublic, WebhookPublic
@@ -28,7 +28,6 @@ from shared.schemas import NAME_PATTERN
 router = APIRouter(tags=["webhooks"], responses=documented(400, 401, 403, 404, 409, 422, 503))
 
 #: Webhook ids are 32-bit in both databases.
-MAX_INT32 = 2**31 - 1
 WebhookId = Annotated[int, PathParam(ge=1, le=MAX_INT32, description="The webhook's id")]
 Event = Literal["job.succeeded", "job.failed", "job.cancelled", "job.pruned", "sweep.ended"]
 

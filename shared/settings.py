@@ -88,6 +88,15 @@ class Settings(BaseSettings):
     #: Client certificate and its key, for a Redis that asks for one (`tls-auth-clients yes`).
     redis_cert_file: Path | None = None
     redis_key_file: Path | None = None
+    #: Where Celery's task queues live: `amqp://user:password@host:5672/vhost` (or `amqps://` for
+    #: TLS) for RabbitMQ; unset, the Redis at `redis_url`, as before. Events, logs, leases and
+    #: flags stay on Redis either way. Never logged whole.
+    broker_url: str | None = Field(default=None, repr=False)
+    #: Password of the broker's user (over one in the URL), from a secrets file
+    #: (`<secrets dir>/trainfarm_broker_password`).
+    broker_password: SecretStr | None = None
+    #: CA certificate that signed the RabbitMQ server's (`amqps://`); unset: the system's CAs.
+    broker_ca_file: Path | None = None
     #: Upper bound on entries (each a batch of lines) kept per job log stream in Redis.
     log_stream_maxlen: int = 200_000
     log_flush_interval: float = 0.05
@@ -129,6 +138,17 @@ class Settings(BaseSettings):
     #: Seconds between admission's full re-reads of the waiting jobs from the database, a safety net
     #: behind the changes it is told of (submissions, ends, nodes, caps).
     admission_resync_interval: float = Field(default=30.0, gt=0)
+
+    # Resource use of running jobs (worker/usage_sampler.py, master side: idle GPUs)
+    #: Seconds between a worker's samples of a running attempt's GPUs (or, on a CPU node, its
+    #: process tree's CPU and memory).
+    usage_sample_interval: float = Field(default=10.0, gt=0, le=3600)
+    #: A running job whose GPUs' utilisation stays under this share (0..1) for `gpu_idle_after`
+    #: seconds is flagged as idle (its page, a warning, the metrics); with `gpu_idle_stop` it is
+    #: also cancelled, as a GPU held and left idle is one nobody else can use.
+    gpu_idle_threshold: float = Field(default=0.05, ge=0, le=1)
+    gpu_idle_after: float = Field(default=1800.0, gt=0)
+    gpu_idle_stop: bool = False
 
     # Experiments (master/sweeps/, master/notify/, master/mlflow_mirror/)
     #: Seconds between the sweep driver's rounds (prune, suggest, start trials).
@@ -301,7 +321,7 @@ class Settings(BaseSettings):
                 f"({s3_host}); TRAINFARM_ALLOW_INSECURE='[\"s3\"]' opts out"
             )
 
-    @field_serializer("database_url", "redis_url", "mlflow_tracking_uri", when_used="json")
+    @field_serializer("database_url", "redis_url", "mlflow_tracking_uri", "broker_url", when_used="json")
     def _redact(self, url: str | None) -> str | None:
         return None if url is None else redact_url(url)
 
@@ -344,7 +364,7 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 values[name] = value.get_secret_value()
-            elif name in ("database_url", "redis_url", "mlflow_tracking_uri"):
+            elif name in ("database_url", "redis_url", "mlflow_tracking_uri", "broker_url"):
                 values[name] = value
         # pydantic-settings reads list fields as JSON.
         return {

@@ -26,9 +26,9 @@ from master.models import (
     SweepsPublic,
     SweepTrial,
     SweepTrialPublic,
-    utcnow,
 )
 from master.placement import check_fits
+from master.sweeps.ending import end_sweep
 from master.sweeps.trials import unended_jobs
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.schemas import NAME_PATTERN
@@ -171,7 +171,7 @@ def cancel_sweep(
     jobs = unended_jobs(session, locked.id or 0)
     for job in jobs:
         stop_job(session, state.broker, job, JobStatus.CANCELLED)
-    locked.status, locked.finished_at, locked.error = "cancelled", utcnow(), None
+    end_sweep(locked, "cancelled", None)
     session.add(locked)
     audit.record(
         session,

@@ -20,6 +20,7 @@ from master.lifecycle import Origin, prune_job, submit_jobs
 from master.metrics import JOBS_SUBMITTED
 from master.models import Sweep, SweepTrial, utcnow
 from master.sweeps import study
+from master.sweeps.ending import end_sweep
 from master.sweeps.trials import read_new_values, settle, trial_jobs, trial_spec
 from shared.sweeps import SweepSpec
 
@@ -167,7 +168,7 @@ class SweepDriver:
         self._end(session, sweep, "succeeded", None)
 
     def _end(self, session: Session, sweep: Sweep, status: str, error: str | None) -> None:
-        sweep.status, sweep.error, sweep.finished_at = status, error, utcnow()
+        end_sweep(sweep, status, error)
         session.add(sweep)
         session.commit()
         log.info("sweep %s %s%s", sweep.id, status, f": {error}" if error else "")

@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session, select
 
 from master.fairshare.usage import UsageMeter
+from master.job_usage import DEFAULT_IDLE_RULE, IdleRule, idle_stop_reason, record_usage
 from master.job_warnings import add_warning
 from master.lifecycle import DEFAULT_POLICY, RetryPolicy, end_attempt
 from master.metrics import EVENTS_APPLIED, EVENTS_DEAD_LETTERED, EVENTS_REFUSED
@@ -32,10 +33,12 @@ from shared.events import (
     FinishedEvent,
     MetricsEvent,
     StartedEvent,
+    UsageEvent,
     describe,
     parse_event,
 )
 from shared.schemas import AttemptOutcome, EventKind
+from shared.settings import get_settings
 from shared.status import JobStatus
 from shared.streams import EventBus
 
@@ -47,10 +50,17 @@ def _ts(event: Event) -> datetime:
 
 
 def apply_event(
-    session: Session, event: Event, policy: RetryPolicy = DEFAULT_POLICY, meter: UsageMeter | None = None
+    session: Session,
+    event: Event,
+    policy: RetryPolicy = DEFAULT_POLICY,
+    meter: UsageMeter | None = None,
+    *,
+    idle: IdleRule = DEFAULT_IDLE_RULE,
+    broker: redis.Redis | None = None,
 ) -> bool:
     """Apply one event inside the caller's transaction; False when it was already applied. An
-    attempt that ends is charged to its owner's usage by `meter` (fair share)."""
+    attempt that ends is charged to its owner's usage by `meter` (fair share); usage samples are
+    judged by the `idle` rule, which cancels through `broker`."""
     attempt = session.exec(
         select(JobAttempt).where(JobAttempt.job_id == event.job_id, JobAttempt.number == event.attempt)
     ).first()
@@ -73,6 +83,8 @@ def apply_event(
             _artifact(session, job, attempt, event)
         case FinishedEvent():
             _finished(session, job, attempt, event, current, policy, meter)
+        case UsageEvent():
+            record_usage(session, job, attempt, event.data, _ts(event), current, idle, broker)
     session.add(attempt)
     session.add(job)
     return True
@@ -199,6 +211,9 @@ def _finished(
         preempted=preempted,
         policy=policy,
     )
+    stopped = idle_stop_reason(job)
+    if stopped is not None and job.status == JobStatus.CANCELLED:
+        job.error = stopped  # the farm cancelled it, not a user, whatever the worker's words
 
 
 #: Errors that say the database is away, not that the event is bad: the batch stays pending and is
@@ -225,6 +240,9 @@ def apply_entries(
     policy: RetryPolicy = DEFAULT_POLICY,
     meter: UsageMeter | None = None,
     applied_kinds: list[str] | None = None,
+    *,
+    idle: IdleRule = DEFAULT_IDLE_RULE,
+    broker: redis.Redis | None = None,
 ) -> list[str | None]:
     """Parse and apply a batch of stream entries in one transaction: for each, the reason it is
     dead (then noted on its job), or None when it was applied or was a replay. The kinds of the
@@ -250,7 +268,7 @@ def apply_entries(
     while True:
         applied: list[str] = []
         with Session(engine) as session:
-            failed = _apply_all(session, events, reasons, policy, meter, applied)
+            failed = _apply_all(session, events, reasons, policy, meter, applied, idle, broker)
             if failed is None:
                 for i, reason in enumerate(reasons):
                     if reason is not None:
@@ -274,6 +292,8 @@ def _apply_all(
     policy: RetryPolicy,
     meter: UsageMeter | None,
     applied: list[str],
+    idle: IdleRule,
+    broker: redis.Redis | None,
 ) -> int | None:
     """Apply the events not yet known dead, noting the kinds applied (replays are not); the index of
     the first that fails, its reason noted."""
@@ -281,7 +301,7 @@ def _apply_all(
         if event is None:
             continue
         try:
-            if apply_event(session, event, policy, meter):
+            if apply_event(session, event, policy, meter, idle=idle, broker=broker):
                 applied.append(event.kind.value)
             # Flushed here so a later event of the batch sees this one's rows, and so an error
             # shows as this event's.
@@ -328,6 +348,8 @@ class EventConsumer:
         policy: RetryPolicy = DEFAULT_POLICY,
         meter: UsageMeter | None = None,
         on_ended: Callable[[], None] | None = None,
+        idle: IdleRule | None = None,
+        broker: redis.Redis | None = None,
     ) -> None:
         self._bus = bus
         self._engine = engine
@@ -336,6 +358,10 @@ class EventConsumer:
         self._meter = meter
         #: Told once a round has applied an attempt's end: devices came free (admission decides).
         self._on_ended = on_ended
+        #: The idle-GPU rule, and the Redis through which it cancels (see master/job_usage.py).
+        #: Read from the settings when the master does not pass it (it should: one place reads them).
+        self._idle = idle or IdleRule.of(get_settings())
+        self._broker = broker
         self._pending_done = False
 
     def poll(self, block_ms: int = 500) -> int:
@@ -351,7 +377,13 @@ class EventConsumer:
         try:
             kinds: list[str] = []
             reasons = apply_entries(
-                self._engine, [raw for _, raw in entries], self._policy, self._meter, kinds
+                self._engine,
+                [raw for _, raw in entries],
+                self._policy,
+                self._meter,
+                kinds,
+                idle=self._idle,
+                broker=self._broker,
             )
             if self._on_ended is not None and EventKind.FINISHED.value in kinds:
                 self._on_ended()

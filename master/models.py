@@ -1,6 +1,6 @@
 """Tables and their public shapes: jobs, job attempts, metrics, artifacts, datasets, code bundles,
-nodes, users, API tokens, the audit trail, sweeps, webhooks, the MLflow mirror and metric series
-summaries."""
+nodes, users, API tokens, the audit trail, sweeps, webhooks, the MLflow mirror, metric series
+summaries and attempts' resource use."""
 
 from __future__ import annotations
 
@@ -585,3 +585,35 @@ class MetricSeries(SQLModel, table=True):
     stored: int = 0
     x: list[float] = Field(default_factory=list, sa_type=JSON)
     y: list[float] = Field(default_factory=list, sa_type=JSON)
+
+
+# Resource use of attempts --------------------------------------------------------------------------
+
+
+class JobUsage(SQLModel, table=True):
+    """One sample of what an attempt used, as its worker measured it (worker/usage_sampler.py):
+    its GPUs on a GPU node, else its process tree's CPU and memory. The job's summary of them
+    (means, peaks, the idle flag) is in `Job.progress["usage"]` (master/job_usage.py)."""
+
+    __tablename__ = "job_usage"
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    )
+    job_id: int = Field(foreign_key="jobs.id", index=True, sa_type=BigInteger)
+    attempt: int
+    ts: datetime = Field(default_factory=utcnow)
+    #: [{index, util (percent), mem_used, mem_total (bytes)}, ...]; null for a CPU sample.
+    gpus: list[dict[str, Any]] | None = Field(default=None, sa_type=JSON)
+    #: Percent of one core, summed over the job's processes; null for a GPU sample.
+    cpu_percent: float | None = None
+    rss: int | None = Field(default=None, sa_type=BigInteger)
+
+
+class UsagePublic(SQLModel):
+    attempt: int
+    ts: datetime
+    gpus: list[dict[str, Any]] | None
+    cpu_percent: float | None
+    rss: int | None

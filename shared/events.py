@@ -28,6 +28,7 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    model_validator,
 )
 
 from shared.schemas import AttemptOutcome, EventKind
@@ -124,7 +125,45 @@ class Finished(_Strict):
     log_tail: Annotated[str, _clip(MAX_LOG_TAIL_CHARS, keep_end=True)] | None = None
 
 
-EventData = Started | Metrics | ArtifactStored | Finished
+#: GPUs one attempt may be given on one node; a DGX has 8, the largest machines 16.
+MAX_USAGE_GPUS = 64
+Percent = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False, strict=True)]
+
+
+class GpuUsage(_Strict):
+    """One GPU of the attempt at one moment: utilisation in percent, memory in bytes; None where
+    the device does not report it (a MIG slice has no utilisation)."""
+
+    index: Annotated[int, Field(ge=0, le=1023, strict=True)]
+    util: Percent | None = None
+    mem_used: Bigint | None = None
+    mem_total: Bigint | None = None
+
+
+class CpuUsage(_Strict):
+    """The attempt's process tree at one moment: CPU in percent of one core (so up to 100 times
+    the cores), resident memory in bytes summed over its processes."""
+
+    percent: Annotated[float, Field(ge=0, le=100 * 4096, allow_inf_nan=False, strict=True)]
+    rss: Bigint
+
+
+class Usage(_Strict):
+    """A sample of what the attempt uses, which its worker takes every `usage_sample_interval`
+    seconds: its GPUs on a GPU node, else its processes' CPU and memory. The worker writes these,
+    not the job, so their rate is the worker's."""
+
+    gpus: Annotated[list[GpuUsage], Field(min_length=1, max_length=MAX_USAGE_GPUS)] | None = None
+    cpu: CpuUsage | None = None
+
+    @model_validator(mode="after")
+    def _says_something(self) -> Usage:
+        if self.gpus is None and self.cpu is None:
+            raise ValueError("a usage sample has gpus or cpu")
+        return self
+
+
+EventData = Started | Metrics | ArtifactStored | Finished | Usage
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,28 +204,35 @@ class FinishedEvent(_Envelope):
     data: Finished
 
 
-Event = Annotated[StartedEvent | MetricsEvent | ArtifactEvent | FinishedEvent, Field(discriminator="kind")]
+class UsageEvent(_Envelope):
+    kind: Literal[EventKind.USAGE] = EventKind.USAGE
+    data: Usage
 
-_EVENT: TypeAdapter[StartedEvent | MetricsEvent | ArtifactEvent | FinishedEvent] = TypeAdapter(Event)
+
+AnyEvent = StartedEvent | MetricsEvent | ArtifactEvent | FinishedEvent | UsageEvent
+Event = Annotated[AnyEvent, Field(discriminator="kind")]
+
+_EVENT: TypeAdapter[AnyEvent] = TypeAdapter(Event)
 
 
-def parse_event(raw: str | bytes) -> StartedEvent | MetricsEvent | ArtifactEvent | FinishedEvent:
+def parse_event(raw: str | bytes) -> AnyEvent:
     """An event from its JSON; raises pydantic's ValidationError, naming the field, when it is not one."""
     return _EVENT.validate_json(raw)
 
 
 #: The envelope of each kind of event data.
-_ENVELOPES: dict[type, type[StartedEvent | MetricsEvent | ArtifactEvent | FinishedEvent]] = {
+_ENVELOPES: dict[type, type[AnyEvent]] = {
     Started: StartedEvent,
     Metrics: MetricsEvent,
     ArtifactStored: ArtifactEvent,
     Finished: FinishedEvent,
+    Usage: UsageEvent,
 }
 
 
 def envelope(
     data: EventData, *, job_id: int, attempt: int, seq: int, node: str, worker: str = ""
-) -> StartedEvent | MetricsEvent | ArtifactEvent | FinishedEvent:
+) -> AnyEvent:
     """Wrap what an attempt reports in the envelope of its kind."""
     kind = _ENVELOPES.get(type(data))
     if kind is None:

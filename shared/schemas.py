@@ -172,6 +172,8 @@ class EventKind(StrEnum):
     METRICS = "metrics"
     ARTIFACT = "artifact"
     FINISHED = "finished"
+    #: The attempt's resource use, sampled by its worker (worker/usage_sampler.py).
+    USAGE = "usage"
 
 
 class AttemptOutcome(StrEnum):

@@ -29,7 +29,7 @@ from master import migrations
 from master.db import init_db, make_engine
 from master.migrations import adopt
 from master.migrations.compare import diff, render_item
-from master.models import Job, JobAttempt, JobPublic, StatusColumn
+from master.models import Job, JobAttempt, JobPublic, JobUsage, StatusColumn
 from shared.status import JobStatus
 from tests.conftest import wait_for
 from trainfarm.cli import app
@@ -544,4 +544,34 @@ def test_jobs_from_before_experiments_are_in_the_default_project_and_their_ends_
     ] * 5
     assert [j.notified for j in jobs] == [True, True, True, False, False]
     assert [j.summarized for j in jobs] == [False] * 5
+    engine.dispose()
+
+
+def test_jobs_from_before_usage_sampling_keep_their_progress_and_take_samples(database_url):
+    """0008: the `job_usage` table is new and empty; a job from before keeps its progress (the usage
+    summary will live beside its epoch and step) and takes samples, GPU and CPU, after the upgrade."""
+    engine = engine_for(database_url)
+    with engine.begin() as conn:
+        command.upgrade(migrations.config(conn), "0007")
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, status, queue, priority, spec, attempts, cancel_requested, created_at, "
+                "progress, metrics, handbacks, warnings, devices, preemptible, preemptions, project, tags, "
+                "pruning, notified, summarized) VALUES (1, 'running', 'gpu', 5, '{}', 1, false, "
+                "'2026-12-01 10:00:00', '{\"epoch\": 2}', '{}', 0, '[]', 1, false, 0, 'default', '[]', "
+                "false, false, false)"
+            )
+        )
+    init_db(engine)
+    at = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
+    gpu = [{"index": 0, "util": 97.0, "mem_used": 2**36, "mem_total": 2**37}]
+    with Session(engine) as session:
+        assert session.exec(select(JobUsage)).all() == []
+        session.add(JobUsage(job_id=1, attempt=1, ts=at, gpus=gpu))
+        session.add(JobUsage(job_id=1, attempt=1, ts=at, cpu_percent=250.5, rss=2**40))
+        session.commit()
+        job = session.get(Job, 1)
+        rows = session.exec(select(JobUsage).order_by(JobUsage.id)).all()  # type: ignore[arg-type]
+    assert job is not None and job.progress == {"epoch": 2}
+    assert [(r.gpus, r.cpu_percent, r.rss) for r in rows] == [(gpu, None, None), (None, 250.5, 2**40)]
     engine.dispose()

@@ -30,6 +30,7 @@ from worker.progress import EventsFileTail
 from worker.refusals import record_refusal
 from worker.reporter import AttemptReporter
 from worker.uploads import archive_log, upload_tree
+from worker.usage_sampler import UsageSampler
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,17 @@ class Flags:
     drain: bool
     #: The master preempted the attempt for a job of higher priority (why, as it says): the same.
     preempt: str | None
+
+
+def root_pid(execution: Execution) -> int | None:
+    """The job's root process on this node, for the usage sampler; None for a container, whose
+    processes are the engine's children, not this worker's."""
+    pid = getattr(execution, "pid", None)
+    if pid is None:
+        # Until the process backend's execution says its pid (`pid`, asked of its owner), its
+        # Popen tells it.
+        pid = getattr(getattr(execution, "_proc", None), "pid", None)
+    return pid if isinstance(pid, int) else None
 
 
 class AttemptRunner:
@@ -186,8 +198,12 @@ class AttemptRunner:
         where = f"GPUs {','.join(map(str, self.gpus))}" if self.gpus else "no GPU"
         pump.note(f"starting with the {backend.name} backend, {where}")
         execution = backend.start(Launch(self.msg, dirs, self._argv(), workdir, self.gpus))
+        sampler = UsageSampler(
+            self.reporter, self.gpus, root_pid(execution), self.ctx.settings.usage_sample_interval
+        )
         try:
             pump.follow(execution.output())
+            sampler.start()
             syncer = PeriodicSync(checkpoints, self.spec.checkpoint_interval)
             syncer.start()
             try:
@@ -195,6 +211,7 @@ class AttemptRunner:
             finally:
                 syncer.stop()
         finally:
+            sampler.stop()  # no sample after the attempt's end
             self._end(execution, pump)
 
     def _end(self, execution: Execution, pump: LogPump) -> None:

@@ -1,12 +1,74 @@
-// The job detail panel: spec, attempts, metrics and their chart, artifacts, cancel, live log.
+// The job detail panel: spec, attempts, metrics and their chart, resource use and its chart,
+// artifacts, cancel, live log.
 
 import { api, badge, el, fill, fmtBytes, fmtDuration, fmtNum, fmtTime, progressBar, query } from "./api.js";
-import { destroyChart, drawJobChart, seriesFromHistory } from "./chart.js";
+import { alignSeries, colorAt, destroyChart, drawChart, drawJobChart, lineSeries, seriesFromHistory } from "./chart.js";
 import { LogView } from "./logs.js";
 import { mayCancel, mayWrite } from "./session.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled", "pruned"]);
 const METRICS_PAGE = 10000;
+const USAGE_PAGE = 10000;
+const GIB = 1024 ** 3;
+const MIB = 1024 ** 2;
+
+// Usage samples -> the chart's series: each GPU's utilisation (%) and memory (GiB) where the job
+// had GPUs, else its processes' CPU (% of one core) and resident memory (MiB); x in minutes since
+// the first sample.
+export function usageSeries(rows) {
+  if (!rows.length) return [];
+  const t0 = Date.parse(rows[0].ts);
+  const x = (row) => (Date.parse(row.ts) - t0) / 60000;
+  const withGpus = rows.filter((r) => r.gpus && r.gpus.length);
+  if (withGpus.length) {
+    const indices = [...new Set(withGpus.flatMap((r) => r.gpus.map((g) => g.index)))].sort((a, b) => a - b);
+    return indices.flatMap((index, i) => {
+      const points = withGpus.map((r) => [x(r), r.gpus.find((g) => g.index === index)]).filter(([, g]) => g);
+      return [
+        { label: `GPU ${index} util %`, color: colorAt(i), scale: "pct", x: points.map((p) => p[0]), y: points.map(([, g]) => g.util) },
+        { label: `GPU ${index} memory GiB`, color: colorAt(i), scale: "mem", dash: [4, 4], x: points.map((p) => p[0]), y: points.map(([, g]) => (g.mem_used === null ? null : g.mem_used / GIB)) },
+      ];
+    });
+  }
+  const cpu = rows.filter((r) => r.cpu_percent !== null);
+  return [
+    { label: "CPU %", color: colorAt(0), scale: "pct", x: cpu.map(x), y: cpu.map((r) => r.cpu_percent) },
+    { label: "memory MiB", color: colorAt(1), scale: "mem", dash: [4, 4], x: cpu.map(x), y: cpu.map((r) => r.rss / MIB) },
+  ];
+}
+
+function drawUsageChart(box, rows) {
+  const series = usageSeries(rows);
+  if (!series.length) {
+    destroyChart(box);
+    box.replaceChildren(el("p", { class: "muted" }, "No resource-use samples yet."));
+    return;
+  }
+  if (!box.uplotChart) box.replaceChildren();
+  const gpu = series[0].label.startsWith("GPU");
+  drawChart(
+    box,
+    {
+      key: `usage:${series.map((s) => s.label).join(",")}`,
+      xLabel: "minutes",
+      series: series.map((s) => lineSeries(s)),
+      scales: { pct: { auto: true, range: (u, min, max) => [0, Math.max(100, max)] }, mem: { auto: true } },
+      axes: [{ label: "minutes" }, { scale: "pct", label: gpu ? "utilisation %" : "CPU %" }, { scale: "mem", label: gpu ? "GPU memory GiB" : "memory MiB", side: 1, grid: { show: false } }],
+    },
+    alignSeries(series),
+  );
+}
+
+// The job's summary of its samples (`progress.usage`, kept by the master).
+function usageFacts(usage) {
+  const pct = (v) => `${fmtNum(Math.round(v * 10) / 10)} %`;
+  const facts = [];
+  if (typeof usage.gpu_util_mean === "number") facts.push(["GPU utilisation (mean)", pct(usage.gpu_util_mean)]);
+  if (typeof usage.gpu_mem_peak === "number") facts.push(["GPU memory (peak)", `${fmtBytes(usage.gpu_mem_peak)} of ${fmtBytes(usage.gpu_mem_total)}`]);
+  if (typeof usage.cpu_percent_mean === "number") facts.push(["CPU (mean)", pct(usage.cpu_percent_mean)]);
+  if (typeof usage.rss_peak === "number") facts.push(["memory (peak)", fmtBytes(usage.rss_peak)]);
+  return facts;
+}
 
 export class JobDetail {
   constructor(root, { onChange, onClose }) {
@@ -23,6 +85,8 @@ export class JobDetail {
     this.job = null;
     this.history = [];
     this.historyDone = false;
+    this.usage = [];
+    this.usageDone = false;
     this.artifactsDone = false;
     this.title = el("h2", {}, `Job #${jobId}`);
     this.summary = el("div", { class: "summary" });
@@ -65,6 +129,10 @@ export class JobDetail {
     }
     this.metrics = el("div", { class: "kv" });
     this.chart = el("div", { class: "chart-wrap" });
+    this.usageFacts = el("div", { class: "kv usage-summary" });
+    this.idleFlag = el("p", { class: "error gpu-idle", hidden: true, role: "status" });
+    // Not `chart-wrap`: that names the metrics chart (the browser tests find it by it).
+    this.usageChart = el("div", { class: "usage-chart" });
     this.artifacts = el("ul", { class: "artifacts" });
     this.spec = el("pre", { class: "spec" }, JSON.stringify(job.spec, null, 2));
     const logs = el("div", { class: "logs" });
@@ -74,6 +142,7 @@ export class JobDetail {
         el("section", {}, el("h3", {}, "Latest metrics"), this.metrics, this.chart),
         el("section", {}, el("h3", {}, "Artifacts"), this.artifacts),
       ),
+      el("section", { class: "usage" }, el("h3", {}, "Resource use"), this.idleFlag, this.usageFacts, this.usageChart),
       el("section", {}, el("h3", {}, "Log"), logs),
       el("details", {}, el("summary", {}, "Spec"), this.spec),
     );
@@ -83,6 +152,8 @@ export class JobDetail {
   close(notify) {
     if (this.chart) destroyChart(this.chart);
     this.chart = null;
+    if (this.usageChart) destroyChart(this.usageChart);
+    this.usageChart = null;
     if (this.logView) this.logView.close();
     this.logView = null;
     this.jobId = null;
@@ -106,7 +177,7 @@ export class JobDetail {
     this.job = job;
     this.renderJob(job);
     if (job.details_hidden) return;
-    await Promise.all([this.refreshHistory(jobId, job), this.refreshArtifacts(jobId, job)]);
+    await Promise.all([this.refreshHistory(jobId, job), this.refreshUsage(jobId, job), this.refreshArtifacts(jobId, job)]);
   }
 
   renderJob(job) {
@@ -148,6 +219,15 @@ export class JobDetail {
       this.metrics,
       keys.length ? keys.map((k) => el("div", {}, el("span", { class: "k" }, k), el("span", { class: "v" }, fmtNum(job.metrics[k])))) : el("span", { class: "muted" }, TERMINAL.has(job.status) ? "none" : "none yet"),
     );
+    const usage = (job.progress && job.progress.usage) || {};
+    const facts = usageFacts(usage);
+    fill(
+      this.usageFacts,
+      facts.length ? facts.map(([k, v]) => el("div", {}, el("span", { class: "k" }, k), el("span", { class: "v" }, v))) : el("span", { class: "muted" }, "no samples yet"),
+    );
+    // Flagged by the master's idle-GPU rule (gpu_idle_threshold, gpu_idle_after); the warning says since when.
+    this.idleFlag.hidden = !usage.gpu_idle && !usage.idle_stopped;
+    this.idleFlag.textContent = usage.idle_stopped || (usage.gpu_idle ? "Its GPUs are idle: the job holds them but does not use them." : "");
   }
 
   // Project and tags, and where the job came from and went: re-runs both ways, its sweep.
@@ -200,6 +280,28 @@ export class JobDetail {
     this.historyDone = TERMINAL.has(job.status);
     if (before && this.history.length === before) return;
     drawJobChart(this.chart, seriesFromHistory(this.history));
+  }
+
+  // Usage samples also grow at the end: read only the new ones.
+  async refreshUsage(jobId, job) {
+    if (this.usageDone) return;
+    const before = this.usage.length;
+    try {
+      for (;;) {
+        const rows = await api.get(`/api/jobs/${jobId}/usage${query({ offset: this.usage.length, limit: USAGE_PAGE })}`);
+        if (jobId !== this.jobId) return;
+        this.usage = this.usage.concat(rows);
+        if (rows.length < USAGE_PAGE) break;
+      }
+    } catch (err) {
+      // In its own box, not the panel's alert: resource use is a side view of the job.
+      destroyChart(this.usageChart);
+      this.usageChart.replaceChildren(el("p", { class: "muted" }, `Resource use unavailable: ${err.message}`));
+      return;
+    }
+    this.usageDone = TERMINAL.has(job.status);
+    if (before && this.usage.length === before) return;
+    drawUsageChart(this.usageChart, this.usage);
   }
 
   async refreshArtifacts(jobId, job) {

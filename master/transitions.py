@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from master.metrics import STATUS_MOVES_REFUSED
+from master.metrics import STATUS_MOVES_REFUSED, observe_started
 from master.models import Job, JobAttempt, utcnow
 from shared.status import JobStatus, can_move, can_move_attempt
 
@@ -52,6 +52,7 @@ def move_attempt(attempt: JobAttempt, new: JobStatus, *, at: datetime | None = N
     attempt.status = new
     if new == JobStatus.RUNNING:
         attempt.started_at = at or utcnow()
+        observe_started(attempt)
     if new.terminal:
         attempt.finished_at = at or utcnow()
     return True

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -229,7 +230,7 @@ def test_the_master_exports_every_metric_the_dashboard_and_alerts_read_with_the_
     # A node silent for ten minutes: offline, and what it said of its GPUs is not exported.
     beat(broker, "old-node#1", GPU_NODE, silent_for=600)
     # Nothing serves the cpu queue: the job waits for admission.
-    job = api.post("/jobs", json={"command": ["python", "-c", "print(1)"], "queue": "cpu"})
+    job = api.post("/jobs", json={"command": [sys.executable, "-c", "print(1)"], "queue": "cpu"})
     assert job.status_code == 201, job.text
 
     def current() -> tuple[Samples, set[str]] | None:
@@ -374,3 +375,15 @@ def test_admission_wait_and_dispatch_latency_are_observed_from_the_attempts_time
     # Not admitted (a cancelled wait): nothing to observe.
     observe_started(JobAttempt(job_id=1, number=1, started_at=start))
     assert sample("trainfarm_dispatch_latency_seconds_count") == starts + 1
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_job_run_on_a_real_worker_is_counted_in_the_wait_and_dispatch_histograms(master, api, worker):
+    """The admitter observes the job's wait for admission, the one door its start's dispatch latency."""
+    job = api.post("/jobs", json={"command": [sys.executable, "-c", "print(1)"], "queue": "cpu"}).json()
+    wait_for(
+        lambda: api.get(f"/jobs/{job['id']}").json()["status"] == "succeeded", timeout=90, what="the job"
+    )
+    samples, _ = scrape(master)
+    assert value(samples, "trainfarm_admission_wait_seconds_count", queue="cpu") == 1.0
+    assert value(samples, "trainfarm_dispatch_latency_seconds_count") == 1.0

@@ -34,7 +34,7 @@ from master.fairshare.preemption import PreemptionPolicy
 from master.fairshare.usage import UsageMeter
 from master.fairshare.view import AdmissionView
 from master.fairshare.waiting import WaitingJob, WaitingSet, load_waiting
-from master.metrics import ADMISSION_SECONDS, ADMITTED, LOOP_ERRORS, PREEMPTED
+from master.metrics import ADMISSION_SECONDS, ADMITTED, LOOP_ERRORS, PREEMPTED, observe_admitted
 from master.models import Job, JobAttempt, Node, utcnow
 from shared.settings import Settings
 from shared.status import JobStatus
@@ -271,6 +271,8 @@ class Admitter:
             .join(JobAttempt, JobAttempt.job_id == Job.id)  # type: ignore[arg-type]
             .where(col(JobAttempt.id).in_(granted))
         ).all()
+        for row_job, row_attempt in rows:
+            observe_admitted(row_job.queue, row_attempt)
         publications = self._dispatcher.prepare(session, [(job, attempt) for job, attempt in rows])
         session.commit()
         for job in admitted:

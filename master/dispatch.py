@@ -12,7 +12,7 @@ from sqlmodel import Session, col, or_, select
 
 from master.models import Dataset, Job, JobAttempt, utcnow
 from master.published_marks import PublishedMarks
-from shared.celery_config import RUN_ATTEMPT_TASK, celery_config, celery_priority
+from shared.celery_config import RUN_ATTEMPT_TASK, celery_config, celery_priority, uses_rabbitmq
 from shared.schemas import DatasetRef, JobSpec, TaskMessage
 from shared.settings import Settings
 from shared.signing import Signer
@@ -41,6 +41,8 @@ class Publication:
 class Dispatcher:
     def __init__(self, celery: Celery, marks: PublishedMarks, signer: Signer, message_max_age: float) -> None:
         self._celery = celery
+        #: The two brokers count priorities in opposite directions.
+        self._rabbitmq = uses_rabbitmq(str(celery.conf.broker_url))
         self.marks = marks
         #: Every message is signed: workers run nothing else (shared/signing.py).
         self._signer = signer
@@ -87,7 +89,7 @@ class Dispatcher:
             RUN_ATTEMPT_TASK,
             kwargs={"message": signed.model_dump()},
             queue=message.spec.queue,
-            priority=celery_priority(message.spec.priority),
+            priority=celery_priority(message.spec.priority, self._rabbitmq),
             task_id=task_id,
             # What Flower shows for the arguments; Celery's own repr of the spec costs a third of a publish.
             kwargsrepr=task_id,

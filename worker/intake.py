@@ -1,7 +1,7 @@
 """Whether this worker takes new jobs: not while its disk is nearly full, nor while it drains.
 
 A paused worker stops consuming its queues (Celery's consumer cancel, as `celery control
-cancel_consumer` does): the messages stay in Redis for other workers, none is fetched only to be
+cancel_consumer` does): the messages stay on the broker for other workers, none is fetched only to be
 bounced. It says why in its heartbeat (`paused`), its running attempts go on untouched, and it
 consumes again once the reason is gone. The check runs with the heartbeat in the worker's main
 process; the consumer itself is changed on its own event loop (`Consumer.call_soon`, which both the

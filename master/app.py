@@ -34,6 +34,7 @@ from master.api import (
     reruns,
     sweeps,
     tokens,
+    usage,
     users,
     webhooks,
 )
@@ -41,6 +42,7 @@ from master.api.deps import get_caller
 from master.background import start_loops
 from master.db import init_db, make_engine
 from master.events import EventConsumer
+from master.job_usage import IdleRule
 from master.lifecycle import RetryPolicy
 from master.metrics import RequestTimer, make_registry, register_log_hub
 from master.reaper import LeaseReaper
@@ -104,7 +106,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ]
         policy = RetryPolicy(max_handbacks=settings.max_handbacks)
         consumer = EventConsumer(
-            EventBus(state.broker), engine, policy=policy, meter=state.meter, on_ended=state.admitter.wake
+            EventBus(state.broker),
+            engine,
+            policy=policy,
+            meter=state.meter,
+            on_ended=state.admitter.wake,
+            idle=IdleRule.of(settings),
+            broker=state.broker,
         )
         reaper = LeaseReaper(
             engine,
@@ -156,7 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # to it); the login routes and /api/health are the only ones open.
     signed_in = [Depends(get_caller)]
     routers = (
-        *(jobs, reruns, compare, sweeps, webhooks, logs, artifacts, datasets, code, nodes),
+        *(jobs, reruns, compare, sweeps, webhooks, logs, artifacts, datasets, code, nodes, usage),
         *(tokens, users, limits, fairshare, audit),
     )
     for module in routers:

@@ -38,3 +38,14 @@ def test_warnings_and_hand_backs_are_shown() -> None:
 def test_a_job_without_warnings_shows_no_such_rows() -> None:
     text = shown(JOB)
     assert "warnings" not in text and "hand-backs" not in text
+
+
+def test_show_sums_up_a_jobs_resource_use_and_says_when_its_gpus_idle():
+    from trainfarm.render import usage_text
+
+    gib = 1024**3
+    busy = usage_text({"gpu_util_mean": 87.4, "gpu_mem_peak": 3 * gib, "cpu_percent_mean": 150.0})
+    assert busy.plain == "GPU 87% mean, GPU memory 3.0 GiB peak, CPU 150% mean"
+    idle = usage_text({"gpu_util_mean": 1.0, "gpu_idle": True, "rss_peak": gib // 2})
+    assert idle.plain == "GPU 1% mean, memory 0.5 GiB peak (GPUs idle)"
+    assert usage_text({}).plain == "-"

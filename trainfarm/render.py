@@ -115,6 +115,24 @@ def status_text(status: str, text: str | None = None) -> Text:
     return Text(status if text is None else text, style=STATUS_STYLES.get(status, ""))
 
 
+def usage_text(usage: dict[str, Any]) -> Text:
+    """The master's summary of a job's resource samples (progress.usage); red while its GPUs idle."""
+    gib = 1024**3
+    parts = []
+    if isinstance(usage.get("gpu_util_mean"), int | float):
+        parts.append(f"GPU {usage['gpu_util_mean']:.0f}% mean")
+    if isinstance(usage.get("gpu_mem_peak"), int):
+        parts.append(f"GPU memory {usage['gpu_mem_peak'] / gib:.1f} GiB peak")
+    if isinstance(usage.get("cpu_percent_mean"), int | float):
+        parts.append(f"CPU {usage['cpu_percent_mean']:.0f}% mean")
+    if isinstance(usage.get("rss_peak"), int):
+        parts.append(f"memory {usage['rss_peak'] / gib:.1f} GiB peak")
+    text = Text(", ".join(parts) or "-")
+    if usage.get("gpu_idle"):
+        text.append(" (GPUs idle)", style="red")
+    return text
+
+
 def progress_text(job: dict[str, Any]) -> str:
     """`epoch/max` from the job's latest progress report; `-` before any."""
     epoch = job.get("progress", {}).get("epoch")
@@ -202,6 +220,9 @@ def job_summary(job: dict[str, Any]) -> Table:
         ("finished", format_time(job.get("finished_at"))),
         ("duration", duration),
     ]
+    usage = (job.get("progress") or {}).get("usage") or {}
+    if usage:
+        rows.append(("resource use", usage_text(usage)))
     if job.get("details_hidden"):
         # TRAINFARM_JOB_VISIBILITY=own: another user's job shows its status and timing only.
         rows.append(("details", Text("hidden: another user's job", style="dim")))

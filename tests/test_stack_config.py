@@ -2,7 +2,12 @@
 real `docker stack config` reads and merges them: every password and key a Docker secret, declared
 and mounted where it is read; stateful services pinned to labelled nodes; health checks, restart and
 update policies; one encrypted overlay network; nothing published but the master, Flower, the
-consoles and TLS ports for workers outside the swarm.
+consoles and TLS ports for workers outside the swarm. Then a real swarm manager (the private test
+engine, a one-node swarm for one test) takes the whole stack and an upgrade of it: it checks what
+the client does not (constraint syntax, secrets and configs that exist, the network's options).
+
+`docker stack config` is the CLI's own check and needs no daemon; it came with Docker 23 (Debian
+12's docker.io 20.10 CLI lacks it, its dockerd serves the swarm fine).
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,7 +27,9 @@ import pytest
 import yaml
 
 from shared.settings import Settings
+from tests.conftest import wait_for
 from tests.test_deploy_config import worker_policy as compose_worker_policy
+from trainfarm.services.docker_engine import DockerEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -59,14 +67,24 @@ PASSWORD_IN_URL = re.compile(r"://[^/@\s]*:[^/@\s]+@")
 SECRET_PATH = re.compile(r"/run/secrets/([A-Za-z0-9_.-]+)")
 
 
-def docker_cli() -> str:
+@lru_cache
+def docker_cli_problem() -> str | None:
     docker = shutil.which("docker")
     if docker is None:
-        message = "no docker CLI (scripts/bootstrap installs docker.io)"
+        return "no docker CLI (scripts/bootstrap installs docker.io)"
+    probe = [docker, "stack", "config", "-c", "-"]  # an older CLI prints its help for any of this
+    if subprocess.run(probe, input=b"version: '3.8'\nservices: {}\n", capture_output=True).returncode != 0:
+        return f"{docker} has no `docker stack config` (Docker 23 or newer has it)"
+    return None
+
+
+def docker_cli() -> str:
+    problem = docker_cli_problem()
+    if problem is not None:
         if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(f"LOUD SKIP: {message}; deploy/stack*.yml were not validated")
-    return docker
+            pytest.fail(problem)
+        pytest.skip(f"LOUD SKIP: {problem}; deploy/stack*.yml were not validated")
+    return shutil.which("docker") or "docker"
 
 
 def stack_config(*files: Path, variables: Mapping[str, str] = VARIABLES) -> subprocess.CompletedProcess[str]:
@@ -279,3 +297,83 @@ def test_every_config_file_exists(stacks):
     for combination, stack in stacks.items():
         for name, spec in stack.get("configs", {}).items():
             assert Path(spec["file"]).is_file(), (combination, name, spec["file"])
+
+
+def docker_on(
+    engine: DockerEngine, *args: str, stdin: str | None = None, variables: Mapping[str, str] = VARIABLES
+) -> str:
+    """The docker CLI against `engine`, with only `variables` set; a refusal fails the test."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+    done = subprocess.run(
+        [docker_cli(), *args],
+        env={**env, **variables, "DOCKER_HOST": engine.url},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, f"docker {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+def try_docker_on(engine: DockerEngine, *args: str) -> bool:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DOCKER_HOST": engine.url}
+    return subprocess.run([docker_cli(), *args], env=env, capture_output=True, timeout=60).returncode == 0
+
+
+@pytest.fixture
+def swarm(docker_engine: DockerEngine) -> Iterator[DockerEngine]:
+    """The session's private engine as a one-node swarm, for this test only. The node is drained:
+    the manager checks and keeps every service spec but schedules no task, so nothing is pulled or
+    started and no ingress sandbox is made. Afterwards it leaves the swarm and removes the bridge
+    that swarm mode made on the host."""
+    docker_on(docker_engine, "swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", "127.0.0.1:0")
+    try:
+        node = docker_on(docker_engine, "info", "--format", "{{.Swarm.NodeID}}").strip()
+        docker_on(docker_engine, "node", "update", "--availability", "drain", node)
+        yield docker_engine
+    finally:
+        docker_on(docker_engine, "swarm", "leave", "--force")
+        if docker_on(docker_engine, "network", "ls", "-q", "--filter", "name=^docker_gwbridge$").strip():
+            wait_for(
+                lambda: try_docker_on(docker_engine, "network", "rm", "docker_gwbridge"),
+                timeout=30,
+                what="docker_gwbridge removed",
+            )
+
+
+def test_a_swarm_manager_accepts_the_stack_and_its_upgrade(stacks, swarm):
+    stack = stacks["remote-workers"]
+    for name in stack["secrets"]:
+        docker_on(swarm, "secret", "create", name, "-", stdin=f"dummy {name} value 0123456789abcdef")
+    files = [arg for path in COMBINATIONS["remote-workers"] for arg in ("-c", str(path))]
+    # No registry here, and none needed: the manager checks and stores the specs, runs no task.
+    docker_on(swarm, "stack", "deploy", "--resolve-image", "never", *files, "trainfarm")
+    with swarm.client().api as api:
+        specs = {
+            service["Spec"]["Name"].removeprefix("trainfarm_"): service["Spec"] for service in api.services()
+        }
+        assert set(specs) == set(stack["services"])
+        for name, spec in specs.items():
+            task = spec["TaskTemplate"]
+            targets = {secret["File"]["Name"] for secret in task["ContainerSpec"].get("Secrets", [])}
+            assert targets == set(mounted(stack["services"][name])), name
+            constraints = task.get("Placement", {}).get("Constraints", [])
+            wanted = stack["services"][name].get("deploy", {}).get("placement", {}).get("constraints", [])
+            assert constraints == wanted, name
+        ports = {
+            (name, port["TargetPort"])
+            for name, spec in specs.items()
+            for port in spec.get("EndpointSpec", {}).get("Ports", [])
+        }
+        assert ports == published(stack)
+        farm = api.inspect_network("trainfarm_farm")
+        assert farm["Attachable"] and "encrypted" in farm["Options"], farm
+        # An upgrade is the same deploy with a new image: the master's spec moves to it.
+        upgraded = {**VARIABLES, "TRAINFARM_MASTER_IMAGE": "registry.lab.example/trainfarm-master:1.1"}
+        docker_on(
+            swarm, "stack", "deploy", "--resolve-image", "never", *files, "trainfarm", variables=upgraded
+        )
+        master = api.inspect_service("trainfarm_master")["Spec"]["TaskTemplate"]["ContainerSpec"]
+        assert master["Image"] == upgraded["TRAINFARM_MASTER_IMAGE"]
+    docker_on(swarm, "stack", "rm", "trainfarm")

@@ -1,5 +1,6 @@
 """Per-job resource use: a real job's CPU and memory samples arrive from its worker, are summarized
-on the job and served by GET /api/jobs/{id}/usage (404 for a job the caller may not see); the
+on the job, served by GET /api/jobs/{id}/usage (404 for a job the caller may not see) and drawn on
+the job's page in a real browser; the
 idle-GPU rule, judged on the samples a fake GPU node sends (a fault injected into the event stream),
 flags a job whose GPUs stay idle and, with gpu_idle_stop, cancels it with an error that says why."""
 
@@ -9,14 +10,17 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
-from fastapi.testclient import TestClient
+import uvicorn
 from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlmodel import Session, select
@@ -40,9 +44,12 @@ from shared.schemas import AttemptOutcome, EventKind
 from shared.settings import Settings
 from shared.status import JobStatus
 from shared.streams import EventBus, cancel_key
+from tests.browser_support import browser_pages, log_in, screenshot
 from tests.conftest import admin_headers, wait_for, wait_status
 from tests.usage_support import with_usage_route
+from trainfarm.credentials import ensure_credentials
 from trainfarm.services import RedisServer
+from trainfarm.services.process import free_port
 from worker.usage_sampler import ProcessTree, gpu_usage
 
 PY = sys.executable
@@ -317,15 +324,38 @@ BUSY = textwrap.dedent(
 )
 
 
+@contextmanager
+def usage_master(settings: Settings) -> Iterator[str]:
+    """The master's app with the usage route under uvicorn, in a thread of this process, on a free
+    port (a browser must reach it); its URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            with_usage_route(create_app(settings)), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
+    thread = threading.Thread(target=server.run, name="usage-master", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started or not thread.is_alive(), 60, what="the master to start")
+        assert server.started, "the master did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
 @sqlite_only
-def test_a_real_jobs_cpu_and_memory_samples_arrive_and_are_summarized(
+def test_a_real_jobs_cpu_and_memory_samples_arrive_are_summarized_and_drawn(
     settings: Settings, start_worker, tmp_path: Path
 ) -> None:
     own = settings.model_copy(update={"job_visibility": "own"})
     stop = tmp_path / "stop"
-    with TestClient(
-        with_usage_route(create_app(own)), base_url="http://testserver/api", headers=admin_headers(own)
-    ) as api:
+    admin = ensure_credentials(own)
+    with (
+        usage_master(own) as url,
+        httpx.Client(base_url=f"{url}/api", headers=admin_headers(own), timeout=30) as api,
+    ):
         start_worker(overrides={"usage_sample_interval": 0.5})
         job_id = api.post("/jobs", json={"command": [PY, "-c", BUSY, str(stop)], "queue": "cpu"}).json()["id"]
 
@@ -359,5 +389,23 @@ def test_a_real_jobs_cpu_and_memory_samples_arrive_and_are_summarized(
         ]
         alice = {"Authorization": f"Bearer {token}"}
         hidden = api.get(f"/jobs/{job_id}/usage", headers=alice)
-        assert hidden.status_code == 404 and json.loads(hidden.text)["field"] == "job_id", hidden.text
+        assert hidden.status_code == 404 and hidden.json()["field"] == "job_id", hidden.text
         assert api.get(f"/jobs/{job_id}", headers=alice).json()["progress"] == {}
+
+        # The job's page draws the samples (CPU and memory: two series) beside their summary. Last,
+        # as it needs the browser (a loud skip without one, a failure under CI=true).
+        with browser_pages() as open_at:
+            from playwright.sync_api import expect  # after browser_pages: it skips without playwright
+
+            page, watch = open_at(url)
+            log_in(page, admin.user, admin.password)
+            page.locator(f"#jobs-body tr[data-id='{job_id}']").click()
+            chart = page.locator("#detail .usage-chart[data-chart=uplot]")
+            expect(chart).to_have_attribute("data-series", "2")
+            expect(chart.locator(".uplot canvas")).to_have_count(1)
+            facts = page.locator("#detail .usage-summary")
+            expect(facts).to_contain_text("CPU (mean)")
+            expect(facts).to_contain_text("memory (peak)")
+            expect(page.locator("#detail .gpu-idle")).to_be_hidden()
+            screenshot(page, "job-resource-use")
+            watch.check(page)

@@ -12,13 +12,19 @@ const USAGE_PAGE = 10000;
 const GIB = 1024 ** 3;
 const MIB = 1024 ** 2;
 
+// The x axis's unit for samples spanning `seconds`: seconds for a short job, hours for a long one.
+function timeUnit(seconds) {
+  if (seconds < 120) return { label: "seconds", size: 1 };
+  return seconds < 7200 ? { label: "minutes", size: 60 } : { label: "hours", size: 3600 };
+}
+
 // Usage samples -> the chart's series: each GPU's utilisation (%) and memory (GiB) where the job
-// had GPUs, else its processes' CPU (% of one core) and resident memory (MiB); x in minutes since
+// had GPUs, else its processes' CPU (% of one core) and resident memory (MiB); x in `unit`s since
 // the first sample.
-export function usageSeries(rows) {
+export function usageSeries(rows, unit) {
   if (!rows.length) return [];
   const t0 = Date.parse(rows[0].ts);
-  const x = (row) => (Date.parse(row.ts) - t0) / 60000;
+  const x = (row) => (Date.parse(row.ts) - t0) / 1000 / unit.size;
   const withGpus = rows.filter((r) => r.gpus && r.gpus.length);
   if (withGpus.length) {
     const indices = [...new Set(withGpus.flatMap((r) => r.gpus.map((g) => g.index)))].sort((a, b) => a - b);
@@ -38,7 +44,9 @@ export function usageSeries(rows) {
 }
 
 function drawUsageChart(box, rows) {
-  const series = usageSeries(rows);
+  const span = rows.length ? (Date.parse(rows[rows.length - 1].ts) - Date.parse(rows[0].ts)) / 1000 : 0;
+  const unit = timeUnit(span);
+  const series = usageSeries(rows, unit);
   if (!series.length) {
     destroyChart(box);
     box.replaceChildren(el("p", { class: "muted" }, "No resource-use samples yet."));
@@ -49,11 +57,11 @@ function drawUsageChart(box, rows) {
   drawChart(
     box,
     {
-      key: `usage:${series.map((s) => s.label).join(",")}`,
-      xLabel: "minutes",
+      key: `usage:${unit.label}:${series.map((s) => s.label).join(",")}`,
+      xLabel: unit.label,
       series: series.map((s) => lineSeries(s)),
       scales: { pct: { auto: true, range: (u, min, max) => [0, Math.max(100, max)] }, mem: { auto: true } },
-      axes: [{ label: "minutes" }, { scale: "pct", label: gpu ? "utilisation %" : "CPU %" }, { scale: "mem", label: gpu ? "GPU memory GiB" : "memory MiB", side: 1, grid: { show: false } }],
+      axes: [{ label: unit.label }, { scale: "pct", label: gpu ? "utilisation %" : "CPU %" }, { scale: "mem", label: gpu ? "GPU memory GiB" : "memory MiB", side: 1, grid: { show: false } }],
     },
     alignSeries(series),
   );

@@ -120,9 +120,9 @@ def test_usage_samples_are_validated_as_the_worker_must_write_them() -> None:
 
 def test_samples_are_stored_and_summarized_on_the_job(engine: Engine, job_id: int) -> None:
     samples = [gpus(40.0, 60.0, used=3 * MIB), gpus(80.0, 100.0, used=9 * MIB), gpus(0.0, 20.0, used=5 * MIB)]
-    assert (
-        apply_entries(engine, [entry(job_id, seq, s) for seq, s in enumerate(samples, start=2)]) == [None] * 3
-    )
+    entries = [entry(job_id, seq, s) for seq, s in enumerate(samples, start=2)]
+    assert apply_entries(engine, entries) == [None] * 3
+    assert apply_entries(engine, entries) == [None] * 3  # Redis delivered them again: replays, dropped
     cpu = Usage(cpu=CpuUsage(percent=150.0, rss=300 * MIB))
     assert apply_entries(
         engine, [entry(job_id, 5, cpu), entry(job_id, 6, Usage(cpu=CpuUsage(percent=50.0, rss=100 * MIB)))]
@@ -138,6 +138,7 @@ def test_samples_are_stored_and_summarized_on_the_job(engine: Engine, job_id: in
     assert summary["gpu_idle"] is False
     with Session(engine) as session:
         rows = session.exec(select(JobUsage).order_by(JobUsage.id)).all()  # type: ignore[arg-type]
+    assert len(rows) == 5
     assert [(r.attempt, r.cpu_percent, r.rss) for r in rows[3:]] == [
         (1, 150.0, 300 * MIB),
         (1, 50.0, 100 * MIB),

@@ -202,8 +202,9 @@ class Settings(BaseSettings):
     message_max_age: int = Field(default=14 * 86400, ge=60)
 
     # Insecure settings production refuses; this opts out of named checks: "redis" (no password
-    # or plain TCP beyond loopback), "s3" (plain HTTP beyond loopback).
-    allow_insecure: list[Literal["redis", "s3"]] = Field(default_factory=list)
+    # or plain TCP beyond loopback), "s3" (plain HTTP beyond loopback), "broker" (plain AMQP
+    # beyond loopback).
+    allow_insecure: list[Literal["redis", "s3", "broker"]] = Field(default_factory=list)
 
     # Reliability
     #: A worker renews its attempt's lease every third of this; a dead worker's attempt is declared
@@ -313,6 +314,13 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"TRAINFARM_REDIS_URL must be rediss:// (TLS) in production for a Redis beyond "
                     f"this machine ({redis_host}); TRAINFARM_ALLOW_INSECURE='[\"redis\"]' opts out"
+                )
+        if self.broker_url is not None and "broker" not in self.allow_insecure:
+            broker_host = urlsplit(self.broker_url).hostname or ""
+            if not is_loopback(broker_host) and not self.broker_url.startswith("amqps://"):
+                raise ValueError(
+                    f"TRAINFARM_BROKER_URL must be amqps:// (TLS) in production for a broker beyond "
+                    f"this machine ({broker_host}); TRAINFARM_ALLOW_INSECURE='[\"broker\"]' opts out"
                 )
         s3_host = self.s3_endpoint.rsplit(":", 1)[0].strip("[]")
         if "s3" not in self.allow_insecure and not self.s3_secure and not is_loopback(s3_host):

@@ -82,6 +82,7 @@ def test_secrets_dir_is_read_and_the_environment_wins(
         ({"redis_url": "redis://broker.lab.example:6379/0"}, "TRAINFARM_REDIS_URL"),
         ({"s3_endpoint": "http://s3.lab.example:9000"}, "TRAINFARM_S3_ENDPOINT"),
         ({"s3_endpoint": "s3.lab.example:9000", "s3_secure": False}, "TRAINFARM_S3_ENDPOINT"),
+        ({"broker_url": "amqp://trainfarm@rabbit.lab.example:5672/farm"}, "TRAINFARM_BROKER_URL"),
     ],
 )
 def test_production_refuses_each_insecure_setting_by_name(
@@ -164,3 +165,12 @@ def test_master_health_and_metrics_show_no_secret(settings: Settings, tmp_path: 
         assert secret not in health.text
         assert secret not in scraped.text
         assert secret not in log, f"a secret is in the master's log: {secret[:4]}..."
+
+
+def test_a_broker_beyond_this_machine_needs_tls_or_its_opt_out(clean_settings: None) -> None:
+    assert Settings(**PRODUCTION, broker_url="amqps://trainfarm@rabbit.lab.example:5671/farm")
+    assert Settings(**PRODUCTION, broker_url="amqp://trainfarm@127.0.0.1:5672/farm")
+    plain = {**PRODUCTION, "broker_url": "amqp://trainfarm@rabbit:5672/farm"}
+    assert Settings(**plain, allow_insecure=["broker"]).allow_insecure == ["broker"]
+    with pytest.raises(ValueError, match="TRAINFARM_BROKER_URL"):
+        Settings(**plain, allow_insecure=["redis", "s3"])

@@ -14,6 +14,7 @@ worker's account can read, never environment variables or arguments. Once, as an
     icacls $dir /inheritance:r /grant:r "*S-1-5-18:(OI)(CI)F" "*S-1-5-32-544:(OI)(CI)F" "<worker account>:(OI)(CI)R"
     Read-Host "worker S3 secret key" -MaskInput | Set-Content -NoNewline "$dir\trainfarm_s3_secret_key"
     Read-Host "Redis password" -MaskInput | Set-Content -NoNewline "$dir\trainfarm_redis_password"
+    Read-Host "RabbitMQ password (only with TRAINFARM_BROKER_URL)" -MaskInput | Set-Content -NoNewline "$dir\trainfarm_broker_password"
 (SYSTEM and Administrators full control, the worker's account read, nobody else; -MaskInput
 needs PowerShell 7.) The script refuses a folder that Everyone, Users or Authenticated Users can
 read. Then, in that environment, with the settings below edited (or set as user environment variables):
@@ -56,7 +57,7 @@ foreach ($name in $defaults.Keys) {
 $env:TRAINFARM_ENVIRONMENT = "production"
 
 # Secrets from files only: a secret in the environment would pass to every child process.
-foreach ($name in "TRAINFARM_S3_SECRET_KEY", "TRAINFARM_REDIS_PASSWORD") {
+foreach ($name in "TRAINFARM_S3_SECRET_KEY", "TRAINFARM_REDIS_PASSWORD", "TRAINFARM_BROKER_PASSWORD") {
     if ([Environment]::GetEnvironmentVariable($name)) {
         throw "$name is set in the environment; put it in $SecretsDir\$($name.ToLower()) instead and remove the variable"
     }

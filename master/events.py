@@ -38,7 +38,6 @@ from shared.events import (
     parse_event,
 )
 from shared.schemas import AttemptOutcome, EventKind
-from shared.settings import get_settings
 from shared.status import JobStatus
 from shared.streams import EventBus
 
@@ -358,9 +357,9 @@ class EventConsumer:
         self._meter = meter
         #: Told once a round has applied an attempt's end: devices came free (admission decides).
         self._on_ended = on_ended
-        #: The idle-GPU rule, and the Redis through which it cancels (see master/job_usage.py).
-        #: Read from the settings when the master does not pass it (it should: one place reads them).
-        self._idle = idle or IdleRule.of(get_settings())
+        #: The idle-GPU rule (the master's settings), and the Redis through which it cancels: without
+        #: one it only flags (see master/job_usage.py).
+        self._idle = idle or DEFAULT_IDLE_RULE
         self._broker = broker
         self._pending_done = False
 

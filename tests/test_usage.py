@@ -10,22 +10,17 @@ import json
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
-import uvicorn
 from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from master.app import create_app
 from master.events import EventConsumer, apply_entries
 from master.job_usage import IdleRule, count_idle_gpu_jobs
 from master.models import AuditEvent, Job, JobAttempt, JobUsage
@@ -45,11 +40,9 @@ from shared.settings import Settings
 from shared.status import JobStatus
 from shared.streams import EventBus, cancel_key
 from tests.browser_support import browser_pages, log_in, screenshot
-from tests.conftest import admin_headers, wait_for, wait_status
-from tests.usage_support import with_usage_route
-from trainfarm.credentials import ensure_credentials
+from tests.conftest import wait_for, wait_status
 from trainfarm.services import RedisServer
-from trainfarm.services.process import free_port
+from trainfarm.services.farm import MasterProcess
 from worker.usage_sampler import ProcessTree, gpu_usage
 
 PY = sys.executable
@@ -325,38 +318,13 @@ BUSY = textwrap.dedent(
 )
 
 
-@contextmanager
-def usage_master(settings: Settings) -> Iterator[str]:
-    """The master's app with the usage route under uvicorn, in a thread of this process, on a free
-    port (a browser must reach it); its URL."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            with_usage_route(create_app(settings)), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
-    thread = threading.Thread(target=server.run, name="usage-master", daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started or not thread.is_alive(), 60, what="the master to start")
-        assert server.started, "the master did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-
-
 @sqlite_only
 def test_a_real_jobs_cpu_and_memory_samples_arrive_are_summarized_and_drawn(
     settings: Settings, start_worker, tmp_path: Path
 ) -> None:
     own = settings.model_copy(update={"job_visibility": "own"})
     stop = tmp_path / "stop"
-    admin = ensure_credentials(own)
-    with (
-        usage_master(own) as url,
-        httpx.Client(base_url=f"{url}/api", headers=admin_headers(own), timeout=30) as api,
-    ):
+    with MasterProcess(tmp_path / "master", own) as master, master.client(timeout=30) as api:
         start_worker(overrides={"usage_sample_interval": 0.5})
         job_id = api.post("/jobs", json={"command": [PY, "-c", BUSY, str(stop)], "queue": "cpu"}).json()["id"]
 
@@ -398,8 +366,8 @@ def test_a_real_jobs_cpu_and_memory_samples_arrive_are_summarized_and_drawn(
         with browser_pages() as open_at:
             from playwright.sync_api import expect  # after browser_pages: it skips without playwright
 
-            page, watch = open_at(url)
-            log_in(page, admin.user, admin.password)
+            page, watch = open_at(master.url)
+            log_in(page, master.credentials.user, master.credentials.password)
             page.locator(f"#jobs-body tr[data-id='{job_id}']").click()
             chart = page.locator("#detail .usage-chart[data-chart=uplot]")
             expect(chart).to_have_attribute("data-series", "2")

@@ -1,4 +1,5 @@
-"""GPU tests (`pytest -m gpu tests/gpu`, which scripts/test-gpu runs on a machine with an NVIDIA GPU).
+"""GPU tests (`pytest -m gpu tests/gpu`, which scripts/test-gpu runs on a machine with an NVIDIA GPU;
+the `gpu` marker is declared in pyproject.toml).
 
 Where no GPU is visible every test here is skipped with a loud reason, and under CI=true too: CI
 machines have no GPU and these tests are not required there (issue 14). They are marked before

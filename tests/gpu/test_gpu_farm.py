@@ -9,13 +9,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
-from master.app import create_app
-from shared.settings import Settings
-from tests.conftest import admin_headers, log_texts, wait_for, wait_status
+from tests.conftest import log_texts, wait_for, wait_status
 from tests.gpu.test_gpu_ddp import LAUNCH
-from tests.usage_support import with_usage_route
 from worker import gpus
 
 pytestmark = pytest.mark.gpu
@@ -70,29 +66,22 @@ BUSY_GPU = textwrap.dedent(
 )
 
 
-def test_a_jobs_gpu_use_is_sampled_while_it_runs(settings: Settings, start_worker, tmp_path: Path) -> None:
+def test_a_jobs_gpu_use_is_sampled_while_it_runs(api, start_worker, tmp_path: Path) -> None:
     stop = tmp_path / "stop"
-    with TestClient(
-        with_usage_route(create_app(settings)),
-        base_url="http://testserver/api",
-        headers=admin_headers(settings),
-    ) as api:
-        start_worker(queues="gpu", overrides={"usage_sample_interval": 0.5})
-        job_id = api.post(
-            "/jobs", json={"command": [PY, "-c", BUSY_GPU, str(stop)], "queue": "gpu", "devices": 1}
-        ).json()["id"]
+    start_worker(queues="gpu", overrides={"usage_sample_interval": 0.5})
+    job_id = api.post(
+        "/jobs", json={"command": [PY, "-c", BUSY_GPU, str(stop)], "queue": "gpu", "devices": 1}
+    ).json()["id"]
 
-        def busy() -> list[dict] | None:
-            rows = api.get(f"/jobs/{job_id}/usage").json()
-            hot = [
-                r for r in rows if r["gpus"] and r["gpus"][0]["util"] and r["gpus"][0]["mem_used"] >= 1 << 30
-            ]
-            return rows if len(hot) >= 2 else None
+    def busy() -> list[dict] | None:
+        rows = api.get(f"/jobs/{job_id}/usage").json()
+        hot = [r for r in rows if r["gpus"] and r["gpus"][0]["util"] and r["gpus"][0]["mem_used"] >= 1 << 30]
+        return rows if len(hot) >= 2 else None
 
-        rows = wait_for(busy, 90, 0.5, "two samples of a busy GPU")
-        stop.touch()
-        job = wait_status(api, job_id, {"succeeded", "failed"}, timeout=60)
-        assert job["status"] == "succeeded", job["error"]
+    rows = wait_for(busy, 90, 0.5, "two samples of a busy GPU")
+    stop.touch()
+    job = wait_status(api, job_id, {"succeeded", "failed"}, timeout=60)
+    assert job["status"] == "succeeded", job["error"]
     [index] = {g["index"] for r in rows for g in r["gpus"]}  # type: ignore[union-attr]
     assert index in [g["index"] for g in gpus.list_gpus()]
     summary = job["progress"]["usage"]

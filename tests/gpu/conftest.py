@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import empty_database
-
 HERE = Path(__file__).resolve().parent
 
 
@@ -53,6 +51,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """SQLite only: these tests are about the GPU, not the database (the CPU suite covers both)."""
-    return empty_database(request, tmp_path, "sqlite")
+def database_url(tmp_path: Path) -> str:
+    """SQLite only, a fresh file as tests/conftest.py's `empty_database` makes: these tests are about
+    the GPU, not the database (the CPU suite covers both). Not imported from there, so the farm-free
+    GPU tests run with `--confcutdir=tests/gpu` where the farm's packages are not installed."""
+    return f"sqlite:///{tmp_path / 'master.db'}"

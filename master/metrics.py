@@ -88,6 +88,16 @@ class FarmCollector(Collector):
         for status in JobStatus:
             jobs.add_metric([status.value], counts.get(status.value, 0))
         yield jobs
+        # Imported here: master.job_usage reaches this module through master.lifecycle.
+        from master.job_usage import count_idle_gpu_jobs
+
+        with Session(self._engine) as session:
+            idle = count_idle_gpu_jobs(session)
+        yield GaugeMetricFamily(
+            "trainfarm_jobs_gpu_idle",
+            "Running jobs whose GPUs the idle rule flagged (under gpu_idle_threshold for gpu_idle_after s)",
+            value=idle,
+        )
         depth = GaugeMetricFamily(
             "trainfarm_queue_depth", "Messages waiting in a Celery queue", labels=["queue"]
         )

@@ -66,10 +66,6 @@ def root_pid(execution: Execution) -> int | None:
     """The job's root process on this node, for the usage sampler; None for a container, whose
     processes are the engine's children, not this worker's."""
     pid = getattr(execution, "pid", None)
-    if pid is None:
-        # Until the process backend's execution says its pid (`pid`, asked of its owner), its
-        # Popen tells it.
-        pid = getattr(getattr(execution, "_proc", None), "pid", None)
     return pid if isinstance(pid, int) else None
 
 

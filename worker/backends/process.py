@@ -33,6 +33,11 @@ class ProcessExecution(Execution):
         #: Longest line kept whole, in bytes; a longer one is cut as it is read (worker/loglines.py).
         self._max_line = max_line
 
+    @property
+    def pid(self) -> int:
+        """The job's root process on this node (the usage sampler reads its tree)."""
+        return self._proc.pid
+
     def output(self) -> Iterator[bytes]:
         assert self._proc.stdout is not None
         with self._proc.stdout:

@@ -258,6 +258,21 @@ def ticking_job(ticks: int, interval: float) -> str:
     )
 
 
+def user_headers(admin: httpx.Client, name: str, role: str = "member") -> dict[str, str]:
+    """A user made by the admin client `admin` (with a role), logged in: their request headers."""
+    password = f"{name}-password-{uuid.uuid4().hex[:6]}"
+    made = admin.post("/users", json={"name": name, "role": role, "password": password})
+    assert made.status_code == 201, made.text
+    login = admin.post("/auth/login", data={"username": name, "password": password})
+    assert login.status_code == 200, login.text
+    return {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+
+def user_client(admin: httpx.Client, name: str, role: str = "member") -> httpx.Client:
+    """The same master's API as a new user made by `admin`; close it (use it in `with`)."""
+    return httpx.Client(base_url=str(admin.base_url), headers=user_headers(admin, name, role), timeout=30)
+
+
 def upload_dataset(api: httpx.Client, path: Path, name: str | None = None) -> dict:
     with path.open("rb") as fh:
         response = api.post("/datasets", params={"name": name or path.name}, content=fh.read())

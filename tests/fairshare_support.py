@@ -4,12 +4,13 @@ and a sampler that watches who holds devices while a farm runs."""
 from __future__ import annotations
 
 import threading
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+
+from tests.conftest import user_headers
 
 PY = "python"
 
@@ -36,12 +37,7 @@ def tally_job(tally: Path, tag: str, seconds: float = 0.2) -> dict:
 
 def make_member(api: httpx.Client, name: str) -> dict[str, str]:
     """A member made by the admin `api`, logged in: their request headers."""
-    password = f"{name}-password-{uuid.uuid4().hex[:6]}"
-    made = api.post("/users", json={"name": name, "role": "member", "password": password})
-    assert made.status_code == 201, made.text
-    answer = api.post("/auth/login", data={"username": name, "password": password})
-    assert answer.status_code == 200, answer.text
-    return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+    return user_headers(api, name)
 
 
 def set_limits(api: httpx.Client, user: str, queue: str, **caps: int | None) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from master.experiments.compare_reader import SUMMARY_POINTS, SeriesCache, chart
 from master.experiments.summaries import SeriesSummarizer, summarize
 from master.models import Job, JobMetric, MetricSeries
 from shared.settings import Settings
-from tests.conftest import run_cli, wait_for, wait_status
+from tests.conftest import run_cli, user_client, wait_for, wait_status
 from trainfarm.services.farm import MasterProcess, WorkerProcess
 
 #: A job that reports `REPORTS` metrics lines through the job contract: every line has a step, every
@@ -400,23 +399,12 @@ def own_master(settings: Settings, tmp_path: Path) -> Iterator[MasterProcess]:
         yield proc
 
 
-def user_client(master: MasterProcess, admin: httpx.Client, name: str, role: str = "member") -> httpx.Client:
-    password = secrets.token_urlsafe(12)
-    made = admin.post("/users", json={"name": name, "role": role, "password": password})
-    assert made.status_code == 201, made.text
-    login = httpx.post(f"{master.url}/api/auth/login", data={"username": name, "password": password})
-    token = login.json()["access_token"]
-    return httpx.Client(
-        base_url=f"{master.url}/api", headers={"Authorization": f"Bearer {token}"}, timeout=30
-    )
-
-
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_compare_hides_another_users_job_when_visibility_is_own(own_master: MasterProcess):
     with (
         own_master.client(timeout=30) as admin,
-        user_client(own_master, admin, "alice") as alice,
-        user_client(own_master, admin, "bob") as bob,
+        user_client(admin, "alice") as alice,
+        user_client(admin, "bob") as bob,
     ):
         mine = [
             alice.post("/jobs", json={"command": ["true"], "queue": "cpu"}).json()["id"] for _ in range(2)

@@ -4,7 +4,6 @@ project and tags, against a real master (and a worker where the re-run must real
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import httpx
 import pytest
 
 from shared.settings import Settings
-from tests.conftest import log_texts, run_cli, wait_status
+from tests.conftest import log_texts, run_cli, user_client, wait_status
 from trainfarm.services.farm import MasterProcess, WorkerProcess
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -30,17 +29,6 @@ def queued_job(api: httpx.Client, **extra: object) -> dict:
     answer = api.post("/jobs", json={"command": ["true"], "queue": "cpu", **extra})
     assert answer.status_code == 201, answer.text
     return answer.json()
-
-
-def user_client(master: MasterProcess, admin: httpx.Client, name: str, role: str = "member") -> httpx.Client:
-    password = secrets.token_urlsafe(12)
-    made = admin.post("/users", json={"name": name, "role": role, "password": password})
-    assert made.status_code == 201, made.text
-    login = httpx.post(f"{master.url}/api/auth/login", data={"username": name, "password": password})
-    token = login.json()["access_token"]
-    return httpx.Client(
-        base_url=f"{master.url}/api", headers={"Authorization": f"Bearer {token}"}, timeout=30
-    )
 
 
 def test_rerun_records_its_origin_and_merges_the_changes(api: httpx.Client):
@@ -77,7 +65,7 @@ def test_rerun_records_its_origin_and_merges_the_changes(api: httpx.Client):
 @sqlite_only
 def test_a_viewer_cannot_rerun(api: httpx.Client, master: MasterProcess):
     job = queued_job(api)
-    with user_client(master, api, "vic", role="viewer") as vic:
+    with user_client(api, "vic", role="viewer") as vic:
         refused = vic.post(f"/jobs/{job['id']}/rerun", json={"changes": {"max_epochs": 3}})
         assert refused.status_code == 403, refused.text
     assert api.get(f"/jobs/{job['id']}").json()["reruns"] == []
@@ -94,8 +82,8 @@ def own_master(settings: Settings, tmp_path: Path) -> Iterator[MasterProcess]:
 def test_rerun_of_a_job_the_caller_may_not_see_is_404(own_master: MasterProcess):
     with (
         own_master.client(timeout=30) as admin,
-        user_client(own_master, admin, "alice") as alice,
-        user_client(own_master, admin, "bob") as bob,
+        user_client(admin, "alice") as alice,
+        user_client(admin, "bob") as bob,
     ):
         bobs = queued_job(bob)
         hidden = alice.post(f"/jobs/{bobs['id']}/rerun", json={"changes": {}})

@@ -22,7 +22,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from shared.settings import Settings
-from tests.conftest import run_cli, wait_for, wait_status
+from tests.conftest import run_cli, user_client, wait_for, wait_status
 from trainfarm.services import free_port
 
 PY = sys.executable
@@ -157,19 +157,6 @@ def wait_delivered(
     return wait_for(done, timeout, what=f"{count} delivered deliveries of webhook {hook_id}")  # type: ignore[return-value]
 
 
-def member_client(api: httpx.Client, name: str, role: str = "member") -> httpx.Client:
-    password = f"{name}-password-12345"
-    made = api.post("/users", json={"name": name, "role": role, "password": password})
-    assert made.status_code == 201, made.text
-    login = api.post("/auth/login", data={"username": name, "password": password})
-    assert login.status_code == 200, login.text
-    return httpx.Client(
-        base_url=str(api.base_url),
-        headers={"Authorization": f"Bearer {login.json()['access_token']}"},
-        timeout=30,
-    )
-
-
 # Tests ------------------------------------------------------------------------------------------
 
 
@@ -216,7 +203,7 @@ def test_job_end_is_delivered_signed_and_only_its_owner_sees_the_webhook(
     )
 
     # Another member finds neither the webhook nor its log, and cannot remove or test it.
-    with member_client(api, "bob") as bob:
+    with user_client(api, "bob") as bob:
         assert bob.get("/webhooks").json() == []
         for method, path in (
             ("GET", f"/webhooks/{made['id']}"),
@@ -232,7 +219,7 @@ def test_job_end_is_delivered_signed_and_only_its_owner_sees_the_webhook(
         assert [h["id"] for h in bob.get("/webhooks").json()] == [bobs["id"]]
     assert [h["id"] for h in api.get("/webhooks").json()] == [bobs["id"], made["id"]]
     assert api.get(f"/webhooks/{bobs['id']}").json()["owner"] == "bob"
-    with member_client(api, "vera", role="viewer") as vera:
+    with user_client(api, "vera", role="viewer") as vera:
         assert vera.post("/webhooks", json={"url": receiver.url}).status_code == 403
 
     # Removing it takes its log along.

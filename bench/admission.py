@@ -149,7 +149,10 @@ def run(services: Services, quick: bool) -> list[Row]:
     celery.conf.update(celery_config(settings))
     broker = redis.Redis.from_url(settings.redis_connection_url())
     marks = PublishedMarks(engine)
-    dispatcher = Dispatcher(celery, marks, Signer(master_private_key(settings)), settings.message_max_age)
+    signer = Signer(master_private_key(settings))
+    dispatcher = Dispatcher(
+        celery, marks, signer, settings.message_max_age, broker, settings.node_offline_after
+    )
     admitter = Admitter(engine, dispatcher, broker, settings, UsageMeter(settings.fairshare_half_life))
     try:
         first = admitter.decide()

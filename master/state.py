@@ -65,6 +65,8 @@ class MasterState:
             PublishedMarks(engine),
             Signer(master_private_key(settings)),
             settings.message_max_age,
+            broker,
+            settings.node_offline_after,
         )
         meter = UsageMeter(settings.fairshare_half_life)
         return cls(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from datetime import timedelta
 
 import pytest
@@ -15,15 +16,19 @@ from sqlmodel import Session
 from master.dispatch import Dispatcher, make_publisher
 from master.models import Job, JobAttempt, utcnow
 from master.published_marks import PublishedMarks
+from shared.message_copies import newest_issued
 from shared.settings import Settings
 from shared.signing import Signer, Verifier
+from shared.streams import NODES_KEY
 from tests.conftest import SIGNING_KEY
 
 MAX_AGE = 14 * 86400.0
 
 
-def _queued(session: Session, published_days_ago: float | None, admitted: bool = True) -> int:
-    job = Job(queue="cpu", spec={"command": ["true"], "queue": "cpu"})
+def _queued(
+    session: Session, published_days_ago: float | None, admitted: bool = True, queue: str = "cpu"
+) -> int:
+    job = Job(queue=queue, spec={"command": ["true"], "queue": queue})
     session.add(job)
     session.flush()
     assert job.id is not None
@@ -42,21 +47,37 @@ def _queued(session: Session, published_days_ago: float | None, admitted: bool =
     return job.id
 
 
-def _sent(client: redis.Redis) -> list[int]:
-    """Job ids of the messages waiting on the cpu queue (every priority list), as workers verify them."""
+def _messages(client: redis.Redis, queue: str = "cpu") -> list[tuple[int, float]]:
+    """(job id, issued at) of the messages waiting on a queue (every priority list), as workers
+    verify them."""
     verifier = Verifier(SIGNING_KEY.public_key(), MAX_AGE)
-    ids = []
-    for key in ["cpu"] + [f"cpu:{p}" for p in range(1, 10)]:
+    found = []
+    for key in [queue] + [f"{queue}:{p}" for p in range(1, 10)]:
         for raw in client.lrange(key, 0, -1):
             body = json.loads(base64.b64decode(json.loads(raw)["body"]))
-            ids.append(verifier.verify(body[1]["message"]).job_id)
-    return sorted(ids)
+            message = verifier.verify(body[1]["message"])
+            found.append((message.job_id, message.issued_at))
+    return found
+
+
+def _sent(client: redis.Redis, queue: str = "cpu") -> list[int]:
+    return sorted(job_id for job_id, _ in _messages(client, queue))
+
+
+def _beat(client: redis.Redis, worker: str, queues: list[str], seconds_ago: float) -> None:
+    """A worker's beat as worker/heartbeat.py writes it, `seconds_ago` old by Redis's clock: a
+    worker killed then (the fault) leaves it so."""
+    seconds, micros = client.time()
+    beat = {"ts": seconds + micros / 1e6 - seconds_ago, "queues": queues, "worker": worker}
+    client.hset(NODES_KEY, worker, json.dumps(beat))
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_sweep_sends_unpublished_attempts_and_refreshes_old_ones(settings: Settings, engine) -> None:
     client = redis.Redis.from_url(settings.redis_url)
-    dispatcher = Dispatcher(make_publisher(settings), PublishedMarks(engine), Signer(SIGNING_KEY), MAX_AGE)
+    dispatcher = Dispatcher(
+        make_publisher(settings), PublishedMarks(engine), Signer(SIGNING_KEY), MAX_AGE, client, 15.0
+    )
     with Session(engine) as session:
         never = _queued(session, None)
         stale = _queued(session, 8)  # past half the message's life: sent again
@@ -71,4 +92,45 @@ def test_sweep_sends_unpublished_attempts_and_refreshes_old_ones(settings: Setti
         assert attempt is not None and attempt.enqueued_at is not None
         assert utcnow() - attempt.enqueued_at.replace(tzinfo=utcnow().tzinfo) < timedelta(minutes=1)
     assert recent not in _sent(client) and waiting not in _sent(client)
+    client.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sweep_sends_again_what_a_dead_worker_may_have_taken(settings: Settings, engine) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    offline_after = 15.0
+    dispatcher = Dispatcher(
+        make_publisher(settings), PublishedMarks(engine), Signer(SIGNING_KEY), MAX_AGE, client, offline_after
+    )
+    with Session(engine) as session:
+        before = _queued(session, 60 / 86400)  # sent a minute ago, to the queue the dead worker took from
+        other_queue = _queued(session, 60 / 86400, queue="gpu")  # the dead worker did not serve gpu
+        after = _queued(session, 1 / 86400)  # sent after the worker died: it cannot have it
+        # A live worker on both queues changes nothing; one that died 30 s ago (last beat 30 s old,
+        # so dead by 15 s ago) may have taken what went out to cpu before.
+        _beat(client, "live#1", ["cpu", "gpu"], seconds_ago=1)
+        _beat(client, "dead#1", ["cpu"], seconds_ago=30)
+        sent_at = time.time()
+        assert dispatcher.sweep(session) == 1
+    [(job_id, issued_at)] = _messages(client)
+    assert job_id == before and issued_at >= sent_at
+    assert _sent(client, "gpu") == [] and after not in _sent(client) and other_queue not in _sent(client)
+    # The new copy is the live one: workers drop any copy issued before it.
+    newest = newest_issued(client, before, 1)
+    assert newest is not None and abs(newest - issued_at) < 1e-3
+    assert newest_issued(client, after, 1) is None
+    with Session(engine) as session:
+        # Once per death: the copy went out after the dead worker's end, so the next sweep, or a
+        # restarted master's, leaves it alone while the dead worker's beat is still there.
+        assert dispatcher.sweep(session) == 0
+        restarted = Dispatcher(
+            make_publisher(settings),
+            PublishedMarks(engine),
+            Signer(SIGNING_KEY),
+            MAX_AGE,
+            client,
+            offline_after,
+        )
+        assert restarted.sweep(session) == 0
+    assert len(_messages(client)) == 1
     client.close()

@@ -9,6 +9,7 @@ import redis
 from celery import shared_task
 
 from shared.celery_config import RUN_ATTEMPT_TASK
+from shared.message_copies import is_stale, newest_issued
 from shared.schemas import TaskMessage
 from shared.signing import MessageRefused
 from shared.streams import cancel_key, drain_key
@@ -43,6 +44,10 @@ def run_attempt(self: Any, *args: Any, **kwargs: Any) -> str:
 
 
 def _run(self: Any, ctx: context.WorkerContext, task: TaskMessage, message: dict[str, Any]) -> str:
+    if _replaced(ctx, task):
+        # First: a replaced copy is neither put back nor waits for GPUs; the live one does that.
+        log.info("job %s attempt %s: an older copy of its message, dropped", task.job_id, task.attempt)
+        return "stale"
     if draining.requested() or _worker_draining(ctx):
         # Before the lease, the GPUs and any event: the attempt is not started, so it is not used
         # up and not handed back; the job simply waits for a worker that is not leaving.
@@ -79,6 +84,15 @@ def _worker_draining(ctx: context.WorkerContext, unknown: bool = False) -> bool:
         return bool(ctx.redis.exists(drain_key(identity.current().key)))
     except redis.RedisError:
         return unknown
+
+
+def _replaced(ctx: context.WorkerContext, task: TaskMessage) -> bool:
+    """Whether the master has sent this attempt again since this copy (shared/message_copies.py).
+    Redis away: keep it, the lease still lets one copy run."""
+    try:
+        return is_stale(task.issued_at, newest_issued(ctx.redis, task.job_id, task.attempt))
+    except redis.RedisError:
+        return False
 
 
 def _nothing_to_run(ctx: context.WorkerContext, task: TaskMessage) -> bool:

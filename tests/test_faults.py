@@ -185,7 +185,7 @@ def test_stopped_worker_hands_its_job_back(api, start_worker):
         attempts = job["attempt_list"]
         return job if len(attempts) == 2 and attempts[1]["info"].get("restored_checkpoint") else None
 
-    job = wait_for(resumed, timeout=120, what="the second attempt to resume from the checkpoint")
+    job: dict = wait_for(resumed, timeout=120, what="the second attempt to resume from the checkpoint")  # type: ignore[assignment]
     first, second = job["attempt_list"]
     assert "handed back" in first["error"] and first["exit_code"] == 0
     assert second["node"] == "node-b" and job["status"] == "running"

@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = MasterState.connect(settings, engine)
         _ensure_bucket(state)
         app.state.master = state
-        app.state.registry = make_registry(engine, state.broker, settings.node_offline_after)
+        app.state.registry = make_registry(engine, state.broker, settings)
         register_log_hub(app.state.registry, state.hub)
         await state.hub.start()
         # Access changes announced by any master empty this one's token cache; this master's

@@ -419,3 +419,32 @@ def test_cli_add_test_deliveries_remove(master: Any, receiver: Receiver) -> None
     assert gone.exit_code == 1 and gone.output.startswith("error: webhook 1 not found")
     refused = run_cli(master, "webhooks", "add", "gopher://example.com/")
     assert refused.exit_code == 1 and refused.output.startswith("error: url refused")
+
+
+@SQLITE_ONLY
+def test_a_disabled_users_webhooks_fall_silent_until_enabled(
+    api: httpx.Client, worker: object, receiver: Receiver
+) -> None:
+    with user_client(api, "dora") as dora:
+        hook = add_webhook(dora, receiver.url)
+        held = [PY, "-c", "import time; time.sleep(120)"]
+        slow = dora.post("/jobs", json={"command": held, "queue": "cpu"}).json()["id"]
+        wait_status(api, slow, {"running"})
+        assert api.patch("/users/dora", json={"disabled": True}).status_code == 200
+        assert api.post(f"/jobs/{slow}/cancel").status_code == 200
+        wait_status(api, slow, {"cancelled"})
+        # The admin's webhook, for a job that ends later: once its delivery is made, dora's job's
+        # end has been through the outbox too (ends are taken in job order).
+        mine = add_webhook(api, receiver.url)
+        later = api.post("/jobs", json=QUICK_JOB).json()["id"]
+        wait_status(api, later, {"succeeded"})
+        wait_delivered(api, mine["id"])
+        assert deliveries(api, hook["id"]) == []
+        assert [r.json()["job"]["id"] for r in receiver.requests] == [later]
+
+        # Enabled again, dora's webhook fires as before.
+        assert api.patch("/users/dora", json={"disabled": False}).status_code == 200
+        quick = dora.post("/jobs", json=QUICK_JOB).json()["id"]
+        wait_status(api, quick, {"succeeded"})
+        [delivery] = wait_delivered(api, hook["id"])
+        assert delivery["subject"] == f"job {quick}"

@@ -15,6 +15,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from master.models import Job, Sweep, SweepTrial, Webhook, WebhookDelivery
+from master.notify.active import may_fire
 from master.notify.payloads import JOB_EVENTS, SWEEP_ENDED, job_body, sweep_body
 from shared.status import TERMINAL
 
@@ -50,7 +51,7 @@ def _claim(session: Session, table: type[Job] | type[Sweep], row_id: int) -> boo
 
 def collect(session: Session, api_url: str) -> int:
     """Put the ends not yet announced in the outbox; the number of deliveries queued. Commits."""
-    hooks = list(session.exec(select(Webhook).where(col(Webhook.disabled).is_(False))))
+    hooks = list(session.exec(select(Webhook).where(may_fire())))
     queued = 0
     jobs = session.exec(
         select(Job)

@@ -29,6 +29,7 @@ from sqlmodel import Session, col, select
 
 from master.models import Webhook, WebhookDelivery, utcnow
 from master.notify import signature
+from master.notify.active import may_fire
 from master.notify.backoff import retry_delay
 from master.notify.email import build_message, send_email
 from master.notify.payloads import slack_body
@@ -119,14 +120,16 @@ class Sender:
                 .limit(BATCH)
             ).all()
             ids = {d.webhook_id for d in due}
-            hooks = {h.id: h for h in session.exec(select(Webhook).where(col(Webhook.id).in_(ids)))}
+            # A webhook disabled, or whose owner was, since its delivery was queued is left out: gone.
+            chosen = select(Webhook).where(col(Webhook.id).in_(ids), may_fire())
+            hooks = {h.id: h for h in session.exec(chosen)}
         # list(): waits for the whole round, and re-raises a try's unexpected error in the loop.
         list(self._pool.map(lambda d: self._record(d, self.attempt(d, hooks.get(d.webhook_id))), due))
         return len(due)
 
     def attempt(self, delivery: WebhookDelivery, hook: Webhook | None) -> Outcome:
         if hook is None or hook.disabled:
-            return Outcome(False, error="the webhook is disabled or gone")
+            return Outcome(False, error="the webhook or its owner is disabled, or it is gone")
         assert delivery.id is not None
         if hook.format == "email":
             return self._email(hook, delivery)

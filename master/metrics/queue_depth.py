@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import redis
-from amqp.exceptions import NotFound  # type: ignore[import-untyped]  # py-amqp, kombu's transport: no types
+from amqp.exceptions import NotFound
 from kombu import Connection
 
 from shared.celery_config import broker_connection_url, celery_config, uses_rabbitmq

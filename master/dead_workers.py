@@ -17,20 +17,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import redis
 
-from shared.streams import NODES_KEY
+from master.nodes import read_beats
 
 
-def taken_before(beats: Mapping[str, bytes], redis_now: float, offline_after: float) -> dict[str, float]:
+def taken_before(beats: Iterable[bytes], redis_now: float, offline_after: float) -> dict[str, float]:
     """Per queue, the latest time (Redis clock) by which a dead worker consuming it had died: a
     message sent to that queue earlier may have gone down with it. Live workers, and beats that are
     unreadable (master/nodes.py logs those), count for nothing."""
     bounds: dict[str, float] = {}
-    for raw in beats.values():
+    for raw in beats:
         try:
             beat = json.loads(raw)
             ts = float(beat["ts"])
@@ -48,13 +48,9 @@ def taken_before(beats: Mapping[str, bytes], redis_now: float, offline_after: fl
 def read_taken_before(client: redis.Redis, offline_after: float) -> dict[str, datetime]:
     """`taken_before` of the workers' beats as they are in Redis, in the master's clock: beats carry
     the Redis server's time, attempts' `enqueued_at` the master's."""
-    pipe = client.pipeline(transaction=False)
-    pipe.hgetall(NODES_KEY)
-    pipe.time()
-    beats, (seconds, micros) = pipe.execute()
-    redis_now = seconds + micros / 1e6
+    beats, redis_now = read_beats(client)
     offset = time.time() - redis_now
     return {
         queue: datetime.fromtimestamp(bound + offset, UTC)
-        for queue, bound in taken_before(beats, redis_now, offline_after).items()
+        for queue, bound in taken_before(beats.values(), redis_now, offline_after).items()
     }

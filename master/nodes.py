@@ -31,14 +31,19 @@ FORGET_AFTER_SECONDS = 24 * 3600
 _logged_bad: dict[str, bytes] = {}
 
 
-def sync_nodes(broker: redis.Redis, engine: Engine, offline_after: float = 15.0) -> int:
-    """Workers write their state into one Redis hash; the master keeps the history in SQL. A
-    worker silent `offline_after` seconds longer than a sibling on its node no longer counts there."""
+def read_beats(broker: redis.Redis) -> tuple[dict[bytes, bytes], float]:
+    """Every worker's beat as it is in Redis, and the Redis server's time (its beats' clock)."""
     pipe = broker.pipeline(transaction=False)
     pipe.hgetall(NODES_KEY)
     pipe.time()
     beats, (seconds, micros) = pipe.execute()
-    redis_now = seconds + micros / 1e6
+    return beats, seconds + micros / 1e6
+
+
+def sync_nodes(broker: redis.Redis, engine: Engine, offline_after: float = 15.0) -> int:
+    """Workers write their state into one Redis hash; the master keeps the history in SQL. A
+    worker silent `offline_after` seconds longer than a sibling on its node no longer counts there."""
+    beats, redis_now = read_beats(broker)
     # Master clock minus Redis clock.
     offset = time.time() - redis_now
     by_node: dict[str, list[dict[str, Any]]] = {}

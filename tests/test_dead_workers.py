@@ -22,12 +22,12 @@ def test_only_dead_workers_bound_their_queues_each_by_its_newest_death():
         "e#1": json.dumps({"queues": ["cpu"]}).encode(),  # no time: unreadable, not dead
         "f#1": beat(10.0, "gpu"),  # queues not a list: names nothing
     }
-    assert taken_before(beats, redis_now=200.0, offline_after=15.0) == {"gpu": 165.0, "cpu": 165.0}
+    assert taken_before(beats.values(), redis_now=200.0, offline_after=15.0) == {"gpu": 165.0, "cpu": 165.0}
 
 
 def test_a_worker_exactly_at_the_offline_limit_is_still_alive():
-    assert taken_before({"a#1": beat(185.0, ["gpu"])}, redis_now=200.0, offline_after=15.0) == {}
-    assert taken_before({"a#1": beat(184.9, ["gpu"])}, 200.0, 15.0) == {"gpu": 199.9}
+    assert taken_before([beat(185.0, ["gpu"])], redis_now=200.0, offline_after=15.0) == {}
+    assert taken_before([beat(184.9, ["gpu"])], 200.0, 15.0) == {"gpu": 199.9}
 
 
 def test_a_copy_is_stale_only_when_a_later_one_was_marked():

@@ -18,6 +18,7 @@ import pytest
 from docker.types import Mount
 
 from shared.errors import FinalError, RetryableError
+from shared.events import CpuUsage
 from shared.schemas import JobSpec, TaskMessage
 from shared.settings import Settings
 from tests.conftest import DIGITS, DIGITS_RECIPE, log_texts, upload_dataset, wait_for, wait_status
@@ -25,11 +26,13 @@ from tests.docker_support import TEST_IMAGE, docker_settings
 from trainfarm.services.docker_engine import DockerEngine
 from trainfarm.services.farm import WorkerProcess
 from worker import identity
+from worker.attempt import root_pid
 from worker.backends.base import Backend, Execution, Launch
 from worker.backends.docker import NOBODY, DockerBackend, docker_client, parse_mount, remove_orphans
-from worker.backends.docker_execution import DockerExecution, lines
+from worker.backends.docker_execution import DockerExecution, host_pid, lines
 from worker.backends.process import ProcessBackend
 from worker.jobenv import AttemptDirs
+from worker.usage_sampler import ProcessTree
 
 JOB_ID, ATTEMPT = 7, 2
 #: Seconds a stopped process may take beyond its grace period (a container's stop is an API call).
@@ -238,6 +241,49 @@ def test_gpu_assignment_is_exactly_the_launch_gpus(kind, backend, dirs, node_set
         assert host["ReadonlyRootfs"] is True and host["SecurityOpt"] == ["no-new-privileges:true"]
     finally:
         container.remove(force=True)
+
+
+def test_the_usage_sampler_reads_the_jobs_processes_on_both_backends(kind, backend, dirs, node_settings):
+    """A container's processes are the engine's children, not the worker's: the sampler reaches
+    them through the container's first process as this machine sees it (`host_pid`)."""
+    code = (
+        "import os, time\nheld = b'x' * (64 << 20)\nprint('ready', flush=True)\n"
+        "while not os.path.exists(os.path.join(os.environ['TRAINFARM_OUTPUT_DIR'], 'stop')):\n"
+        "    sum(range(10000))\n"
+    )
+    execution = backend.start(launch(kind, dirs, code))
+    try:
+        read_until(execution.output(), b"ready")
+        pid = root_pid(execution)
+        assert pid is not None
+        tree = ProcessTree(pid)
+        tree.read()  # the baseline
+
+        def busy() -> CpuUsage | None:
+            usage = tree.read()
+            return usage if usage is not None and usage.rss >= 64 << 20 and usage.percent > 10 else None
+
+        wait_for(busy, timeout=30, interval=0.5, what="the job's CPU and memory as the sampler reads them")
+        (dirs.output / "stop").touch()
+        assert execution.wait() == 0
+    finally:
+        finish(execution, node_settings)
+    assert tree.read() is None  # gone: nothing more to sample
+
+
+def test_a_pid_outside_the_containers_cgroup_is_not_the_containers(tmp_path: Path) -> None:
+    """An engine in a VM (Docker Desktop) or on another machine reports pids of its own kernel:
+    one naming some process here, outside the container's cgroup, is not taken for it."""
+    container = "4f" * 32
+    (tmp_path / "41").mkdir()
+    (tmp_path / "41" / "cgroup").write_text("0::/user.slice/user-1000.slice/session-2.scope\n")
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "cgroup").write_text(f"0::/system.slice/docker-{container}.scope\n")
+    assert host_pid(container, {"Pid": 41}, proc=tmp_path) is None
+    assert host_pid(container, {"Pid": 43}, proc=tmp_path) is None  # no such process here
+    assert host_pid(container, {"Pid": 0}, proc=tmp_path) is None  # not running
+    expected = 42 if sys.platform == "linux" else None
+    assert host_pid(container, {"Pid": 42}, proc=tmp_path) == expected
 
 
 # -- the Docker backend only ------------------------------------------------------------------

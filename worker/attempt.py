@@ -63,8 +63,9 @@ class Flags:
 
 
 def root_pid(execution: Execution) -> int | None:
-    """The job's root process on this node, for the usage sampler; None for a container, whose
-    processes are the engine's children, not this worker's."""
+    """The job's root process on this node, for the usage sampler: the process backend's child, or
+    a container's first process where the engine runs on this machine's kernel; else None (then
+    only the attempt's GPUs are sampled)."""
     pid = getattr(execution, "pid", None)
     return pid if isinstance(pid, int) else None
 

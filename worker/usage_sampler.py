@@ -85,8 +85,8 @@ class UsageSampler:
     """Samples one attempt on a thread of its own from `start` to `stop`.
 
     `gpus` are the NVML indices the attempt was given (none on a CPU node), `pid` its root process
-    on this node (None for a container, whose processes are not this worker's children: then only
-    its GPUs are sampled). `read_gpus` lists the node's GPUs as worker/gpus.py does.
+    on this node (a container's first process where the engine runs on this kernel; None where
+    its processes are not this machine's: then only its GPUs are sampled). `read_gpus` lists the node's GPUs as worker/gpus.py does.
     """
 
     def __init__(

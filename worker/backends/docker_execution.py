@@ -8,6 +8,7 @@ import math
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import docker
 import requests
@@ -96,6 +97,20 @@ class DockerExecution(Execution):
             return
         self._closed = True
 
+    @property
+    def pid(self) -> int | None:
+        """The container's first process as this machine sees it, so the usage sampler reads the
+        container's processes as it reads a process job's tree (worker/usage_sampler.py); None
+        where they are not this machine's (see `host_pid`)."""
+        state = self._state_or_none()
+        return None if state is None else host_pid(self.container_id, state)
+
+    def _state_or_none(self) -> dict | None:
+        try:
+            return self._state()
+        except RetryableError:
+            return None
+
     def _oom_killed(self) -> bool:
         try:
             state = self._state()
@@ -111,3 +126,21 @@ class DockerExecution(Execution):
             return None
         except (DockerException, requests.RequestException) as exc:
             raise RetryableError(f"Docker engine unreachable: {exc}") from exc
+
+
+def host_pid(container_id: str, state: dict, proc: Path = Path("/proc")) -> int | None:
+    """The pid the engine reports for a container's first process, if it is a process of this
+    machine's in that container: on Linux, with the engine on this kernel. Docker Desktop's engine
+    runs in a VM and a remote engine elsewhere: their pids name unrelated processes here, or none,
+    so the pid must also be in a cgroup named after the container (cgroup v1 and v2, systemd or
+    cgroupfs driver: the container's id is in the path)."""
+    if sys.platform != "linux":
+        return None
+    pid = state.get("Pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        cgroups = (proc / str(pid) / "cgroup").read_text()
+    except OSError:  # gone already, or /proc hides other users' processes
+        return None
+    return pid if container_id in cgroups else None

@@ -17,6 +17,7 @@ import yaml
 from shared.settings import Settings
 from tests.conftest import DIGITS, run_cli, upload_dataset, wait_for
 from tests.fairshare_support import PY, make_member, set_limits
+from trainfarm.services.farm import MasterProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "sweep.yaml"
@@ -328,3 +329,29 @@ def test_sweep_ids_past_32_bits_are_refused_naming_the_field(api):
         assert answer.json()["field"] == field, answer.text
     assert api.post("/sweeps/2147483648/cancel").status_code == 422
     assert api.get("/sweeps/2147483647").status_code == 404
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_under_own_visibility_another_users_sweep_shows_no_details(settings: Settings, tmp_path: Path):
+    own = settings.model_copy(update={"job_visibility": "own"})
+    with MasterProcess(tmp_path / "master", own) as farm, farm.client(timeout=30) as admin:
+        alice, bob = make_member(admin, "alice"), make_member(admin, "bob")
+        sweep_id = create(admin, score_sweep("alices", budget=2), headers=alice)
+        # No worker: the driver's trials wait as queued jobs, which is all this test needs.
+        wait_for(lambda: len(detail(admin, sweep_id, alice)["trials"]) == 2, timeout=60, what="two trials")
+        mine = detail(admin, sweep_id, alice)
+        assert mine["spec"]["objective"]["metric"] == "score"
+
+        [listed] = admin.get("/sweeps", headers=bob).json()["items"]
+        assert (listed["id"], listed["owner"], listed["spec"]) == (sweep_id, "alice", {})
+        hidden = admin.get(f"/sweeps/{sweep_id}", headers=bob)
+        assert hidden.status_code == 404 and hidden.json()["field"] == "sweep_id"
+        refused = admin.post(f"/sweeps/{sweep_id}/cancel", headers=bob)
+        assert refused.status_code == 403, refused.text
+        trials = admin.get("/jobs", params={"sweep": sweep_id}, headers=bob).json()["items"]
+        assert len(trials) == 2 and all(j["details_hidden"] and j["spec"] == {} for j in trials)
+        for job in trials:
+            assert admin.get(f"/jobs/{job['id']}/metrics", headers=bob).status_code == 404
+        # The owner and admins see it whole.
+        assert detail(admin, sweep_id)["spec"] == mine["spec"]
+        assert admin.post(f"/sweeps/{sweep_id}/cancel", headers=alice).status_code == 200

@@ -51,7 +51,6 @@ def _claim(session: Session, table: type[Job] | type[Sweep], row_id: int) -> boo
 
 def collect(session: Session, api_url: str) -> int:
     """Put the ends not yet announced in the outbox; the number of deliveries queued. Commits."""
-    hooks = list(session.exec(select(Webhook).where(may_fire())))
     queued = 0
     jobs = session.exec(
         select(Job)
@@ -59,6 +58,15 @@ def collect(session: Session, api_url: str) -> int:
         .order_by(col(Job.id))
         .limit(BATCH)
     ).all()
+    sweeps = session.exec(
+        select(Sweep)
+        .where(col(Sweep.notified).is_(False), col(Sweep.status) != "running")
+        .order_by(col(Sweep.id))
+        .limit(BATCH)
+    ).all()
+    if not jobs and not sweeps:
+        return 0  # most rounds: nothing ended, so the webhooks need not be read
+    hooks = list(session.exec(select(Webhook).where(may_fire())))
     for job in jobs:
         assert job.id is not None
         event = JOB_EVENTS[job.status]
@@ -68,12 +76,6 @@ def collect(session: Session, api_url: str) -> int:
             made = _deliveries(wanted, event, f"job {job.id}", body)
             session.add_all(made)
             queued += len(made)
-    sweeps = session.exec(
-        select(Sweep)
-        .where(col(Sweep.notified).is_(False), col(Sweep.status) != "running")
-        .order_by(col(Sweep.id))
-        .limit(BATCH)
-    ).all()
     for sweep in sweeps:
         assert sweep.id is not None
         wanted = wanted_by(hooks, sweep.owner, sweep.project, SWEEP_ENDED)

@@ -15,42 +15,50 @@ the master included.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
 
-from master.nodes import read_beats
+from master.nodes import parse_beat, read_beats
 
 
-def taken_before(beats: Iterable[bytes], redis_now: float, offline_after: float) -> dict[str, float]:
+def taken_before(
+    beats: Iterable[Mapping[str, Any]], redis_now: float, offline_after: float
+) -> dict[str, float]:
     """Per queue, the latest time (Redis clock) by which a dead worker consuming it had died: a
-    message sent to that queue earlier may have gone down with it. Live workers, and beats that are
-    unreadable (master/nodes.py logs those), count for nothing."""
+    message sent to that queue earlier may have gone down with it. `beats` are parsed
+    (master/nodes.parse_beat: each has a float `ts`); live workers count for nothing."""
     bounds: dict[str, float] = {}
-    for raw in beats:
-        try:
-            beat = json.loads(raw)
-            ts = float(beat["ts"])
-            listed = beat.get("queues")
-            queues = [q for q in listed if isinstance(q, str)] if isinstance(listed, list) else []
-        except (ValueError, TypeError, KeyError, AttributeError):
-            continue
+    for beat in beats:
+        ts = beat["ts"]
         if redis_now - ts <= offline_after:
             continue
-        for queue in queues:
-            bounds[queue] = max(bounds.get(queue, ts + offline_after), ts + offline_after)
+        listed = beat.get("queues")
+        for queue in listed if isinstance(listed, list) else []:
+            if isinstance(queue, str):
+                bounds[queue] = max(bounds.get(queue, ts + offline_after), ts + offline_after)
     return bounds
 
 
+def in_master_clock(bounds: Mapping[str, float], redis_now: float, master_now: float) -> dict[str, datetime]:
+    """Bounds read in the Redis server's clock (beats carry its time) as times of the master's
+    clock, which stamps attempts' `enqueued_at`: the two machines' clocks may differ."""
+    offset = master_now - redis_now
+    return {queue: datetime.fromtimestamp(bound + offset, UTC) for queue, bound in bounds.items()}
+
+
 def read_taken_before(client: redis.Redis, offline_after: float) -> dict[str, datetime]:
-    """`taken_before` of the workers' beats as they are in Redis, in the master's clock: beats carry
-    the Redis server's time, attempts' `enqueued_at` the master's."""
-    beats, redis_now = read_beats(client)
-    offset = time.time() - redis_now
-    return {
-        queue: datetime.fromtimestamp(bound + offset, UTC)
-        for queue, bound in taken_before(beats.values(), redis_now, offline_after).items()
-    }
+    """`taken_before` of the workers' beats as they are in Redis, in the master's clock. An
+    unreadable beat (NaN, not JSON) counts for nothing; the node sync logs it."""
+    raw_beats, redis_now = read_beats(client)
+    master_now = time.time()
+    parsed = (parse_beat(_text(key), raw) for key, raw in raw_beats.items())
+    beats = [beat for beat in parsed if beat is not None]
+    return in_master_clock(taken_before(beats, redis_now, offline_after), redis_now, master_now)
+
+
+def _text(key: bytes | str) -> str:
+    return key.decode(errors="replace") if isinstance(key, bytes) else key

@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import redis
 from celery import Celery
 from sqlalchemy import ColumnElement
 from sqlmodel import Session, and_, col, or_, select
 
-from master.dead_workers import read_taken_before
 from master.models import Dataset, Job, JobAttempt, utcnow
 from master.published_marks import PublishedMarks
+from master.resend_checks import ResendChecks
 from shared.celery_config import RUN_ATTEMPT_TASK, celery_config, celery_priority, uses_rabbitmq
-from shared.message_copies import record_newest
 from shared.schemas import DatasetRef, JobSpec, TaskMessage
 from shared.settings import Settings
 from shared.signing import Signer
 from shared.status import JobStatus
-
-log = logging.getLogger(__name__)
 
 #: An attempt admitted but not marked enqueued this long after is assumed to have missed its fast
 #: path (the master died between admitting and publishing) and is sent by the sweep.
@@ -56,11 +52,9 @@ class Dispatcher:
         offline_after: float,
     ) -> None:
         self._celery = celery
-        #: Where workers beat (master/dead_workers.py) and re-sent copies are marked
-        #: (shared/message_copies.py): the farm's Redis, whichever broker carries the tasks.
-        self._redis = client
-        self._offline_after = offline_after
-        self._max_age = int(message_max_age)
+        #: Leases, workers' beats and the live copies' marks, in the farm's Redis whichever broker
+        #: carries the tasks.
+        self._checks = ResendChecks(client, offline_after, int(message_max_age))
         #: The two brokers count priorities in opposite directions.
         self._rabbitmq = uses_rabbitmq(str(celery.conf.broker_url))
         self.marks = marks
@@ -94,19 +88,20 @@ class Dispatcher:
             self._send_task(publication.message)
         self.marks.add(p.attempt_id for p in publications if p.attempt_id is not None)
 
-    def resend(self, session: Session, job: Job, attempt: JobAttempt) -> float:
-        """Publish one attempt (again), record that it was published, and say when the copy was
-        issued; the caller marks it the live copy once the row is committed."""
+    def resend(self, session: Session, job: Job, attempt: JobAttempt, not_before: float = 0.0) -> float:
+        """Publish one attempt (again), issued no earlier than `not_before`, record that it was
+        published, and say when the copy was issued; the caller marks it the live copy once the
+        row is committed."""
         [publication] = self.prepare(session, [(job, attempt)])
-        issued_at = self._send_task(publication.message)
+        issued_at = self._send_task(publication.message, not_before)
         attempt.enqueued_at = utcnow()
         session.add(attempt)
         return issued_at
 
-    def _send_task(self, message: TaskMessage) -> float:
+    def _send_task(self, message: TaskMessage, not_before: float = 0.0) -> float:
         task_id = f"job-{message.job_id}-attempt-{message.attempt}"
         # Stamped as it is sent: a message built at submission may be admitted days later.
-        issued_at = time.time()
+        issued_at = max(time.time(), not_before)
         signed = self._signer.sign(message.model_copy(update={"issued_at": issued_at}))
         self._celery.send_task(
             RUN_ATTEMPT_TASK,
@@ -123,11 +118,12 @@ class Dispatcher:
         """Send admitted attempts whose message was never marked sent (the master stopped between
         admitting and publishing, or Redis refused), again those whose message is about to expire
         unstarted, and again those whose message a worker that died since may have taken
-        (master/dead_workers.py). Attempts not admitted are admission's (master/fairshare/)."""
+        (master/dead_workers.py); not those a worker leases. Attempts not admitted are
+        admission's (master/fairshare/). Oldest first: a re-send goes to the back of its queue."""
         now = utcnow()
         maybe_lost: list[ColumnElement[bool]] = [
             and_(Job.queue == queue, col(JobAttempt.enqueued_at) < bound)  # type: ignore[arg-type]
-            for queue, bound in self._taken_before().items()
+            for queue, bound in self._checks.dead_worker_bounds().items()
         ]
         rows = session.exec(
             select(JobAttempt, Job)
@@ -143,31 +139,17 @@ class Dispatcher:
                 Job.status == JobStatus.QUEUED,
                 JobAttempt.number == Job.attempts,
             )
+            .order_by(col(JobAttempt.id))
             .limit(500)
         ).all()
-        issued = [(job.id, attempt.number, self.resend(session, job, attempt)) for attempt, job in rows]
+        keys = [(attempt.job_id, attempt.number) for attempt, _ in rows]
+        leased = self._checks.leased(keys)
+        not_before = self._checks.not_before(keys)
+        issued = [
+            (key, self.resend(session, job, attempt, not_before.get(key, 0.0)))
+            for (attempt, job), key in zip(rows, keys, strict=True)
+            if key not in leased
+        ]
         session.commit()
-        if issued:
-            self._mark_newest(issued)
-        return len(rows)
-
-    def _taken_before(self) -> dict[str, datetime]:
-        """`read_taken_before`; nothing while Redis is away (the other re-sends go on: on RabbitMQ
-        they need no Redis), the dead workers' beats are still there when it is back."""
-        try:
-            return read_taken_before(self._redis, self._offline_after)
-        except redis.RedisError as exc:
-            log.warning("cannot read the workers' beats, no re-send for dead workers this round: %s", exc)
-            return {}
-
-    def _mark_newest(self, issued: Sequence[tuple[int | None, int, float]]) -> None:
-        """Make the copies just sent the live ones. Unmarked, the old copies are not stale, only
-        duplicates the lease stops: nothing is lost, so a Redis error is logged, not raised."""
-        try:
-            pipe = self._redis.pipeline(transaction=False)
-            for job_id, number, issued_at in issued:
-                assert job_id is not None
-                record_newest(pipe, job_id, number, issued_at, self._max_age)
-            pipe.execute()
-        except redis.RedisError as exc:
-            log.warning("could not mark %d re-sent messages as the live copies: %s", len(issued), exc)
+        self._checks.mark_live(issued)
+        return len(issued)

@@ -50,7 +50,7 @@ def sync_nodes(broker: redis.Redis, engine: Engine, offline_after: float = 15.0)
     forgotten = []
     for raw_key, raw in beats.items():
         key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
-        beat = _parse(key, raw)
+        beat = parse_beat(key, raw)
         if beat is None:
             continue
         if redis_now - beat["ts"] > FORGET_AFTER_SECONDS:
@@ -124,7 +124,8 @@ def _number(value: object) -> int:
     return value if isinstance(value, int) else -1
 
 
-def _parse(name: str, raw: bytes) -> dict[str, Any] | None:
+def parse_beat(name: str, raw: bytes) -> dict[str, Any] | None:
+    """One worker's beat, its `ts` a float that is a time; None (logged once per content) if not."""
     try:
         beat = json.loads(raw)
         beat["ts"] = float(beat["ts"])

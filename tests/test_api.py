@@ -89,11 +89,18 @@ def test_list_is_newest_first_filtered_and_paginated(client):
     assert error_of(client.get("/jobs", params={"limit": 0}))["field"] == "limit"
 
 
+#: How far ahead a stand-in worker's beat is dated: it stays fresh for any test's length.
+FRESH_FOR = 3600.0
+
+
 def beat_as_a_worker(broker: redis.Redis, queues: list[str], concurrency: int = 1) -> None:
     """A worker's heartbeat, as worker/heartbeat.py writes it: admission then sees job slots on
-    `queues` (no worker process runs; nothing takes the messages)."""
+    `queues` (no worker process runs; nothing takes the messages). Dated ahead, as if it beat
+    throughout the test: a beat gone stale reads as a worker that died holding a message, and
+    the master would send the waiting ones again (master/dead_workers.py)."""
     seconds, micros = broker.time()
-    beat = {"ts": seconds + micros / 1e6, "queues": queues, "concurrency": concurrency, "gpu_slots": []}
+    ts = seconds + micros / 1e6 + FRESH_FOR
+    beat = {"ts": ts, "queues": queues, "concurrency": concurrency, "gpu_slots": []}
     broker.hset(NODES_KEY, "api-test#1", json.dumps({**beat, "worker": "api-test#1"}))
 
 

@@ -16,7 +16,8 @@ from sqlmodel import Session
 from master.dispatch import Dispatcher, make_publisher
 from master.models import Job, JobAttempt, utcnow
 from master.published_marks import PublishedMarks
-from shared.message_copies import newest_issued
+from shared.leases import lease_key
+from shared.message_copies import newest_issued, record_newest
 from shared.settings import Settings
 from shared.signing import Signer, Verifier
 from shared.streams import NODES_KEY
@@ -133,4 +134,33 @@ def test_sweep_sends_again_what_a_dead_worker_may_have_taken(settings: Settings,
         )
         assert restarted.sweep(session) == 0
     assert len(_messages(client)) == 1
+    client.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_leased_attempt_is_left_alone_and_a_copy_is_newer_than_the_live_one(settings: Settings, engine):
+    client = redis.Redis.from_url(settings.redis_url)
+    dispatcher = Dispatcher(
+        make_publisher(settings), PublishedMarks(engine), Signer(SIGNING_KEY), MAX_AGE, client, 15.0
+    )
+    with Session(engine) as session:
+        held = _queued(session, 60 / 86400)
+        clock = _queued(session, 60 / 86400)
+        _beat(client, "dead#1", ["cpu"], seconds_ago=30)
+        # A worker took `held` and leases it: it is starting (its Started event not applied yet).
+        client.set(lease_key(held, 1), "node-b:1:abc", px=15_000)
+        # `clock` was sent again before, by a master whose clock ran 60 s ahead of this one's.
+        ahead = time.time() + 60
+        record_newest(client, clock, 1, ahead, 3600)
+        assert dispatcher.sweep(session) == 1
+        [(job_id, issued_at)] = _messages(client)
+        # Newer than the live copy, so workers keep it and drop that one.
+        assert job_id == clock and issued_at > ahead
+        assert newest_issued(client, clock, 1) == pytest.approx(issued_at, abs=1e-3)
+
+        # The lease holder died before it said it started: its lease expires, and the next round
+        # sends the attempt, the dead worker's bound unchanged.
+        client.delete(lease_key(held, 1))
+        assert dispatcher.sweep(session) == 1
+    assert _sent(client) == sorted([clock, held])
     client.close()

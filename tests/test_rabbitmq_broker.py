@@ -28,7 +28,7 @@ from shared.streams import NODES_KEY
 from tests.conftest import SIGNING_KEY, log_texts, ticking_job, wait_for, wait_status
 from tests.fairshare_support import held_job, make_member, set_limits
 from tests.rabbitmq_support import CONSUMER_TIMEOUT_MS, on_rabbitmq, rabbitmq_server, waiting_task_ids
-from tests.test_api import beat_as_a_worker
+from tests.test_api import FRESH_FOR, beat_as_a_worker
 from trainfarm.services.rabbitmq import RabbitMQServer
 from trainfarm.services.tls import make_certificates
 
@@ -79,7 +79,8 @@ def test_jobs_run_put_back_and_cancel_over_rabbitmq(api, start_worker, settings,
     # and the second is put back (at its priority) until the first lets go of the GPU.
     broker = redis.Redis.from_url(settings.redis_connection_url())
     seconds, micros = broker.time()
-    ghost = {"ts": seconds + micros / 1e6, "queues": ["gpu"], "concurrency": 1, "gpu_slots": [0]}
+    # Dated ahead: it never goes stale, which would read as a worker that died (tests/test_api.py).
+    ghost = {"ts": seconds + micros / 1e6 + FRESH_FOR, "queues": ["gpu"], "concurrency": 1, "gpu_slots": [0]}
     broker.hset(NODES_KEY, "ghost#1", json.dumps({**ghost, "worker": "ghost#1"}))
     jobs = [api.post("/jobs", json={"command": SHOW_GPU, "priority": 6}).json()["id"] for _ in range(2)]
     done = {job: wait_status(api, job, {"succeeded", "failed"}, timeout=90) for job in jobs}

@@ -79,6 +79,10 @@ class GpuSlots:
             time.sleep(wait)  # not a tight loop of taking and putting back while a bigger node is busy
             return None
         deadline = time.monotonic() + wait
-        while (claim := self.try_claim(spec.devices)) is None and time.monotonic() < deadline:
+        claim = self.try_claim(spec.devices)
+        if claim is None:
+            log.info("%d GPUs busy here; waiting up to %.0f s for them", spec.devices, wait)
+        while claim is None and time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
+            claim = self.try_claim(spec.devices)
         return claim

@@ -1,8 +1,10 @@
 """Which webhooks may fire: not disabled, and not owned by a disabled user.
 
 Disabling a user stops their tokens at once; their webhooks stop too, so a colleague who left the
-lab hears nothing more of the farm, and deliveries queued before are not sent. Enabling the user
-again brings the webhooks back as they were.
+lab hears nothing more of the farm: no delivery is queued for them, and one queued before is not
+sent while the user stays disabled (each try fails, and is retried with backoff as any failed try,
+until `webhook_max_attempts`). Enabling the user again brings the webhooks back as they were,
+with any delivery that still had tries left.
 """
 
 from __future__ import annotations

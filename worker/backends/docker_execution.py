@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import requests
@@ -128,7 +129,7 @@ class DockerExecution(Execution):
             raise RetryableError(f"Docker engine unreachable: {exc}") from exc
 
 
-def host_pid(container_id: str, state: dict, proc: Path = Path("/proc")) -> int | None:
+def host_pid(container_id: str, state: dict[str, Any], proc: Path = Path("/proc")) -> int | None:
     """The pid the engine reports for a container's first process, if it is a process of this
     machine's in that container: on Linux, with the engine on this kernel. Docker Desktop's engine
     runs in a VM and a remote engine elsewhere: their pids name unrelated processes here, or none,

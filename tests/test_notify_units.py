@@ -14,15 +14,16 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
-from master.models import Job, Sweep, Webhook, WebhookDelivery
+from master.models import Job, Sweep, User, Webhook, WebhookDelivery
 from master.notify import outbox, signature
 from master.notify.backoff import MAX_DELAY, retry_delay
 from master.notify.payloads import EVENTS, job_body, slack_body, summary, sweep_body
 from master.notify.secrets import PREFIX, SecretBox, SecretUnreadable, new_secret
 from master.notify.sender import Sender, body_bytes, http_outcome, post
 from master.notify.targets import Target, TargetRefused, check_url, is_internal, system_resolver
+from shared.roles import Role
 from shared.settings import Settings
 from shared.signing import new_private_key
 from shared.status import JobStatus
@@ -265,7 +266,7 @@ def test_outbox_queues_matching_webhooks_once(engine: Engine) -> None:
         session.commit()
         assert outbox.collect(session, API) == 2
         assert outbox.collect(session, API) == 0  # announced once
-        rows = session.exec(select(WebhookDelivery).order_by(WebhookDelivery.webhook_id)).all()
+        rows = session.exec(select(WebhookDelivery).order_by(col(WebhookDelivery.webhook_id))).all()
         assert [r.webhook_id for r in rows] == [hooks[0].id, hooks[1].id]
         assert {r.event for r in rows} == {"job.failed"} and rows[0].payload["job"]["project"] == "vision"
         running = session.exec(select(Job).where(Job.status == JobStatus.RUNNING)).one()
@@ -324,9 +325,10 @@ def test_a_delivery_is_retried_then_failed_after_max_attempts(engine: Engine, tm
         )
         session.add(hook)
         session.flush()
+        assert hook.id is not None
         session.add(
             WebhookDelivery(webhook_id=hook.id, event="test", subject="webhook 1", payload={"event": "test"})
-        )  # type: ignore[arg-type]
+        )
         session.commit()
     sender = Sender(engine, settings, lambda: box)
     try:
@@ -455,3 +457,21 @@ def test_a_pinned_https_post_checks_the_certificate_against_the_name(tmp_path: P
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_delivery_queued_before_its_owner_was_disabled_is_not_sent(engine: Engine, tmp_path: Path) -> None:
+    box = SecretBox(new_private_key())
+    settings = guard_settings(tmp_path, webhook_allow_private=True, webhook_max_attempts=5)
+    with Session(engine) as session:
+        session.add(User(name="alice", role=Role.MEMBER, password_hash="-", disabled=True))
+        # Were it sent, it would meet a port nobody listens on, and say so.
+        hook = Webhook(owner="alice", url="http://127.0.0.1:9/", events=list(EVENTS), secret=box.seal("k"))
+        session.add(hook)
+        session.flush()
+        session.add(WebhookDelivery(webhook_id=hook.id, event="test", subject="webhook 1", payload={}))  # type: ignore[arg-type]
+        session.commit()
+    assert Sender(engine, settings, lambda: box).send_due() == 1
+    with Session(engine) as session:
+        row = session.exec(select(WebhookDelivery)).one()
+    assert (row.status, row.attempts) == ("pending", 1)  # tried again later: she may be enabled
+    assert row.last_error == "the webhook or its owner is disabled, or it is gone"

@@ -35,6 +35,19 @@ def rabbitmq_server(services_dir: Path) -> Iterator[RabbitMQServer]:
         yield server
 
 
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """SQLite only, for a module that imports it: the database is not what the broker tests are
+    about."""
+    return f"sqlite:///{tmp_path / 'master.db'}"
+
+
+@pytest.fixture
+def settings(settings: Settings, rabbitmq_server: RabbitMQServer) -> Settings:
+    """The conftest farm, its task queues on RabbitMQ, for a module that imports it."""
+    return on_rabbitmq(settings, rabbitmq_server)
+
+
 def on_rabbitmq(settings: Settings, server: RabbitMQServer) -> Settings:
     """`settings` with the task queues on `server`, emptied: each test starts with none."""
     server.delete_queues(list(QUEUES))

@@ -27,29 +27,23 @@ from shared.signing import Signer
 from shared.streams import NODES_KEY
 from tests.conftest import SIGNING_KEY, log_texts, ticking_job, wait_for, wait_status
 from tests.fairshare_support import held_job, make_member, set_limits
-from tests.rabbitmq_support import CONSUMER_TIMEOUT_MS, on_rabbitmq, rabbitmq_server, waiting_task_ids
+from tests.rabbitmq_support import (
+    CONSUMER_TIMEOUT_MS,
+    database_url,
+    rabbitmq_server,
+    settings,
+    waiting_task_ids,
+)
 from tests.test_api import FRESH_FOR, beat_as_a_worker
 from trainfarm.services.rabbitmq import RabbitMQServer
 from trainfarm.services.tls import make_certificates
 
-__all__ = ["rabbitmq_server"]  # the session fixture, imported so pytest finds it here
+__all__ = ["database_url", "rabbitmq_server", "settings"]  # fixtures, imported so pytest finds them here
 
 PY = sys.executable
 
 #: Holds its GPU a while and says which one it was given.
 SHOW_GPU = [PY, "-c", "import os, time; print('GPUS=' + os.environ['CUDA_VISIBLE_DEVICES']); time.sleep(2)"]
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    """SQLite only: the database is not what these tests are about."""
-    return f"sqlite:///{tmp_path / 'master.db'}"
-
-
-@pytest.fixture
-def settings(settings: Settings, rabbitmq_server: RabbitMQServer) -> Settings:
-    """The conftest farm, its task queues on RabbitMQ."""
-    return on_rabbitmq(settings, rabbitmq_server)
 
 
 def pids(api, job_id: int) -> int:

@@ -30,7 +30,7 @@ from master.metrics.queue_depth import RABBITMQ_TIMEOUT
 from shared.redaction import with_password
 from shared.settings import Settings
 from tests.conftest import wait_for, wait_status
-from tests.rabbitmq_support import on_rabbitmq, rabbitmq_server
+from tests.rabbitmq_support import database_url, rabbitmq_server, settings
 from tests.relay_support import Relay
 from tests.test_api import beat_as_a_worker
 from trainfarm.services import RedisServer
@@ -38,24 +38,12 @@ from trainfarm.services.farm import MasterProcess
 from trainfarm.services.rabbitmq import RabbitMQServer
 from trainfarm.services.tls import make_certificates
 
-__all__ = ["rabbitmq_server"]  # the session fixture, imported so pytest finds it here
+__all__ = ["database_url", "rabbitmq_server", "settings"]  # fixtures, imported so pytest finds them here
 
 #: Queues of the reader tests: not the farm's, whose arguments Celery declares.
 QUEUES = ["depth-a", "depth-b"]
 #: Short timeouts for the reader tests, so a silent broker costs them little.
 TIMEOUT = 0.5
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    """SQLite only: the database is not what these tests are about."""
-    return f"sqlite:///{tmp_path / 'master.db'}"
-
-
-@pytest.fixture
-def settings(settings: Settings, rabbitmq_server: RabbitMQServer) -> Settings:
-    """The conftest farm, its task queues on RabbitMQ."""
-    return on_rabbitmq(settings, rabbitmq_server)
 
 
 @pytest.fixture

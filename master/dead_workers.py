@@ -55,10 +55,6 @@ def read_taken_before(client: redis.Redis, offline_after: float) -> dict[str, da
     unreadable beat (NaN, not JSON) counts for nothing; the node sync logs it."""
     raw_beats, redis_now = read_beats(client)
     master_now = time.time()
-    parsed = (parse_beat(_text(key), raw) for key, raw in raw_beats.items())
+    parsed = (parse_beat(key, raw) for key, raw in raw_beats.items())
     beats = [beat for beat in parsed if beat is not None]
     return in_master_clock(taken_before(beats, redis_now, offline_after), redis_now, master_now)
-
-
-def _text(key: bytes | str) -> str:
-    return key.decode(errors="replace") if isinstance(key, bytes) else key

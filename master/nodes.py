@@ -31,13 +31,15 @@ FORGET_AFTER_SECONDS = 24 * 3600
 _logged_bad: dict[str, bytes] = {}
 
 
-def read_beats(broker: redis.Redis) -> tuple[dict[bytes, bytes], float]:
-    """Every worker's beat as it is in Redis, and the Redis server's time (its beats' clock)."""
+def read_beats(broker: redis.Redis) -> tuple[dict[str, bytes], float]:
+    """Every worker's beat as it is in Redis, by worker key, and the Redis server's time (its
+    beats' clock)."""
     pipe = broker.pipeline(transaction=False)
     pipe.hgetall(NODES_KEY)
     pipe.time()
     beats, (seconds, micros) = pipe.execute()
-    return beats, seconds + micros / 1e6
+    by_key = {(k.decode() if isinstance(k, bytes) else k): raw for k, raw in beats.items()}
+    return by_key, seconds + micros / 1e6
 
 
 def sync_nodes(broker: redis.Redis, engine: Engine, offline_after: float = 15.0) -> int:
@@ -48,8 +50,7 @@ def sync_nodes(broker: redis.Redis, engine: Engine, offline_after: float = 15.0)
     offset = time.time() - redis_now
     by_node: dict[str, list[dict[str, Any]]] = {}
     forgotten = []
-    for raw_key, raw in beats.items():
-        key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+    for key, raw in beats.items():
         beat = parse_beat(key, raw)
         if beat is None:
             continue

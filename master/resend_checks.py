@@ -15,8 +15,8 @@ from datetime import datetime
 import redis
 
 from master.dead_workers import read_taken_before
-from shared.leases import lease_key
-from shared.message_copies import SAME_COPY_SECONDS, newest_copy_key, record_newest
+from shared.leases import leases_present
+from shared.message_copies import SAME_COPY_SECONDS, newest_copy_key, parse_mark, record_newest
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,7 @@ class ResendChecks:
         if not keys:
             return set()
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            for job_id, number in keys:
-                pipe.exists(lease_key(job_id, number))
-            return {key for key, n in zip(keys, pipe.execute(), strict=True) if n}
+            return {key for key, held in zip(keys, leases_present(self._redis, keys), strict=True) if held}
         except redis.RedisError as exc:
             log.warning("cannot read the attempts' leases, sending all %d: %s", len(keys), exc)
             return set()
@@ -74,13 +71,9 @@ class ResendChecks:
         except redis.RedisError as exc:
             log.warning("cannot read the live copies' marks: %s", exc)
             return {}
-        out = {}
-        for key, raw in zip(keys, marks, strict=True):
-            try:
-                out[key] = float(raw) + 2 * SAME_COPY_SECONDS
-            except (TypeError, ValueError):
-                continue  # none, or unreadable: the clock alone decides
-        return out
+        # No mark, or an unreadable one: the clock alone decides.
+        parsed = {key: parse_mark(raw) for key, raw in zip(keys, marks, strict=True)}
+        return {key: mark + 2 * SAME_COPY_SECONDS for key, mark in parsed.items() if mark is not None}
 
     def mark_live(self, issued: Sequence[tuple[Key, float]]) -> None:
         """Make the copies just sent the live ones. Unmarked, the old copies are not stale, only

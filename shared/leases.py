@@ -71,7 +71,13 @@ class Leases:
         return isinstance(value, bytes) and value.decode() in (DONE, LOST)
 
     def present(self, attempts: Sequence[tuple[int, int]]) -> list[bool]:
-        pipe = self._redis.pipeline(transaction=False)
-        for job_id, attempt in attempts:
-            pipe.exists(lease_key(job_id, attempt))
-        return [bool(n) for n in pipe.execute()]
+        return leases_present(self._redis, attempts)
+
+
+def leases_present(client: redis.Redis, attempts: Sequence[tuple[int, int]]) -> list[bool]:
+    """Whether each attempt has a lease (held, ended or lost), in one round trip; for a reader that
+    takes none and so needs no TTL."""
+    pipe = client.pipeline(transaction=False)
+    for job_id, attempt in attempts:
+        pipe.exists(lease_key(job_id, attempt))
+    return [bool(n) for n in pipe.execute()]

@@ -38,10 +38,14 @@ def is_stale(issued_at: float, newest: float | None) -> bool:
 def newest_issued(client: redis.Redis, job_id: int, attempt: int) -> float | None:
     """When the live copy was issued, or None when the first copy was never replaced (or the mark
     is unreadable: then no copy is called stale, and the lease still decides)."""
-    raw = client.get(newest_copy_key(job_id, attempt))
-    if raw is None:
+    return parse_mark(client.get(newest_copy_key(job_id, attempt)))
+
+
+def parse_mark(raw: object) -> float | None:
+    """A mark as Redis gives it back (bytes, or None when there is none)."""
+    if not isinstance(raw, bytes | str):
         return None
     try:
         return float(raw)
-    except (TypeError, ValueError):
+    except ValueError:
         return None

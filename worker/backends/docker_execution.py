@@ -107,16 +107,14 @@ class DockerExecution(Execution):
         return None if state is None else host_pid(self.container_id, state)
 
     def _state_or_none(self) -> dict | None:
+        """`_state`, None also while the engine is unreachable (the poll loop reports that)."""
         try:
             return self._state()
         except RetryableError:
             return None
 
     def _oom_killed(self) -> bool:
-        try:
-            state = self._state()
-        except RetryableError:  # the poll loop reports an engine gone away
-            return False
+        state = self._state_or_none()
         return state is not None and bool(state.get("OOMKilled"))
 
     def _state(self) -> dict | None:
